@@ -1,0 +1,346 @@
+//! [`Channel`]: the one type that moves spacer messages and their fds over an
+//! `AF_UNIX` `SOCK_SEQPACKET` socket, for broker, worker and client alike.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    connect, getsockopt, recvmsg, sendmsg, socket, socketpair, sockopt, AddressFamily,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+
+use crate::sys;
+
+/// Why a datagram could not be received whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The socket call failed (including `WouldBlock` on a non-blocking socket).
+    #[error("cannot receive from socket")]
+    Io(#[source] io::Error),
+    /// The datagram was larger than the receive buffer (`MSG_TRUNC`).
+    #[error("message larger than {max} bytes")]
+    Truncated {
+        /// The buffer size, i.e. the largest message accepted here.
+        max: usize,
+    },
+    /// More fds were attached than the receiver takes (`MSG_CTRUNC`); every
+    /// fd that did arrive has been closed.
+    #[error("more than {max} fds attached to a message")]
+    TooManyFds {
+        /// The most fds accepted here.
+        max: usize,
+    },
+    /// Fds were attached to a message that takes none; the kernel discarded
+    /// them without installing them here.
+    #[error("fds attached to a message that takes none")]
+    UnexpectedFds,
+}
+
+impl RecvError {
+    /// Whether this is a `WouldBlock` from a non-blocking socket.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, RecvError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// One received datagram: how many bytes of the buffer it filled, and the fds
+/// that came with it, now owned by the receiver.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes written to the start of the buffer.
+    pub len: usize,
+    /// The fds of the datagram's `SCM_RIGHTS`, in order, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A connected `AF_UNIX` `SOCK_SEQPACKET` socket: one message per datagram,
+/// fds in one `SCM_RIGHTS` control message on the same datagram, received
+/// close-on-exec. Every method takes `&self`; callers that need a request
+/// and its response to stay together serialise them themselves.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    /// A connected pair, both ends close-on-exec.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Connects to the socket file at `path`. Abstract addresses are not
+    /// accepted: file permissions do not apply to them.
+    pub fn connect(path: &Path) -> io::Result<Channel> {
+        if path.as_os_str().as_bytes().first().is_none_or(|&b| b == 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path is empty or abstract",
+            ));
+        }
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let addr = UnixAddr::new(path)?;
+        connect(fd.as_raw_fd(), &addr)?;
+        Ok(Channel { fd })
+    }
+
+    /// Wraps an fd that must be a connected `AF_UNIX` `SOCK_SEQPACKET` socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Channel> {
+        if !crate::fd::is_unix_seqpacket(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fd is not an AF_UNIX SOCK_SEQPACKET socket",
+            ));
+        }
+        Ok(Channel { fd })
+    }
+
+    /// The socket, for callers that register it with an event loop.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Switches `O_NONBLOCK` on or off.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = OFlag::from_bits_truncate(fcntl(&self.fd, FcntlArg::F_GETFL)?);
+        let flags = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
+        fcntl(&self.fd, FcntlArg::F_SETFL(flags))?;
+        Ok(())
+    }
+
+    /// The peer's credentials as the kernel recorded them at `connect(2)` or
+    /// `socketpair(2)` time (`SO_PEERCRED`).
+    pub fn peer_credentials(&self) -> io::Result<nix::sys::socket::UnixCredentials> {
+        Ok(getsockopt(&self.fd, sockopt::PeerCredentials)?)
+    }
+
+    /// Sends `data` as one datagram with `fds` attached. The fds stay open
+    /// here; the kernel holds its own references while they are in flight.
+    pub fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let cmsgs;
+        let cmsg_slice: &[ControlMessage<'_>] = if raw.is_empty() {
+            &[]
+        } else {
+            cmsgs = [ControlMessage::ScmRights(&raw)];
+            &cmsgs
+        };
+        let iov = [IoSlice::new(data)];
+        let sent = sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            cmsg_slice,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "datagram sent in part",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf`, taking at most `max_fds` fds with it.
+    ///
+    /// `Ok(None)` is end of stream (the peer closed). A datagram larger than
+    /// `buf` is an error, and so is any fd beyond `max_fds`; in every error
+    /// case each fd that arrived has been closed. With `max_fds == 0` no fd
+    /// is ever installed in this process: the kernel discards them and the
+    /// call reports [`RecvError::UnexpectedFds`].
+    pub fn recv(&self, buf: &mut [u8], max_fds: usize) -> Result<Option<Received>, RecvError> {
+        let mut cmsg_buf = if max_fds > 0 {
+            vec![0u8; cmsg_space_for(max_fds)]
+        } else {
+            Vec::new()
+        };
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = loop {
+            let cmsg_opt = if max_fds > 0 {
+                Some(cmsg_buf.as_mut_slice())
+            } else {
+                None
+            };
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                cmsg_opt,
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(RecvError::Io(e.into())),
+                Ok(m) => break m,
+            }
+        };
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    fds.extend(sys::adopt_received(&raw));
+                }
+            }
+        }
+        let len = msg.bytes;
+        let flags = msg.flags;
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
+            drop(fds);
+            return Err(if max_fds == 0 {
+                RecvError::UnexpectedFds
+            } else {
+                RecvError::TooManyFds { max: max_fds }
+            });
+        }
+        if fds.len() > max_fds {
+            drop(fds);
+            return Err(RecvError::TooManyFds { max: max_fds });
+        }
+        if flags.contains(MsgFlags::MSG_TRUNC) {
+            drop(fds);
+            return Err(RecvError::Truncated { max: buf.len() });
+        }
+        if len == 0 && fds.is_empty() && self.peer_closed() {
+            return Ok(None);
+        }
+        Ok(Some(Received { len, fds }))
+    }
+
+    /// Whether the peer has closed its end (`POLLHUP` right now: a connected
+    /// unix socket reports it once the other end is gone).
+    /// A zero-length read on `SOCK_SEQPACKET` is either an empty datagram or
+    /// end of stream; this tells them apart.
+    pub fn peer_closed(&self) -> bool {
+        let mut pfd = [PollFd::new(self.fd.as_fd(), PollFlags::empty())];
+        match nix::poll::poll(&mut pfd, PollTimeout::ZERO) {
+            Ok(_) => pfd[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+            Err(_) => true,
+        }
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<Channel> for OwnedFd {
+    fn from(c: Channel) -> OwnedFd {
+        c.fd
+    }
+}
+
+/// `CMSG_SPACE` for `n` fds: the aligned header plus the aligned fd array.
+/// Alignment may leave room for one fd more than `n`; `recv` checks the count.
+fn cmsg_space_for(n: usize) -> usize {
+    let align = std::mem::size_of::<usize>();
+    let data = n * std::mem::size_of::<RawFd>();
+    nix::sys::socket::cmsg_space::<()>() + data.div_ceil(align) * align
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str) -> OwnedFd {
+        std::fs::File::open(format!("/proc/self/ns/{name}"))
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn message_and_fds_arrive_together_close_on_exec() {
+        let (a, b) = Channel::pair().unwrap();
+        let net = ns("net");
+        a.send(b"hello", &[net.as_fd()]).unwrap();
+        let mut buf = [0u8; 16];
+        let got = b.recv(&mut buf, 4).unwrap().unwrap();
+        assert_eq!(&buf[..got.len], b"hello");
+        assert_eq!(got.fds.len(), 1);
+        let flags = nix::fcntl::fcntl(&got.fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        );
+        assert_eq!(
+            crate::fd::namespace_inode(got.fds[0].as_fd()).unwrap(),
+            crate::fd::namespace_inode(net.as_fd()).unwrap()
+        );
+    }
+
+    #[test]
+    fn oversized_datagram_is_truncation_error() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send(&[7u8; 100], &[]).unwrap();
+        let mut buf = [0u8; 10];
+        assert!(matches!(
+            b.recv(&mut buf, 0),
+            Err(RecvError::Truncated { max: 10 })
+        ));
+    }
+
+    #[test]
+    fn fds_where_none_are_taken_are_refused() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send(b"x", &[ns("net").as_fd()]).unwrap();
+        let mut buf = [0u8; 10];
+        assert!(matches!(b.recv(&mut buf, 0), Err(RecvError::UnexpectedFds)));
+    }
+
+    #[test]
+    fn too_many_fds_are_refused() {
+        let (a, b) = Channel::pair().unwrap();
+        let fds: Vec<OwnedFd> = (0..10).map(|_| ns("uts")).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        a.send(b"x", &borrowed).unwrap();
+        let mut buf = [0u8; 10];
+        assert!(matches!(
+            b.recv(&mut buf, 3),
+            Err(RecvError::TooManyFds { max: 3 })
+        ));
+    }
+
+    #[test]
+    fn empty_datagram_is_not_end_of_stream() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send(b"", &[]).unwrap();
+        let mut buf = [0u8; 10];
+        let got = b.recv(&mut buf, 0).unwrap();
+        assert!(matches!(got, Some(Received { len: 0, .. })));
+        drop(a);
+        assert!(b.recv(&mut buf, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn abstract_and_empty_paths_are_refused() {
+        assert!(Channel::connect(Path::new("")).is_err());
+        assert!(Channel::connect(Path::new("\0spacer")).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! What kind of object an fd refers to: the checks every receiver of fds
+//! makes before it believes a message.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+
+use crate::ns::NsType;
+use crate::sys;
+
+/// The namespace type of `fd` (`NS_GET_NSTYPE`), or an error when `fd` is no
+/// namespace fd (`ENOTTY`) or of a type this crate does not know.
+pub fn namespace_type(fd: BorrowedFd<'_>) -> io::Result<NsType> {
+    let flag = sys::ns_get_nstype(fd)?;
+    NsType::from_clone_flag(flag).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The inode number of the namespace behind `fd`: the number that
+/// `readlink /proc/PID/ns/TYPE` shows as `type:[inode]`.
+pub fn namespace_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok(st.st_ino)
+}
+
+/// The user namespace that owns the namespace behind `fd` (`NS_GET_USERNS`).
+pub fn owning_user_namespace(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    sys::ns_get_userns(fd)
+}
+
+/// The uid that owns the user namespace behind `fd` (`NS_GET_OWNER_UID`),
+/// as seen from the caller's user namespace.
+pub fn user_namespace_owner(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    sys::ns_get_owner_uid(fd)
+}
+
+/// Whether `fd` is a pidfd: `pidfd_send_signal(fd, 0)` succeeds, or fails
+/// only for lack of permission or because the process has exited.
+pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
+    match sys::pidfd_send_signal(fd, 0) {
+        Ok(()) => true,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ESRCH)),
+    }
+}
+
+/// Whether `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket.
+pub fn is_unix_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::SeqPacket))
+        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok()
+}
+
+/// Opens a pidfd for `pid` (`pidfd_open(2)`).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    sys::pidfd_open(pid)
+}
+
+/// Sends `sig` to the process behind a pidfd (`pidfd_send_signal(2)`).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    sys::pidfd_send_signal(pidfd, sig)
+}
+
+/// Which of a process's namespaces [`pidfd_namespace`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The namespace the process is in.
+    Current,
+    /// For PID and time: the namespace its next child would be in.
+    ForChildren,
+}
+
+/// A namespace of the process behind `pidfd`, by the pidfd ioctls
+/// (`PIDFD_GET_<TYPE>_NAMESPACE`, Linux 6.11). Older kernels answer
+/// `ENOTTY`; callers fall back to `/proc/PID/ns/`.
+pub fn pidfd_namespace(pidfd: BorrowedFd<'_>, t: NsType, which: Which) -> io::Result<OwnedFd> {
+    let for_children = which == Which::ForChildren;
+    let nr = match t {
+        NsType::Cgroup => 1,
+        NsType::Ipc => 2,
+        NsType::Mnt => 3,
+        NsType::Net => 4,
+        NsType::Pid if for_children => 6,
+        NsType::Pid => 5,
+        NsType::Time if for_children => 8,
+        NsType::Time => 7,
+        NsType::User => 9,
+        NsType::Uts => 10,
+    };
+    sys::pidfd_get_namespace(pidfd, nr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn own_namespaces_are_recognised() {
+        for t in NsType::ALL {
+            let f = std::fs::File::open(format!("/proc/self/ns/{}", t.name())).unwrap();
+            assert_eq!(namespace_type(f.as_fd()).unwrap(), t);
+            let link = std::fs::read_link(format!("/proc/self/ns/{}", t.name())).unwrap();
+            let ino = namespace_inode(f.as_fd()).unwrap();
+            assert_eq!(link.to_str().unwrap(), format!("{}:[{}]", t.name(), ino));
+        }
+    }
+
+    #[test]
+    fn other_fds_are_not_namespaces_or_pidfds() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(namespace_type(f.as_fd()).is_err());
+        assert!(!is_pidfd(f.as_fd()));
+        assert!(!is_unix_seqpacket(f.as_fd()));
+    }
+
+    #[test]
+    fn pidfd_ioctls_match_proc() {
+        let me = pidfd_open(std::process::id() as i32).unwrap();
+        assert!(is_pidfd(me.as_fd()));
+        for t in NsType::ALL {
+            let Ok(ns) = pidfd_namespace(me.as_fd(), t, Which::Current) else {
+                // Kernels before 6.11 have no such ioctl; nothing to compare.
+                return;
+            };
+            let f = std::fs::File::open(format!("/proc/self/ns/{}", t.name())).unwrap();
+            assert_eq!(namespace_type(ns.as_fd()).unwrap(), t);
+            assert_eq!(
+                namespace_inode(ns.as_fd()).unwrap(),
+                namespace_inode(f.as_fd()).unwrap()
+            );
+        }
+    }
+}

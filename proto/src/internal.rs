@@ -1,0 +1,275 @@
+//! Messages between the broker and the workers. They never travel on a
+//! client connection: the broker decodes client datagrams only as
+//! [`crate::wire::Request`], and the workers decode only these types.
+//!
+//! Encoded compactly (MessagePack arrays via `rmp-serde`); both ends are
+//! built from this crate, so there is no compatibility promise.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::fd;
+use crate::ns::{NsType, Spaces};
+
+/// The largest internal datagram (bytes).
+pub const MAX_BYTES: usize = 4096;
+/// The most fds an internal message carries.
+pub const MAX_FDS: usize = 6;
+
+/// Broker → worker (and subspace worker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerRequest {
+    /// Create rooms; `spaces` is re-checked by the worker.
+    Rooms {
+        /// Matches the reply to the request.
+        id: u64,
+        /// `CLONE_NEW*` bits.
+        spaces: u64,
+    },
+    /// Create a subspace owned by `uid`/`gid` (the peer's ids on the host;
+    /// a subspace worker ignores them and uses its own, which are the same
+    /// requester's).
+    Subspace {
+        /// Matches the reply to the request.
+        id: u64,
+        /// `CLONE_NEW*` bits.
+        spaces: u64,
+        /// The requester's uid.
+        uid: u32,
+        /// The requester's gid.
+        gid: u32,
+    },
+}
+
+impl WorkerRequest {
+    /// The request id.
+    pub fn id(&self) -> u64 {
+        match *self {
+            WorkerRequest::Rooms { id, .. } | WorkerRequest::Subspace { id, .. } => id,
+        }
+    }
+}
+
+/// Worker → broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// Rooms made: fd `i` is a namespace of type `types[i]`.
+    Rooms {
+        /// Matches the request.
+        id: u64,
+        /// Types in fd order.
+        types: Vec<NsType>,
+    },
+    /// Subspace made: fds are its channel, its pidfd, then the user and PID
+    /// namespaces that were asked for.
+    Subspace {
+        /// Matches the request.
+        id: u64,
+        /// Whether a user namespace fd is attached.
+        user: bool,
+        /// Whether a PID namespace fd is attached.
+        pid: bool,
+        /// The subspace worker's pid in the broker's PID namespace view of
+        /// the worker (for logs only; the pidfd is the reference).
+        worker_pid: i32,
+    },
+    /// The worker refused the request itself (its own validation).
+    Invalid {
+        /// Matches the request.
+        id: u64,
+        /// A protocol reason such as "out of space".
+        reason: String,
+    },
+    /// Creating the namespaces failed; nothing was created.
+    Failed {
+        /// Matches the request.
+        id: u64,
+        /// The operation and errno, e.g. "creating net namespace: ...".
+        reason: String,
+    },
+}
+
+impl WorkerReply {
+    /// The id of the request this answers.
+    pub fn id(&self) -> u64 {
+        match *self {
+            WorkerReply::Rooms { id, .. }
+            | WorkerReply::Subspace { id, .. }
+            | WorkerReply::Invalid { id, .. }
+            | WorkerReply::Failed { id, .. } => id,
+        }
+    }
+
+    /// Checks that `fds` are exactly what this reply says they are, kind by
+    /// kind. The broker calls this for every reply, trusted or not.
+    pub fn check_fds(&self, fds: &[OwnedFd]) -> Result<(), InternalError> {
+        match self {
+            WorkerReply::Rooms { types, .. } => {
+                let set = Spaces::of(types.iter().copied());
+                if types.len() != fds.len()
+                    || set.types().count() != types.len()
+                    || !Spaces::ROOMS.contains(set)
+                {
+                    return Err(InternalError::FdMismatch);
+                }
+                for (t, fd) in types.iter().zip(fds) {
+                    if fd::namespace_type(fd.as_fd()).ok() != Some(*t) {
+                        return Err(InternalError::FdMismatch);
+                    }
+                }
+                Ok(())
+            }
+            WorkerReply::Subspace { user, pid, .. } => {
+                let want = 2 + usize::from(*user) + usize::from(*pid);
+                if !(*user || *pid) || fds.len() != want {
+                    return Err(InternalError::FdMismatch);
+                }
+                if !fd::is_unix_seqpacket(fds[0].as_fd()) || !fd::is_pidfd(fds[1].as_fd()) {
+                    return Err(InternalError::FdMismatch);
+                }
+                let mut rest = fds[2..].iter();
+                for (wanted, t) in [(*user, NsType::User), (*pid, NsType::Pid)] {
+                    if wanted {
+                        let fd = rest.next().ok_or(InternalError::FdMismatch)?;
+                        if fd::namespace_type(fd.as_fd()).ok() != Some(t) {
+                            return Err(InternalError::FdMismatch);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => {
+                if fds.is_empty() {
+                    Ok(())
+                } else {
+                    Err(InternalError::FdMismatch)
+                }
+            }
+        }
+    }
+}
+
+/// Broker → worker supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SupervisorRequest {
+    /// Start one more serving worker.
+    Spawn,
+    /// Kill the serving worker with this pid (a hung one).
+    Kill {
+        /// As reported in [`SupervisorReply::Spawned`].
+        pid: i32,
+    },
+}
+
+/// Worker supervisor → broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SupervisorReply {
+    /// A serving worker started; fds are its channel and its pidfd.
+    Spawned {
+        /// Its pid.
+        pid: i32,
+    },
+    /// Starting one failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A new subspace worker → the worker that started it, once, when it is
+/// ready to serve: fds are its user and PID namespaces as flagged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubspaceReady {
+    /// Serving.
+    Ready {
+        /// A user namespace fd is attached.
+        user: bool,
+        /// A PID namespace fd is attached.
+        pid: bool,
+    },
+    /// Setting up failed; the process exits after sending this.
+    Failed {
+        /// The operation and errno.
+        reason: String,
+    },
+}
+
+/// Why an internal message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InternalError {
+    /// Not a message of the expected type.
+    #[error("malformed internal message")]
+    Malformed,
+    /// The fds do not match what the message says.
+    #[error("internal message fds do not match its content")]
+    FdMismatch,
+}
+
+/// Encodes an internal message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    rmp_serde::to_vec(msg).expect("internal messages always encode")
+}
+
+/// Decodes an internal message.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InternalError> {
+    rmp_serde::from_slice(bytes).map_err(|_| InternalError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        let reqs = [
+            WorkerRequest::Rooms { id: 1, spaces: 42 },
+            WorkerRequest::Subspace {
+                id: u64::MAX,
+                spaces: 7,
+                uid: 1000,
+                gid: 100,
+            },
+        ];
+        for r in reqs {
+            assert_eq!(decode::<WorkerRequest>(&encode(&r)), Ok(r));
+        }
+        let reply = WorkerReply::Rooms {
+            id: 3,
+            types: vec![NsType::Net, NsType::Time],
+        };
+        assert_eq!(decode::<WorkerReply>(&encode(&reply)), Ok(reply));
+        // A worker reply is not a request, and a client request is neither.
+        assert!(decode::<WorkerRequest>(&encode(&SupervisorReply::Spawned { pid: 1 })).is_err());
+        let client = crate::wire::Request::Rooms { spaces: 1 }.encode();
+        assert!(decode::<WorkerRequest>(&client).is_err());
+    }
+
+    #[test]
+    fn rooms_fds_are_checked_by_kind_and_count() {
+        let net: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let reply = WorkerReply::Rooms {
+            id: 1,
+            types: vec![NsType::Uts],
+        };
+        assert_eq!(reply.check_fds(&[net]), Err(InternalError::FdMismatch));
+        let reply = WorkerReply::Rooms {
+            id: 1,
+            types: vec![NsType::User],
+        };
+        let user: OwnedFd = std::fs::File::open("/proc/self/ns/user").unwrap().into();
+        assert_eq!(reply.check_fds(&[user]), Err(InternalError::FdMismatch));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode::<WorkerRequest>(&bytes);
+            let _ = decode::<WorkerReply>(&bytes);
+            let _ = decode::<SupervisorRequest>(&bytes);
+            let _ = decode::<SubspaceReady>(&bytes);
+        }
+    }
+}

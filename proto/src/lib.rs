@@ -1,0 +1,26 @@
+//! # spacer-proto
+//!
+//! The wire format of spacer and the one type that carries it.
+//!
+//! * [`wire`]: the client-facing protocol (requests, responses, and the
+//!   decoder that checks every received fd), documented in
+//!   `docs/PROTOCOL.md`.
+//! * [`internal`]: broker ↔ worker messages, separate types that never
+//!   appear on a client connection.
+//! * [`Channel`]: `AF_UNIX` `SOCK_SEQPACKET` I/O with fds in `SCM_RIGHTS`,
+//!   hard caps on size and fd count, `MSG_TRUNC`/`MSG_CTRUNC` as errors.
+//! * [`ns`] and [`fd`]: namespace types and fd kind checks.
+//!
+//! Trust level: used on both sides of every trust boundary; it parses
+//! untrusted bytes and must never panic on them (property-tested).
+
+pub mod channel;
+pub mod fd;
+pub mod internal;
+pub mod launch;
+pub mod ns;
+mod sys;
+pub mod wire;
+
+pub use channel::{Channel, Received, RecvError};
+pub use ns::{check_spaces, NsType, SpaceError, Spaces};

@@ -1,0 +1,138 @@
+//! The few system calls of this crate that have no safe wrapper in `nix`.
+//! Every `unsafe` block of the crate lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `NSIO` ioctl numbers from `<linux/nsfs.h>`: `_IO(0xb7, n)`.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+
+/// `PIDFD_GET_*_NAMESPACE` from `<linux/pidfd.h>` (Linux 6.11): `_IO(0xFF, n)`.
+pub(crate) const PIDFD_GET_NAMESPACE_BASE: libc::c_ulong = 0xff00;
+
+/// Takes ownership of fds the kernel just installed in this process for a
+/// `recvmsg(2)` with `SCM_RIGHTS`.
+pub(crate) fn adopt_received(raw: &[RawFd]) -> Vec<OwnedFd> {
+    raw.iter()
+        .filter(|&&fd| fd >= 0)
+        .map(|&fd| {
+            // SAFETY: `fd` was installed into our fd table by the kernel for this
+            // very recvmsg call and nothing else refers to it; the returned
+            // OwnedFd becomes its only owner and closes it exactly once.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect()
+}
+
+fn ioctl_ret(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::c_int> {
+    // SAFETY: the request numbers used with this helper take no argument
+    // (`_IO`), so no memory is passed to the kernel; `fd` is a live borrowed fd.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, 0) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn ioctl_new_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<OwnedFd> {
+    let new = ioctl_ret(fd, request)?;
+    // SAFETY: on success these ioctls return a new close-on-exec fd that this
+    // process now owns and nothing else refers to.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `NS_GET_NSTYPE`: the `CLONE_NEW*` flag of the namespace behind `fd`.
+pub(crate) fn ns_get_nstype(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    ioctl_ret(fd, NS_GET_NSTYPE).map(i64::from)
+}
+
+/// `NS_GET_USERNS`: the user namespace owning the namespace behind `fd`.
+pub(crate) fn ns_get_userns(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    ioctl_new_fd(fd, NS_GET_USERNS)
+}
+
+/// `NS_GET_OWNER_UID`: the uid (in the caller's user namespace) that owns the
+/// user namespace behind `fd`.
+pub(crate) fn ns_get_owner_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
+    // points to a live, properly aligned local that outlives the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID as _, &mut uid) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(uid)
+    }
+}
+
+/// `PIDFD_GET_<TYPE>_NAMESPACE` number `nr` on a pidfd.
+pub(crate) fn pidfd_get_namespace(pidfd: BorrowedFd<'_>, nr: u8) -> io::Result<OwnedFd> {
+    ioctl_new_fd(pidfd, PIDFD_GET_NAMESPACE_BASE | libc::c_ulong::from(nr))
+}
+
+/// `pidfd_open(2)`.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a successful pidfd_open returns a new close-on-exec fd owned by
+    // this process alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `pidfd_send_signal(2)` with no siginfo.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo pointer is allowed and makes the kernel fill in
+    // the defaults; the other arguments are integers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes `fd` appear as fd `target` (without close-on-exec) in the child
+/// that `cmd` will start, and nowhere else.
+pub(crate) fn pass_fd_as(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || {
+        if fd == target {
+            // dup2 onto itself keeps FD_CLOEXEC; clear it instead.
+            // SAFETY: fcntl on an fd number is async-signal-safe and touches
+            // no memory of ours.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            // SAFETY: dup2 is async-signal-safe; it replaces `target` in the
+            // child's fd table only, and the new fd has FD_CLOEXEC clear.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child between fork and exec and
+    // calls only async-signal-safe functions (fcntl, dup2) without
+    // allocating or taking locks.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

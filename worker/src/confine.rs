@@ -1,0 +1,150 @@
+//! Start-up confinement: one ordered sequence from "started as root" to
+//! "four capabilities, no_new_privs, non-dumpable, seccomp".
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::sys::prctl;
+use nix::unistd::{getppid, setgroups};
+use spacer_proto::Channel;
+
+use crate::seccomp::{self, SeccompMode};
+use crate::sys;
+
+/// The capabilities the worker keeps, each for a reason the code proves:
+///
+/// * `CAP_SYS_ADMIN`: `unshare(2)` of every namespace type, `setns(2)` back
+///   into the worker's own namespaces, `mount(2)` to make a new mount
+///   namespace's `/` private.
+/// * `CAP_SYS_CHROOT`: `setns(2)` into a mount namespace also requires it
+///   (the worker returns to its own mount namespace after each mnt room).
+/// * `CAP_SETUID`, `CAP_SETGID`: a subspace's user namespace must be *owned*
+///   by the requester, i.e. created by a process whose effective ids are the
+///   requester's; the new subspace worker switches to them (`setresuid`,
+///   `setresgid`, `setgroups`) before `unshare(CLONE_NEWUSER)`.
+pub const WORKER_CAPS: [Capability; 4] = [
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+];
+
+/// What a subspace worker keeps inside its own user namespace: it makes
+/// rooms there and returns to its homes, and it never switches ids.
+pub const SUBSPACE_CAPS: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_CHROOT];
+
+/// A failed step of the confinement sequence.
+#[derive(Debug)]
+pub struct ConfineError {
+    step: &'static str,
+    cause: String,
+}
+
+impl fmt::Display for ConfineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.cause)
+    }
+}
+
+fn step<T, E: fmt::Display>(step: &'static str, r: Result<T, E>) -> Result<T, ConfineError> {
+    r.map_err(|e| ConfineError {
+        step,
+        cause: e.to_string(),
+    })
+}
+
+/// Checks that `channel` is what a legitimate parent hands us: a connected
+/// `AF_UNIX` `SOCK_SEQPACKET` socket whose other end was created by our
+/// parent process. A shell that starts the worker by hand cannot pass that.
+pub fn check_channel(channel: &Channel) -> Result<(), ConfineError> {
+    let cred = step("reading the channel's peer", channel.peer_credentials())?;
+    let parent = getppid().as_raw();
+    if cred.pid() != parent || parent <= 1 {
+        return Err(ConfineError {
+            step: "checking the channel",
+            cause: "its other end does not belong to the process that started the worker".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The ordered drop, for a worker started by the broker as root (`full`)
+/// or by a client library with the caller's own privileges (not `full`:
+/// it keeps the intersection of what it has and [`WORKER_CAPS`]).
+pub fn confine(
+    channel: &Channel,
+    seccomp_mode: SeccompMode,
+    full: bool,
+) -> Result<(), ConfineError> {
+    // 1. Die with the parent, and notice if it is already gone.
+    step(
+        "setting the parent-death signal",
+        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+    )?;
+    check_channel(channel)?;
+    // 2. No fd but stdio and the channel.
+    step(
+        "closing inherited fds",
+        sys::close_fds_except(channel.as_raw_fd()),
+    )?;
+    step("changing to /", nix::unistd::chdir("/"))?;
+    // 3. No supplementary groups (a subspace worker inherits them, and with
+    //    setgroups denied could never drop them).
+    if full {
+        step("dropping supplementary groups", setgroups(&[]))?;
+    }
+    // 4. Capabilities: bounding, ambient and inheritable first (dropping from
+    //    the bounding set needs CAP_SETPCAP, which goes with the next step).
+    keep_only(&WORKER_CAPS)?;
+    // 5. No privilege gain through exec, no ptrace or core dump of the worker.
+    step("setting no_new_privs", prctl::set_no_new_privs())?;
+    step("making the worker non-dumpable", prctl::set_dumpable(false))?;
+    // 6. Exited children are reaped by the kernel.
+    step("ignoring SIGCHLD", sys::autoreap_children())?;
+    // 7. Last: the syscall allow-list.
+    step(
+        "installing the seccomp filter",
+        seccomp::install(seccomp_mode),
+    )?;
+    Ok(())
+}
+
+/// Reduces every capability set of this thread to `keep` (or to what the
+/// thread has of it): bounding set (where CAP_SETPCAP allows), ambient,
+/// inheritable, then effective and permitted.
+pub fn keep_only(keep: &[Capability]) -> Result<(), ConfineError> {
+    let permitted = step("reading capabilities", caps::read(None, CapSet::Permitted))?;
+    let keep: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    if permitted.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                step(
+                    "dropping a capability from the bounding set",
+                    caps::drop(None, CapSet::Bounding, cap),
+                )?;
+            }
+        }
+    }
+    step(
+        "clearing ambient capabilities",
+        caps::clear(None, CapSet::Ambient),
+    )?;
+    step(
+        "clearing inheritable capabilities",
+        caps::clear(None, CapSet::Inheritable),
+    )?;
+    step(
+        "setting effective capabilities",
+        caps::set(None, CapSet::Effective, &keep),
+    )?;
+    step(
+        "setting permitted capabilities",
+        caps::set(None, CapSet::Permitted, &keep),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Creating rooms: one new namespace per requested type, handed out as an
+//! fd, with the worker back in its own namespaces before it answers.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use spacer_proto::fd::{self, Which};
+use spacer_proto::{NsType, Spaces};
+
+/// Where the worker returns to after making a room of one type.
+enum Home {
+    /// A namespace this process may `setns(2)` back into.
+    Ready(OwnedFd),
+    /// The namespace the process started in is owned by an ancestor user
+    /// namespace (a subspace worker), so it cannot go back there; a private
+    /// home is made the first time a room of this type is asked for.
+    NotYet,
+}
+
+/// Makes rooms and keeps the process's own namespaces what they were.
+pub struct Maker {
+    me: OwnedFd,
+    homes: [Home; 6],
+}
+
+/// Why a room could not be made. Nothing is handed out on error.
+#[derive(Debug)]
+pub enum MakeError {
+    /// `unshare(2)` failed.
+    Create(NsType, Errno),
+    /// Making `/` recursively private in a new mount namespace failed.
+    Private(Errno),
+    /// Getting an fd for the new namespace failed.
+    Open(NsType, io::Error),
+    /// Going back to the worker's own namespace failed: the worker must not
+    /// serve any further request.
+    Return(NsType, Errno),
+}
+
+impl MakeError {
+    /// Whether the worker's own namespaces may now be wrong.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, MakeError::Return(..))
+    }
+}
+
+impl fmt::Display for MakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MakeError::Create(t, e) => write!(f, "creating {t} namespace: {}", errno_text(*e)),
+            MakeError::Private(e) => write!(
+                f,
+                "making / private in the new mount namespace: {}",
+                errno_text(*e)
+            ),
+            MakeError::Open(t, e) => write!(f, "opening the new {t} namespace: {e}"),
+            MakeError::Return(t, e) => write!(
+                f,
+                "returning to the worker's own {t} namespace: {}",
+                errno_text(*e)
+            ),
+        }
+    }
+}
+
+/// `EPERM (Operation not permitted)`: the name for searching, the text for
+/// reading.
+pub fn errno_text(e: Errno) -> String {
+    format!("{e:?} ({})", e.desc())
+}
+
+impl Maker {
+    /// Records the process's current namespaces as its homes: those owned by
+    /// its own user namespace can be returned to; the others get a private
+    /// home on first use.
+    pub fn new() -> io::Result<Maker> {
+        let me = fd::pidfd_open(std::process::id() as i32)?;
+        let own_user = current(&me, NsType::User)?;
+        let own_user_ino = fd::namespace_inode(own_user.as_fd())?;
+        let mut homes: [Home; 6] = std::array::from_fn(|_| Home::NotYet);
+        for (slot, t) in homes.iter_mut().zip(Spaces::ROOMS.types()) {
+            let ns = current(&me, t)?;
+            match fd::owning_user_namespace(ns.as_fd()) {
+                Ok(owner) if fd::namespace_inode(owner.as_fd())? == own_user_ino => {
+                    *slot = Home::Ready(ns);
+                }
+                Ok(_) => {}
+                // The owner is an ancestor of our user namespace, which the
+                // kernel does not show us: not a namespace we can return to.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Maker { me, homes })
+    }
+
+    /// One new namespace for each type in `spaces` (room types only; the
+    /// caller has checked). All or nothing: on error every fd made so far
+    /// is closed.
+    pub fn rooms(&mut self, spaces: Spaces) -> Result<Vec<(NsType, OwnedFd)>, MakeError> {
+        let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
+        for t in spaces.types() {
+            self.ensure_home(t)?;
+            let fd = self.make_one(t);
+            // Back home before looking at the result: whatever happened, the
+            // process must not stay in the new namespace.
+            self.go_home(t)?;
+            made.push((t, fd?));
+        }
+        Ok(made)
+    }
+
+    fn make_one(&self, t: NsType) -> Result<OwnedFd, MakeError> {
+        unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+        if t == NsType::Mnt {
+            make_root_private().map_err(MakeError::Private)?;
+        }
+        current(&self.me, t).map_err(|e| MakeError::Open(t, e))
+    }
+
+    fn go_home(&self, t: NsType) -> Result<(), MakeError> {
+        match &self.homes[index(t)] {
+            Home::Ready(home) => setns(home, clone_flag(t)).map_err(|e| MakeError::Return(t, e)),
+            Home::NotYet => unreachable!("ensure_home ran first"),
+        }
+    }
+
+    /// Makes a private home of type `t` if the process cannot return to the
+    /// namespace it started in.
+    fn ensure_home(&mut self, t: NsType) -> Result<(), MakeError> {
+        if let Home::NotYet = self.homes[index(t)] {
+            unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+            if t == NsType::Mnt {
+                make_root_private().map_err(MakeError::Private)?;
+            }
+            let home = current(&self.me, t).map_err(|e| MakeError::Open(t, e))?;
+            self.homes[index(t)] = Home::Ready(home);
+        }
+        Ok(())
+    }
+}
+
+fn index(t: NsType) -> usize {
+    Spaces::ROOMS
+        .types()
+        .position(|x| x == t)
+        .expect("a room type")
+}
+
+/// The `CloneFlags` of a type.
+pub fn clone_flag(t: NsType) -> CloneFlags {
+    CloneFlags::from_bits_retain(t.flag().bits() as libc::c_int)
+}
+
+/// `mount --make-rprivate /`: nothing done in the new mount namespace
+/// propagates anywhere, and nothing propagates into it.
+fn make_root_private() -> Result<(), Errno> {
+    mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
+}
+
+/// The namespace of type `t` a new child of this process would get: for
+/// time that is `time_for_children`, which `unshare(CLONE_NEWTIME)` changes.
+/// By pidfd ioctl where the kernel has it (6.11), else by `/proc`.
+pub fn current(me: &OwnedFd, t: NsType) -> io::Result<OwnedFd> {
+    match fd::pidfd_namespace(me.as_fd(), t, Which::ForChildren) {
+        Ok(ns) => Ok(ns),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+            let path = format!("/proc/thread-self/ns/{}", t.proc_for_children());
+            File::open(path).map(OwnedFd::from)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,105 @@
+//! The worker's system calls without a safe wrapper. Every `unsafe` block of
+//! the worker lives here.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// The outcome of [`clone_with_pidfd`].
+pub enum Cloned {
+    /// We are the new process.
+    Child,
+    /// We are the caller; the child is `pid`, referenced by `pidfd`.
+    Parent {
+        /// The child's pid.
+        pid: libc::pid_t,
+        /// A pidfd for the child (close-on-exec).
+        pidfd: OwnedFd,
+    },
+}
+
+/// The exact flags the worker clones with; the seccomp filter allows `clone`
+/// with these flags and no others.
+pub const CLONE_FLAGS: u64 = libc::CLONE_PIDFD as u64 | libc::SIGCHLD as u64;
+
+/// `clone(CLONE_PIDFD | SIGCHLD)` without a new stack: a fork that also
+/// returns a pidfd, so the child can be referenced without a pid race.
+///
+/// Only call this from a single-threaded process (the worker is): the child
+/// continues on a copy of the caller's stack and memory, and must leave by
+/// `std::process::exit`, never by returning into the caller's frames.
+pub fn clone_with_pidfd() -> io::Result<Cloned> {
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone without CLONE_VM and with a null stack has fork semantics:
+    // the child gets a private copy of the address space and continues here.
+    // The worker is single-threaded, so no other thread holds a lock that the
+    // child's copy could never release. The parent_tid pointer (where
+    // CLONE_PIDFD stores the pidfd) points to a live local int; child_tid and
+    // tls are unused (0).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            CLONE_FLAGS,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        r if r < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Cloned::Child),
+        pid => Ok(Cloned::Parent {
+            pid: pid as libc::pid_t,
+            // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by
+            // this process alone, in `pidfd` before returning the child's pid.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// Closes every fd from 3 up except `keep`, by `close_range(2)`.
+///
+/// Nothing in the process may still use an `OwnedFd` for a closed number
+/// afterwards; callers use this at start-up and in a freshly cloned child,
+/// before any such fd is touched again.
+pub fn close_fds_except(keep: RawFd) -> io::Result<()> {
+    let ranges = [(3, keep - 1), (keep + 1, libc::c_int::MAX)];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range takes integers only. The fds it closes are the
+        // ones this process inherited or that belong to frames it will never
+        // return to (see the function's contract), so no live owner is left
+        // with a dangling number.
+        let ret = unsafe { libc::close_range(first as libc::c_uint, last as libc::c_uint, 0) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Takes ownership of an fd number passed on the command line by the
+/// process that started us, if it is open. The caller checks right after
+/// that it is the socket it should be.
+pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD reads the fd table entry and touches no memory of ours.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the fd is open, and the number came from our parent, which left
+    // exactly this fd for us; nothing else in this fresh process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets `SIGCHLD` to `SIG_IGN`, so that exited children are reaped by the
+/// kernel: no zombie can pile up in a worker that never calls `wait`.
+pub fn autoreap_children() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler code, so none of sigaction's
+    // async-signal-safety obligations arise.
+    unsafe { sigaction(Signal::SIGCHLD, &ignore) }?;
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The worker binary on its own: refuses to run by hand, confines itself,
+//! serves rooms and subspaces, keeps its own namespaces. Needs root.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command};
+
+use spacer_proto::internal::{
+    self, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest,
+};
+use spacer_proto::{fd, launch, Channel, Spaces};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_spacer-worker");
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates namespaces and needs root (CI runs as root)"
+    );
+}
+
+struct Supervisor {
+    child: Child,
+    chan: Channel,
+}
+
+impl Supervisor {
+    fn start(extra: &[&str]) -> Supervisor {
+        let (mine, theirs) = Channel::pair().unwrap();
+        let theirs: OwnedFd = theirs.into();
+        let child = launch::worker_command(Path::new(WORKER), &theirs)
+            .args(extra)
+            .spawn()
+            .unwrap();
+        drop(theirs);
+        Supervisor { child, chan: mine }
+    }
+
+    fn spawn_worker(&self) -> (i32, Channel, OwnedFd) {
+        self.chan
+            .send(&internal::encode(&SupervisorRequest::Spawn), &[])
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let got = self.chan.recv(&mut buf, 2).unwrap().unwrap();
+        let reply: SupervisorReply = internal::decode(&buf[..got.len]).unwrap();
+        let SupervisorReply::Spawned { pid } = reply else {
+            panic!("spawn failed: {reply:?}")
+        };
+        let mut fds = got.fds.into_iter();
+        let chan = Channel::from_fd(fds.next().unwrap()).unwrap();
+        (pid, chan, fds.next().unwrap())
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn call(chan: &Channel, req: &WorkerRequest) -> (WorkerReply, Vec<OwnedFd>) {
+    chan.send(&internal::encode(req), &[]).unwrap();
+    let mut buf = [0u8; 4096];
+    let got = chan.recv(&mut buf, internal::MAX_FDS).unwrap().unwrap();
+    let reply: WorkerReply = internal::decode(&buf[..got.len]).unwrap();
+    reply.check_fds(&got.fds).unwrap();
+    (reply, got.fds)
+}
+
+/// A round trip that makes nothing: once it is answered, the worker has
+/// finished (and closed its copies of the fds of) everything before it.
+fn barrier(chan: &Channel) {
+    let (reply, _) = call(chan, &WorkerRequest::Rooms { id: 0, spaces: 0 });
+    assert!(matches!(reply, WorkerReply::Invalid { .. }));
+}
+
+fn ns_links(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/ns"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_link(e.path()).unwrap().display()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(pid: i32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap()
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn refuses_to_run_by_hand() {
+    let out = Command::new(WORKER).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never by hand"));
+    // An fd number that is not a socket to the parent.
+    let out = Command::new(WORKER)
+        .args(["--channel-fd", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serves_all_six_rooms_and_stays_home() {
+    need_root();
+    let sup = Supervisor::start(&[]);
+    let (pid, chan, _pidfd) = sup.spawn_worker();
+    barrier(&chan);
+    let before = ns_links(pid);
+    let fds_before = fd_count(pid);
+    for _ in 0..50 {
+        let (reply, fds) = call(
+            &chan,
+            &WorkerRequest::Rooms {
+                id: 7,
+                spaces: Spaces::ROOMS.bits(),
+            },
+        );
+        let WorkerReply::Rooms { id: 7, types } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(Spaces::of(types.iter().copied()), Spaces::ROOMS);
+        for (t, f) in types.iter().zip(&fds) {
+            let mine = std::fs::File::open(format!("/proc/self/ns/{}", t.name())).unwrap();
+            assert_ne!(
+                fd::namespace_inode(f.as_fd()).unwrap(),
+                fd::namespace_inode(mine.as_fd()).unwrap(),
+                "{t} is not new"
+            );
+        }
+    }
+    barrier(&chan);
+    assert_eq!(ns_links(pid), before);
+    assert_eq!(fd_count(pid), fds_before);
+    assert_eq!(status(pid, "NoNewPrivs"), "1");
+    assert_eq!(status(pid, "Seccomp"), "2");
+    // CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21)
+    assert_eq!(status(pid, "CapEff"), "00000000002400c0");
+    assert_eq!(status(pid, "CapBnd"), "00000000002400c0");
+    assert_eq!(status(pid, "CapInh"), "0000000000000000");
+}
+
+#[test]
+fn rechecks_spaces_itself() {
+    need_root();
+    let sup = Supervisor::start(&[]);
+    let (_pid, chan, _pidfd) = sup.spawn_worker();
+    for (spaces, reason) in [
+        (0, "no space requested"),
+        (Spaces::USER.bits(), "out of space"),
+        (libc::CLONE_VM as u64, "out of space"),
+    ] {
+        let (reply, fds) = call(&chan, &WorkerRequest::Rooms { id: 1, spaces });
+        assert_eq!(
+            reply,
+            WorkerReply::Invalid {
+                id: 1,
+                reason: reason.into()
+            }
+        );
+        assert!(fds.is_empty());
+    }
+    let (reply, _) = call(
+        &chan,
+        &WorkerRequest::Subspace {
+            id: 2,
+            spaces: Spaces::NET.bits(),
+            uid: 0,
+            gid: 0,
+        },
+    );
+    assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
+}
+
+#[test]
+fn subspace_is_owned_by_the_requester() {
+    need_root();
+    let sup = Supervisor::start(&[]);
+    let (pid, chan, _pidfd) = sup.spawn_worker();
+    barrier(&chan);
+    let fds_before = fd_count(pid);
+    let (reply, fds) = call(
+        &chan,
+        &WorkerRequest::Subspace {
+            id: 3,
+            spaces: (Spaces::USER | Spaces::PID).bits(),
+            uid: 65534,
+            gid: 65534,
+        },
+    );
+    let WorkerReply::Subspace {
+        user: true,
+        pid: true,
+        worker_pid,
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(fd::user_namespace_owner(fds[2].as_fd()).unwrap(), 65534);
+    assert_eq!(status(worker_pid, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status(worker_pid, "Seccomp"), "2");
+    assert_eq!(status(worker_pid, "NoNewPrivs"), "1");
+    // Rooms through the subspace are owned by its user namespace.
+    let sub = Channel::from_fd(fds.into_iter().next().unwrap()).unwrap();
+    let (reply, room_fds) = call(
+        &sub,
+        &WorkerRequest::Rooms {
+            id: 4,
+            spaces: (Spaces::NET | Spaces::UTS | Spaces::MNT).bits(),
+        },
+    );
+    assert!(
+        matches!(reply, WorkerReply::Rooms { id: 4, .. }),
+        "{reply:?}"
+    );
+    for f in &room_fds {
+        let owner = fd::owning_user_namespace(f.as_fd()).unwrap();
+        assert_eq!(fd::user_namespace_owner(owner.as_fd()).unwrap(), 65534);
+    }
+    drop(sub);
+    barrier(&chan);
+    assert_eq!(fd_count(pid), fds_before);
+}
