@@ -28,6 +28,11 @@ pub fn owning_user_namespace(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     sys::ns_get_userns(fd)
 }
 
+/// The parent of the user or PID namespace behind `fd` (`NS_GET_PARENT`).
+pub fn parent_namespace(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    sys::ns_get_parent(fd)
+}
+
 /// The uid that owns the user namespace behind `fd` (`NS_GET_OWNER_UID`),
 /// as seen from the caller's user namespace.
 pub fn user_namespace_owner(fd: BorrowedFd<'_>) -> io::Result<u32> {

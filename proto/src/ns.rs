@@ -8,7 +8,7 @@ bitflags::bitflags! {
     /// This is the `spaces` field of every request. [`Spaces::ROOMS`] is what a
     /// `Rooms` request may ask for, [`Spaces::SUBSPACE`] what a `Subspace`
     /// request may ask for.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct Spaces: u64 {
         /// `CLONE_NEWCGROUP`
         const CGROUP = libc::CLONE_NEWCGROUP as u64;

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `NSIO` ioctl numbers from `<linux/nsfs.h>`: `_IO(0xb7, n)`.
 const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
 
@@ -52,6 +53,11 @@ pub(crate) fn ns_get_nstype(fd: BorrowedFd<'_>) -> io::Result<i64> {
 /// `NS_GET_USERNS`: the user namespace owning the namespace behind `fd`.
 pub(crate) fn ns_get_userns(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     ioctl_new_fd(fd, NS_GET_USERNS)
+}
+
+/// `NS_GET_PARENT`: the parent of a user or PID namespace.
+pub(crate) fn ns_get_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    ioctl_new_fd(fd, NS_GET_PARENT)
 }
 
 /// `NS_GET_OWNER_UID`: the uid (in the caller's user namespace) that owns the

@@ -23,7 +23,22 @@ use crate::sys;
 ///   by the requester, i.e. created by a process whose effective ids are the
 ///   requester's; the new subspace worker switches to them (`setresuid`,
 ///   `setresgid`, `setgroups`) before `unshare(CLONE_NEWUSER)`.
-pub const WORKER_CAPS: [Capability; 4] = [
+/// * `CAP_SETFCAP`, permitted but **not effective**: since Linux 5.12 a user
+///   namespace may map uid 0 of its parent only if its creator had
+///   `CAP_SETFCAP` effective. Only a new subspace worker for a root
+///   requester raises it, just for its `unshare`; every other one drops it
+///   first. (The seccomp filter allows no xattr call, so the worker cannot
+///   use it on files.)
+pub const WORKER_CAPS: [Capability; 5] = [
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETFCAP,
+];
+
+/// The worker's effective set: [`WORKER_CAPS`] without `CAP_SETFCAP`.
+pub const WORKER_EFFECTIVE: [Capability; 4] = [
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETUID,
@@ -31,8 +46,15 @@ pub const WORKER_CAPS: [Capability; 4] = [
 ];
 
 /// What a subspace worker keeps inside its own user namespace: it makes
-/// rooms there and returns to its homes, and it never switches ids.
-pub const SUBSPACE_CAPS: [Capability; 2] = [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_CHROOT];
+/// rooms there and returns to its homes (`CAP_SYS_ADMIN`,
+/// `CAP_SYS_CHROOT`), and a nested subspace maps its root, uid 0 of this
+/// namespace (`CAP_SETFCAP`, as above). Capabilities in a user namespace the
+/// requester owns are the requester's own powers.
+pub const SUBSPACE_CAPS: [Capability; 3] = [
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SETFCAP,
+];
 
 /// A failed step of the confinement sequence.
 #[derive(Debug)]
@@ -96,7 +118,7 @@ pub fn confine(
     }
     // 4. Capabilities: bounding, ambient and inheritable first (dropping from
     //    the bounding set needs CAP_SETPCAP, which goes with the next step).
-    keep_only(&WORKER_CAPS)?;
+    keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
     // 5. No privilege gain through exec, no ptrace or core dump of the worker.
     step("setting no_new_privs", prctl::set_no_new_privs())?;
     step("making the worker non-dumpable", prctl::set_dumpable(false))?;
@@ -112,8 +134,8 @@ pub fn confine(
 
 /// Reduces every capability set of this thread to `keep` (or to what the
 /// thread has of it): bounding set (where CAP_SETPCAP allows), ambient,
-/// inheritable, then effective and permitted.
-pub fn keep_only(keep: &[Capability]) -> Result<(), ConfineError> {
+/// inheritable, then effective (to `effective`, a subset) and permitted.
+pub fn keep_only(keep: &[Capability], effective: &[Capability]) -> Result<(), ConfineError> {
     let permitted = step("reading capabilities", caps::read(None, CapSet::Permitted))?;
     let keep: CapsHashSet = keep
         .iter()
@@ -138,9 +160,14 @@ pub fn keep_only(keep: &[Capability]) -> Result<(), ConfineError> {
         "clearing inheritable capabilities",
         caps::clear(None, CapSet::Inheritable),
     )?;
+    let effective: CapsHashSet = effective
+        .iter()
+        .copied()
+        .filter(|c| keep.contains(c))
+        .collect();
     step(
         "setting effective capabilities",
-        caps::set(None, CapSet::Effective, &keep),
+        caps::set(None, CapSet::Effective, &effective),
     )?;
     step(
         "setting permitted capabilities",

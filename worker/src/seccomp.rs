@@ -123,11 +123,7 @@ fn entries() -> Vec<Entry> {
         arg_in(libc::SYS_setns, 1, &ROOM_FLAGS),
         // maker::make_root_private: MS_REC|MS_PRIVATE changes propagation
         // only; no bind, move, remount or new filesystem can pass.
-        long_arg_in(
-            libc::SYS_mount,
-            3,
-            &[libc::MS_REC | libc::MS_PRIVATE],
-        ),
+        long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
         // fd::namespace_type, fd::owning_user_namespace, maker::current.
         long_arg_in(libc::SYS_ioctl, 1, &ioctls),
         // fd::namespace_inode (fstat; glibc uses newfstatat or statx).

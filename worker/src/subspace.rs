@@ -181,7 +181,8 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
             .map_err(|e| fail("becoming gid 0 in the user namespace", e))?;
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
             .map_err(|e| fail("becoming uid 0 in the user namespace", e))?;
-        confine::keep_only(&confine::SUBSPACE_CAPS).map_err(|e| e.to_string())?;
+        confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_CAPS)
+            .map_err(|e| e.to_string())?;
     } else {
         unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
     }
@@ -219,11 +220,19 @@ fn become_requester(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     let u = Uid::from_raw(uid);
     setresuid(u, u, u).map_err(|e| ("taking the requester's uid", e))?;
     prctl::set_keepcaps(false).map_err(|e| ("resetting keep-capabilities", e))?;
-    // The switch cleared the effective set; raise it again from permitted.
-    let permitted = caps::read(None, caps::CapSet::Permitted)
-        .map_err(|_| ("reading capabilities", Errno::EPERM))?;
-    caps::set(None, caps::CapSet::Effective, &permitted)
+    // The switch cleared the effective set. What the unshare needs:
+    // CAP_SYS_ADMIN (hosts that forbid unprivileged user namespaces), and
+    // CAP_SETFCAP only to map uid 0 (a root requester); everything else goes.
+    use caps::{CapSet, Capability};
+    let mut need = vec![Capability::CAP_SYS_ADMIN];
+    if uid == 0 {
+        need.push(Capability::CAP_SETFCAP);
+    }
+    let need: caps::CapsHashSet = need.into_iter().collect();
+    caps::set(None, CapSet::Effective, &need)
         .map_err(|_| ("raising capabilities", Errno::EPERM))?;
+    caps::set(None, CapSet::Permitted, &need)
+        .map_err(|_| ("dropping capabilities", Errno::EPERM))?;
     Ok(())
 }
 

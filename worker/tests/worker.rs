@@ -155,9 +155,11 @@ fn serves_all_six_rooms_and_stays_home() {
     assert_eq!(fd_count(pid), fds_before);
     assert_eq!(status(pid, "NoNewPrivs"), "1");
     assert_eq!(status(pid, "Seccomp"), "2");
-    // CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21)
+    // Effective: CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21);
+    // permitted and bounding add CAP_SETFCAP(31).
     assert_eq!(status(pid, "CapEff"), "00000000002400c0");
-    assert_eq!(status(pid, "CapBnd"), "00000000002400c0");
+    assert_eq!(status(pid, "CapPrm"), "00000000802400c0");
+    assert_eq!(status(pid, "CapBnd"), "00000000802400c0");
     assert_eq!(status(pid, "CapInh"), "0000000000000000");
 }
 

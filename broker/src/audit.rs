@@ -1,0 +1,222 @@
+//! Logging: one JSON object per line on stderr (or text for humans), and
+//! the audit `decision` record with its stable schema.
+//!
+//! Events are `tracing` events. Audit decisions have target `spacer::audit`
+//! and message `decision`; their fields are built as one typed [`Decision`]
+//! record (so the schema is one struct, nested values such as `namespaces`
+//! stay JSON objects) and flattened into the line by [`JsonLines`]. Service
+//! events (start, stop, worker restarts, policy reloads) have target
+//! `spacer::event` and an `event` field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Whether the last write to the log succeeded. Grants fail closed while it
+/// did not: no namespace is handed out that the audit log cannot record.
+#[derive(Debug, Clone)]
+pub struct Health {
+    ok: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// True while the log sink accepts writes.
+    pub fn ok(&self) -> bool {
+        self.ok.load(Ordering::Relaxed)
+    }
+}
+
+/// stderr, remembering whether writes succeed.
+#[derive(Clone)]
+struct HealthWriter {
+    ok: Arc<AtomicBool>,
+}
+
+impl Write for HealthWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = io::stderr().write(buf);
+        self.ok.store(r.is_ok(), Ordering::Relaxed);
+        r
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let r = io::stderr().write_all(buf);
+        self.ok.store(r.is_ok(), Ordering::Relaxed);
+        r
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for HealthWriter {
+    type Writer = HealthWriter;
+    fn make_writer(&'a self) -> HealthWriter {
+        self.clone()
+    }
+}
+
+/// Installs the global subscriber. Call once, first thing.
+pub fn init(format: LogFormat) -> Health {
+    let ok = Arc::new(AtomicBool::new(true));
+    let writer = HealthWriter { ok: ok.clone() };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_max_level(tracing::Level::INFO);
+    match format {
+        LogFormat::Json => builder.event_format(JsonLines).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+    Health { ok }
+}
+
+/// The JSON line format: `timestamp`, `level`, `target`, `message`, then
+/// the event's fields; a field named `audit` holding a JSON object is
+/// merged into the line.
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut ts = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut ts))?;
+        let mut fields = Fields::default();
+        fields.0.insert("timestamp".into(), ts.into());
+        let meta = event.metadata();
+        fields
+            .0
+            .insert("level".into(), meta.level().as_str().to_lowercase().into());
+        fields.0.insert("target".into(), meta.target().into());
+        event.record(&mut fields);
+        let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+#[derive(Default)]
+struct Fields(BTreeMap<String, serde_json::Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "audit" {
+            if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(&text) {
+                self.0.extend(obj);
+                return;
+            }
+        }
+        self.0.insert(field.name().into(), text.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+/// The audit record of one request: exactly one per request, whatever its
+/// outcome. Field names are a stable schema (see the README).
+#[derive(Debug, Serialize)]
+pub struct Decision {
+    /// Peer uid (`SO_PEERCRED` at connect).
+    pub uid: u32,
+    /// Peer gid.
+    pub gid: u32,
+    /// Peer supplementary groups (`SO_PEERGROUPS`).
+    pub groups: Vec<u32>,
+    /// Peer pid at connect.
+    pub pid: i32,
+    /// Whether the peer is held by a pidfd (`SO_PEERPIDFD`), so that `pid`
+    /// cannot have been reused.
+    pub pidfd: bool,
+    /// `rooms`, `subspace`, or `unknown` for an undecodable request.
+    pub request: &'static str,
+    /// Requested namespace types, by name.
+    pub spaces: Vec<&'static str>,
+    /// `allow`, `deny` or `error`.
+    pub decision: &'static str,
+    /// The deciding rule's index, or `defaults`; absent when the request
+    /// never reached the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The deciding rule's `name`, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    /// Why (deny and error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Type → inode of every namespace handed out (allow).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<&'static str, u64>,
+    /// The subspace the request came through, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subspace: Option<SubspaceRef>,
+    /// For an allowed subspace: the new subspace's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_subspace: Option<u64>,
+    /// Whether the response reached the client's socket.
+    pub delivered: bool,
+    /// From receiving the request to sending the response.
+    pub duration_us: u64,
+}
+
+/// A subspace, as named in the audit log.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SubspaceRef {
+    /// Broker-wide id, counting from 1.
+    pub id: u64,
+    /// 1 for a subspace of the host, 2 inside that, ...
+    pub depth: u32,
+}
+
+impl Decision {
+    /// Writes the record (target `spacer::audit`, message `decision`).
+    pub fn emit(&self) {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        tracing::info!(target: "spacer::audit", audit = %Raw(&json), "decision");
+    }
+}
+
+/// Displays pre-rendered JSON as it is.
+struct Raw<'a>(&'a str);
+
+impl fmt::Display for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}

@@ -1,0 +1,521 @@
+//! One client connection: read a request, decide, forward, relay, audit;
+//! the next request is read only after this one is answered.
+//!
+//! A connection is either a client's own (depth 0, served by the worker
+//! pool) or a *subspace connection*: the broker's end of a socketpair whose
+//! other end it handed to the client as `conn`, served by one subspace
+//! worker. A subspace connection acts as the peer that created the subspace
+//! (the kernel's identity of the original connection), whoever holds it now.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use spacer_policy::{Decision as PolicyDecision, Op, Peer, Policy};
+use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
+use spacer_proto::wire::{self, ErrorKind, Request, Response};
+use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, Spaces};
+use tokio::sync::Notify;
+
+use crate::achan::AsyncChannel;
+use crate::audit::{self, Decision, SubspaceRef};
+use crate::pool::{CallError, Pool};
+use crate::usage::Counters;
+
+/// Time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A new connection must send its first request within this.
+    pub first_request: Duration,
+    /// A client connection idle this long is closed (subspace connections
+    /// hold a subspace and are never closed for idleness).
+    pub idle: Duration,
+    /// A response the client does not take within this is dropped and the
+    /// connection closed.
+    pub write: Duration,
+}
+
+/// What all connections share.
+pub struct Ctx {
+    /// The policy in force; a reload swaps it, each request reads it once.
+    pub policy: RefCell<Rc<Policy>>,
+    /// The serving workers.
+    pub pool: Rc<Pool>,
+    /// Limits' counters.
+    pub counters: Counters,
+    /// Whether the audit log is writable.
+    pub audit: audit::Health,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
+    /// Subspace ids.
+    pub next_subspace: Cell<u64>,
+    /// Set on shutdown.
+    pub stopping: Cell<bool>,
+    /// Wakes connections on shutdown.
+    pub stop: Notify,
+}
+
+/// A peer, as the kernel identified it when it connected.
+#[derive(Debug)]
+pub struct PeerInfo {
+    /// uid
+    pub uid: u32,
+    /// gid
+    pub gid: u32,
+    /// supplementary groups
+    pub groups: Vec<u32>,
+    /// pid at connect time (informational)
+    pub pid: i32,
+    /// `SO_PEERPIDFD`: the connecting process itself, immune to pid reuse.
+    pub pidfd: Option<OwnedFd>,
+}
+
+impl PeerInfo {
+    /// Whether the connecting process still exists. Without a pidfd
+    /// (older kernels) this cannot be known and is assumed.
+    pub fn alive(&self) -> bool {
+        match &self.pidfd {
+            Some(p) => fd::pidfd_send_signal(p.as_fd(), 0)
+                .map(|_| true)
+                .unwrap_or_else(|e| e.raw_os_error() != Some(libc::ESRCH)),
+            None => true,
+        }
+    }
+}
+
+/// Where a connection's allowed requests go.
+pub enum Backend {
+    /// The pool of host workers.
+    Pool,
+    /// One subspace worker.
+    Subspace(SubLink),
+}
+
+/// The broker's link to a subspace worker.
+pub struct SubLink {
+    chan: AsyncChannel,
+    id: u64,
+    depth: u32,
+    pid: i32,
+    next_id: Cell<u64>,
+}
+
+/// Serves one connection until it ends. `depth` is 0 for a client's own
+/// connection.
+pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend: Backend) {
+    let (depth, sub_ref) = match &backend {
+        Backend::Pool => (0, None),
+        Backend::Subspace(l) => (
+            l.depth,
+            Some(SubspaceRef {
+                id: l.id,
+                depth: l.depth,
+            }),
+        ),
+    };
+    let mut buf = vec![0u8; wire::MAX_REQUEST_BYTES];
+    let mut first = true;
+    loop {
+        let wait = match (&backend, first) {
+            (Backend::Pool, true) => Some(ctx.timeouts.first_request),
+            (Backend::Pool, false) => Some(ctx.timeouts.idle),
+            (Backend::Subspace(_), _) => None,
+        };
+        let received = tokio::select! {
+            r = with_timeout(wait, chan.recv(&mut buf, 0)) => r,
+            _ = subspace_gone(&backend) => break,
+            _ = ctx.stop.notified() => break,
+        };
+        if ctx.stopping.get() {
+            break;
+        }
+        first = false;
+        let t0 = Instant::now();
+        let bytes_len = match received {
+            None => break, // idle or first-request deadline
+            Some(Ok(Some(got))) => got.len,
+            Some(Ok(None)) | Some(Err(RecvError::Io(_))) => break,
+            Some(Err(e)) => {
+                // Oversized, or with fds: answer, audit, and for a truncated
+                // datagram also close (its framing cannot be trusted).
+                let close = matches!(e, RecvError::Truncated { .. });
+                let reason = match e {
+                    RecvError::Truncated { max } => format!("request larger than {max} bytes"),
+                    _ => "fds attached to a request".to_owned(),
+                };
+                let mut rec = record(&peer, sub_ref);
+                rec.reason = Some(reason.clone());
+                let delivered = respond(
+                    &ctx,
+                    &chan,
+                    &Response::error(ErrorKind::Invalid, reason),
+                    &[],
+                )
+                .await;
+                finish(rec, t0, delivered);
+                if close || !delivered {
+                    break;
+                }
+                continue;
+            }
+        };
+        let keep = handle(
+            &ctx,
+            &chan,
+            &peer,
+            &backend,
+            depth,
+            sub_ref,
+            &buf[..bytes_len],
+            t0,
+        )
+        .await;
+        if !keep {
+            break;
+        }
+    }
+}
+
+async fn with_timeout<F: std::future::Future>(d: Option<Duration>, f: F) -> Option<F::Output> {
+    match d {
+        Some(d) => tokio::time::timeout(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// Resolves when a subspace worker's channel shows end of stream (or an
+/// unsolicited datagram, which only a misbehaving worker sends); never for
+/// the pool.
+async fn subspace_gone(backend: &Backend) {
+    match backend {
+        Backend::Pool => std::future::pending().await,
+        Backend::Subspace(l) => loop {
+            if l.chan.readable().await.is_err() || l.chan.peer_closed() {
+                return;
+            }
+            let mut buf = [0u8; 64];
+            match l.chan.recv(&mut buf, 0).await {
+                Err(e) if e.is_would_block() => continue,
+                _ => {
+                    tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = l.id, "subspace worker sent an unsolicited message; closing it");
+                    return;
+                }
+            }
+        },
+    }
+}
+
+fn record(peer: &PeerInfo, sub_ref: Option<SubspaceRef>) -> Decision {
+    Decision {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: peer.groups.clone(),
+        pid: peer.pid,
+        pidfd: peer.pidfd.is_some(),
+        request: "unknown",
+        spaces: Vec::new(),
+        decision: "error",
+        rule: None,
+        rule_name: None,
+        reason: None,
+        namespaces: BTreeMap::new(),
+        subspace: sub_ref,
+        new_subspace: None,
+        delivered: false,
+        duration_us: 0,
+    }
+}
+
+fn finish(mut rec: Decision, t0: Instant, delivered: bool) {
+    rec.delivered = delivered;
+    rec.duration_us = t0.elapsed().as_micros() as u64;
+    rec.emit();
+}
+
+/// Sends a response within the write deadline; false if it did not reach
+/// the client's socket.
+async fn respond(ctx: &Ctx, chan: &AsyncChannel, resp: &Response, fds: &[BorrowedFd<'_>]) -> bool {
+    matches!(
+        tokio::time::timeout(ctx.timeouts.write, chan.send(&resp.encode(), fds)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Answers one request. Returns whether to keep the connection.
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    ctx: &Rc<Ctx>,
+    chan: &AsyncChannel,
+    peer: &Rc<PeerInfo>,
+    backend: &Backend,
+    depth: u32,
+    sub_ref: Option<SubspaceRef>,
+    bytes: &[u8],
+    t0: Instant,
+) -> bool {
+    let mut rec = record(peer, sub_ref);
+    let fail = |mut rec: Decision, kind: ErrorKind, reason: String| async move {
+        rec.reason = Some(reason.clone());
+        let delivered = respond(ctx, chan, &Response::error(kind, reason), &[]).await;
+        finish(rec, t0, delivered);
+        delivered
+    };
+    let req = match Request::decode(bytes) {
+        Ok(r) => r,
+        Err(e) => return fail(rec, ErrorKind::Invalid, e.to_string()).await,
+    };
+    rec.request = req.op();
+    rec.spaces = Spaces::from_bits_truncate(req.spaces()).names();
+    let (op, valid) = match req {
+        Request::Rooms { .. } => (Op::Rooms, Spaces::ROOMS),
+        Request::Subspace { .. } => (Op::Subspace, Spaces::SUBSPACE),
+    };
+    let spaces = match check_spaces(req.spaces(), valid) {
+        Ok(s) => s,
+        Err(e) => return fail(rec, ErrorKind::Invalid, e.to_string()).await,
+    };
+    if !peer.alive() {
+        rec.decision = "deny";
+        return fail(
+            rec,
+            ErrorKind::Denied,
+            "the connecting process has exited".into(),
+        )
+        .await;
+    }
+    // One snapshot of the policy for the whole request.
+    let policy = ctx.policy.borrow().clone();
+    let usage = ctx.counters.usage(peer.uid, depth);
+    let peer_view = Peer {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: &peer.groups,
+    };
+    let decision = policy.decide(&peer_view, op, spaces, &usage);
+    let rule = match &decision {
+        PolicyDecision::Allow { rule } | PolicyDecision::Deny { rule, .. } => *rule,
+    };
+    rec.rule = Some(rule.id());
+    rec.rule_name = rule.name().map(str::to_owned);
+    if let PolicyDecision::Deny { reason, .. } = decision {
+        rec.decision = "deny";
+        return fail(rec, ErrorKind::Denied, reason).await;
+    }
+    // Authorized: charge now (no await since deciding), refund on failure.
+    let charge = ctx.counters.charge(peer.uid, op == Op::Subspace);
+    if !ctx.audit.ok() {
+        ctx.counters.refund(charge);
+        return fail(
+            rec,
+            ErrorKind::Unavailable,
+            "service unavailable: the audit log cannot be written".into(),
+        )
+        .await;
+    }
+    let result = match backend {
+        Backend::Pool => {
+            ctx.pool
+                .call(|id| match op {
+                    Op::Rooms => WorkerRequest::Rooms {
+                        id,
+                        spaces: spaces.bits(),
+                    },
+                    Op::Subspace => WorkerRequest::Subspace {
+                        id,
+                        spaces: spaces.bits(),
+                        uid: peer.uid,
+                        gid: peer.gid,
+                    },
+                })
+                .await
+        }
+        Backend::Subspace(link) => link.call(op, spaces, ctx.pool_timeout()).await,
+    };
+    let (reply, fds) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.counters.refund(charge);
+            let kind = match e {
+                CallError::Unavailable(_) => ErrorKind::Unavailable,
+                _ => ErrorKind::Failed,
+            };
+            let delivered = fail(rec, kind, e.to_string()).await;
+            // A subspace worker that died or hung ends its subspace.
+            return delivered && matches!(backend, Backend::Pool);
+        }
+    };
+    match reply {
+        WorkerReply::Rooms { types, .. } => {
+            if Spaces::of(types.iter().copied()) != spaces {
+                ctx.counters.refund(charge);
+                return fail(
+                    rec,
+                    ErrorKind::Failed,
+                    "the worker made other namespaces than asked".into(),
+                )
+                .await;
+            }
+            for (t, f) in types.iter().zip(&fds) {
+                if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
+                    rec.namespaces.insert(t.name(), ino);
+                }
+            }
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            let delivered = respond(ctx, chan, &Response::Rooms { types }, &borrowed).await;
+            drop(borrowed);
+            drop(fds);
+            rec.decision = "allow";
+            if !delivered {
+                rec.reason = Some("undelivered: the client did not take the response".into());
+            }
+            finish(rec, t0, delivered);
+            delivered
+        }
+        WorkerReply::Subspace {
+            user,
+            pid,
+            worker_pid,
+            ..
+        } => {
+            let mut fds = fds.into_iter();
+            let (Some(sub_chan), Some(pidfd)) = (fds.next(), fds.next()) else {
+                ctx.counters.refund(charge);
+                return fail(rec, ErrorKind::Failed, "malformed subspace reply".into()).await;
+            };
+            let ns: Vec<(NsType, OwnedFd)> = [(user, NsType::User), (pid, NsType::Pid)]
+                .into_iter()
+                .filter(|(w, _)| *w)
+                .map(|(_, t)| t)
+                .zip(fds)
+                .collect();
+            for (t, f) in &ns {
+                if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
+                    rec.namespaces.insert(t.name(), ino);
+                }
+            }
+            let (client_end, broker_end) = match Channel::pair() {
+                Ok(p) => p,
+                Err(e) => {
+                    ctx.counters.refund(charge);
+                    return fail(
+                        rec,
+                        ErrorKind::Failed,
+                        format!("creating the subspace connection: {e}"),
+                    )
+                    .await;
+                }
+            };
+            let id = ctx.next_subspace.get();
+            ctx.next_subspace.set(id + 1);
+            let started =
+                start_subspace(ctx, peer, broker_end, sub_chan, id, depth + 1, worker_pid);
+            if let Err(e) = started {
+                ctx.counters.refund(charge);
+                return fail(rec, ErrorKind::Failed, format!("serving the subspace: {e}")).await;
+            }
+            // From here the subspace task owns the live-subspace charge.
+            let mut out: Vec<BorrowedFd<'_>> = vec![client_end.as_fd(), pidfd.as_fd()];
+            out.extend(ns.iter().map(|(_, f)| f.as_fd()));
+            let delivered = respond(ctx, chan, &Response::Subspace { user, pid }, &out).await;
+            drop(out);
+            drop(client_end);
+            rec.decision = "allow";
+            rec.new_subspace = Some(id);
+            if !delivered {
+                rec.reason = Some("undelivered: the client did not take the response".into());
+            }
+            finish(rec, t0, delivered);
+            delivered
+        }
+        WorkerReply::Invalid { reason, .. } => {
+            ctx.counters.refund(charge);
+            fail(rec, ErrorKind::Invalid, reason).await
+        }
+        WorkerReply::Failed { reason, .. } => {
+            ctx.counters.refund(charge);
+            fail(rec, ErrorKind::Failed, reason).await
+        }
+    }
+}
+
+impl Ctx {
+    fn pool_timeout(&self) -> Duration {
+        self.pool.timeout()
+    }
+}
+
+/// Starts serving a new subspace on `broker_end`, linked to its worker.
+fn start_subspace(
+    ctx: &Rc<Ctx>,
+    peer: &Rc<PeerInfo>,
+    broker_end: Channel,
+    worker_chan: OwnedFd,
+    id: u64,
+    depth: u32,
+    worker_pid: i32,
+) -> std::io::Result<()> {
+    let conn = AsyncChannel::new(broker_end)?;
+    let link = SubLink {
+        chan: AsyncChannel::new(Channel::from_fd(worker_chan)?)?,
+        id,
+        depth,
+        pid: worker_pid,
+        next_id: Cell::new(1),
+    };
+    tracing::info!(target: "spacer::event", event = "subspace_opened", subspace = id, depth, pid = worker_pid, uid = peer.uid, "subspace opened");
+    let ctx = ctx.clone();
+    let peer = peer.clone();
+    tokio::task::spawn_local(async move {
+        let uid = peer.uid;
+        let pid = link.pid;
+        serve(ctx.clone(), conn, peer, Backend::Subspace(link)).await;
+        // Dropping the link closed the worker's channel: it exits.
+        ctx.counters.subspace_closed(uid);
+        tracing::info!(target: "spacer::event", event = "subspace_closed", subspace = id, pid, uid, "subspace closed");
+    });
+    Ok(())
+}
+
+impl SubLink {
+    /// One request to the subspace worker (at most one is in flight: its
+    /// connection waits for the answer).
+    async fn call(
+        &self,
+        op: Op,
+        spaces: Spaces,
+        timeout: Duration,
+    ) -> Result<(WorkerReply, Vec<OwnedFd>), CallError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let req = match op {
+            Op::Rooms => WorkerRequest::Rooms {
+                id,
+                spaces: spaces.bits(),
+            },
+            Op::Subspace => WorkerRequest::Subspace {
+                id,
+                spaces: spaces.bits(),
+                uid: u32::MAX,
+                gid: u32::MAX,
+            },
+        };
+        self.chan
+            .send(&internal::encode(&req), &[])
+            .await
+            .map_err(|_| CallError::Died)?;
+        let mut buf = vec![0u8; internal::MAX_BYTES];
+        let got = tokio::time::timeout(timeout, self.chan.recv(&mut buf, internal::MAX_FDS))
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
+            .map_err(|_| CallError::Died)?
+            .ok_or(CallError::Died)?;
+        // A subspace worker runs as the requester: believe nothing unchecked.
+        let reply: WorkerReply = internal::decode(&buf[..got.len]).map_err(|_| CallError::Died)?;
+        if reply.id() != id || reply.check_fds(&got.fds).is_err() {
+            return Err(CallError::Died);
+        }
+        Ok((reply, got.fds))
+    }
+}

@@ -1,0 +1,394 @@
+//! # spacer-broker
+//!
+//! The unprivileged front of spacer. Trust level: **parses untrusted
+//! input** from every local user, but holds no capability: started as root,
+//! it creates its socket and starts `spacer-worker` (the privileged half),
+//! then drops to `--user` (no capabilities in any set, no_new_privs,
+//! non-dumpable) before it reads a single client byte. It identifies peers
+//! by the kernel (`SO_PEERCRED`, `SO_PEERGROUPS`, `SO_PEERPIDFD`), applies
+//! the policy, writes one audit record per request, and relays the worker's
+//! namespace fds. One thread, one event loop: a slow client never blocks
+//! another.
+
+mod achan;
+mod audit;
+mod conn;
+mod listen;
+mod pool;
+mod privs;
+mod sys;
+mod usage;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::Parser;
+use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
+use spacer_policy::{FileCheck, Policy, SystemResolver};
+use spacer_proto::wire::{ErrorKind, Response};
+use spacer_proto::{fd, launch, Channel};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::achan::AsyncChannel;
+use crate::audit::LogFormat;
+use crate::conn::{Backend, Ctx, PeerInfo, Timeouts};
+use crate::listen::{Listener, Notifier};
+
+/// Command line of `spacer-broker`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "spacer-broker",
+    version,
+    about = "Hands out Linux namespaces under an administrator's policy"
+)]
+struct Args {
+    /// The socket to serve (ignored when systemd passes one).
+    #[arg(long, default_value = "/run/spacer/spacer.sock", value_name = "PATH")]
+    socket: PathBuf,
+    /// The policy file [default: /etc/spacer/policy.toml, else the embedded
+    /// default: root may have everything, nobody else anything].
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The user to run as after start-up [default: spacer, else nobody].
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Log and audit format on stderr.
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// The worker binary [default: spacer-worker next to this binary].
+    #[arg(long, value_name = "PATH")]
+    worker: Option<PathBuf>,
+    /// Serving worker processes.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// Seconds a worker may take for one request before it is replaced.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    request_timeout: u64,
+    /// Seconds a new connection has to send its first request.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    first_request_timeout: u64,
+    /// Seconds an idle client connection stays open.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    idle_timeout: u64,
+    /// Open connections in all (each uid's cap is in the policy).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_connections: u32,
+    /// Development: log syscalls outside the worker's allow-list instead of
+    /// killing it (see `dmesg`).
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp: SeccompArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SeccompArg {
+    Kill,
+    Log,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("spacer-broker must be started as root: it starts the privileged worker, then drops to --user")]
+    NotRoot,
+    #[error(transparent)]
+    Policy(#[from] spacer_policy::LoadError),
+    #[error("cannot drop privileges")]
+    Drop(#[from] privs::DropError),
+    #[error("cannot set up the socket")]
+    Listen(#[from] listen::ListenError),
+    #[error("cannot start the worker {path}")]
+    Worker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the event loop")]
+    Runtime(#[source] std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let health = audit::init(args.log_format);
+    match run(args, health) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut chain = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                chain.push_str(": ");
+                chain.push_str(&s.to_string());
+                src = s.source();
+            }
+            tracing::error!(target: "spacer::event", event = "fatal", error = %chain, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--policy`, else the default file if it exists, else the embedded default.
+fn load_policy(explicit: Option<&Path>) -> Result<Policy, spacer_policy::LoadError> {
+    let default = Path::new(spacer_policy::DEFAULT_PATH);
+    match explicit {
+        Some(p) => spacer_policy::load_file(p, FileCheck::Strict, &SystemResolver),
+        None if default.exists() => {
+            spacer_policy::load_file(default, FileCheck::Strict, &SystemResolver)
+        }
+        None => Ok(spacer_policy::embedded_default()),
+    }
+}
+
+fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(StartError::NotRoot);
+    }
+    let started = std::time::Instant::now();
+    let policy = load_policy(args.policy.as_deref())?;
+    let target = privs::resolve(args.user.as_deref())?;
+    let notifier = Notifier::from_env();
+    let listener = match listen::inherited()? {
+        Some(l) => l,
+        None => listen::create(&args.socket)?,
+    };
+    let worker_exe = match &args.worker {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| StartError::Worker {
+                path: "spacer-worker".into(),
+                source: e,
+            })?
+            .with_file_name("spacer-worker"),
+    };
+    let (sup_chan, sup_child, sup_pidfd) = start_supervisor(&worker_exe, args.seccomp)?;
+    privs::drop_to(&target)?;
+    tracing::info!(target: "spacer::event", event = "privileges_dropped", user = %target.name, uid = target.uid, gid = target.gid, "privileges dropped: no capabilities, no_new_privs");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(
+        &runtime,
+        serve(
+            args, health, policy, listener, sup_chan, sup_child, sup_pidfd, notifier, started,
+        ),
+    );
+    Ok(code)
+}
+
+fn start_supervisor(
+    exe: &Path,
+    seccomp: SeccompArg,
+) -> Result<(Channel, Child, OwnedFd), StartError> {
+    let err = |source| StartError::Worker {
+        path: exe.to_owned(),
+        source,
+    };
+    let (mine, theirs) = Channel::pair().map_err(err)?;
+    let theirs: OwnedFd = theirs.into();
+    let mut cmd = launch::worker_command(exe, &theirs);
+    if seccomp == SeccompArg::Log {
+        cmd.args(["--seccomp", "log"]);
+    }
+    let child = cmd.spawn().map_err(err)?;
+    drop(theirs);
+    // Our own child, not yet waited for: its pid cannot have been reused.
+    let pidfd = fd::pidfd_open(child.id() as i32).map_err(err)?;
+    Ok((mine, child, pidfd))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    args: Args,
+    health: audit::Health,
+    policy: Policy,
+    listener: Listener,
+    sup_chan: Channel,
+    mut sup_child: Child,
+    sup_pidfd: OwnedFd,
+    notifier: Notifier,
+    started: std::time::Instant,
+) -> ExitCode {
+    let sup = match AsyncChannel::new(sup_chan) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(target: "spacer::event", event = "fatal", error = %e, "cannot watch the worker");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pool = pool::Pool::new(sup, args.workers, Duration::from_secs(args.request_timeout));
+    tokio::task::spawn_local(pool.clone().manage());
+    let ctx = Rc::new(Ctx {
+        policy: RefCell::new(Rc::new(policy)),
+        pool: pool.clone(),
+        counters: usage::Counters::new(),
+        audit: health,
+        timeouts: Timeouts {
+            first_request: Duration::from_secs(args.first_request_timeout),
+            idle: Duration::from_secs(args.idle_timeout),
+            write: Duration::from_secs(5),
+        },
+        next_subspace: Cell::new(1),
+        stopping: Cell::new(false),
+        stop: tokio::sync::Notify::new(),
+    });
+    // Ready once the first worker is up (or has failed to come up).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while pool.pids().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    {
+        let p = ctx.policy.borrow();
+        tracing::info!(
+            target: "spacer::event",
+            event = "start",
+            version = env!("CARGO_PKG_VERSION"),
+            socket = %listener.created.as_deref().unwrap_or(Path::new("(from systemd)")).display(),
+            policy = p.source(),
+            policy_sha256 = p.digest(),
+            workers = ?pool.pids(),
+            startup_us = started.elapsed().as_micros() as u64,
+            "broker started"
+        );
+    }
+    notifier.notify("READY=1");
+
+    let listen_fd = match listener.fd.try_clone().and_then(sys::register_fd) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(target: "spacer::event", event = "fatal", error = %e, "cannot watch the socket");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sup_exit = match sys::register_fd(sup_pidfd) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(target: "spacer::event", event = "fatal", error = %e, "cannot watch the worker");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let code = loop {
+        tokio::select! {
+            r = listen_fd.readable() => {
+                let mut guard = match r { Ok(g) => g, Err(_) => break ExitCode::FAILURE };
+                loop {
+                    match accept4(listen_fd.get_ref().as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                        Ok(fd) => accept(&ctx, fd, args.max_connections),
+                        Err(nix::errno::Errno::EAGAIN) => { guard.clear_ready(); break; }
+                        Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(target: "spacer::event", event = "accept_failed", error = %e, "cannot accept");
+                            guard.clear_ready();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = sup_exit.readable() => {
+                let _ = sup_child.wait();
+                tracing::error!(target: "spacer::event", event = "supervisor_exited", "the worker supervisor exited: workers cannot be restarted; stopping");
+                break ExitCode::FAILURE;
+            }
+            _ = hup.recv() => reload(&ctx, &args, &notifier),
+            _ = term.recv() => break ExitCode::SUCCESS,
+            _ = int.recv() => break ExitCode::SUCCESS,
+        }
+    };
+    notifier.notify("STOPPING=1");
+    ctx.stopping.set(true);
+    ctx.stop.notify_waiters();
+    // In-flight requests get a moment to be answered.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while ctx.counters.total_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(listen_fd);
+    if let Some(path) = &listener.created {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(target: "spacer::event", event = "socket_not_removed", path = %path.display(), error = %e, "cannot remove the socket file");
+        }
+    }
+    // The supervisor is root: the broker cannot signal it, but closing its
+    // channel makes it exit.
+    pool.close_supervisor();
+    if tokio::time::timeout(Duration::from_secs(1), sup_exit.readable())
+        .await
+        .is_ok()
+    {
+        let _ = sup_child.wait();
+    }
+    tracing::info!(target: "spacer::event", event = "stop", "broker stopped");
+    code
+}
+
+fn reload(ctx: &Rc<Ctx>, args: &Args, notifier: &Notifier) {
+    notifier.notify("RELOADING=1");
+    match load_policy(args.policy.as_deref()) {
+        Ok(p) => {
+            tracing::info!(target: "spacer::event", event = "policy_reloaded", policy = p.source(), policy_sha256 = p.digest(), "policy reloaded");
+            *ctx.policy.borrow_mut() = Rc::new(p);
+        }
+        Err(e) => {
+            let old = ctx.policy.borrow();
+            tracing::error!(target: "spacer::event", event = "policy_reload_failed", error = %e, policy = old.source(), policy_sha256 = old.digest(), "policy reload failed; keeping the old policy");
+        }
+    }
+    notifier.notify("READY=1");
+}
+
+/// Identifies a new peer and starts serving it, or refuses it.
+fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
+    let Ok(chan) = Channel::from_fd(fd) else {
+        return;
+    };
+    let Ok(cred) = chan.peer_credentials() else {
+        return;
+    };
+    let groups = sys::peer_groups(chan.as_fd()).unwrap_or_default();
+    let pidfd = match getsockopt(&chan, sockopt::PeerPidfd) {
+        Ok(p) => Some(p),
+        // ESRCH: the peer is already gone; never authorize it.
+        Err(nix::errno::Errno::ESRCH) => return,
+        Err(_) => None,
+    };
+    let peer = Rc::new(PeerInfo {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        groups,
+        pid: cred.pid(),
+        pidfd,
+    });
+    let cap = ctx.policy.borrow().connection_limit(&spacer_policy::Peer {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: &peer.groups,
+    });
+    let Ok(chan) = AsyncChannel::new(chan) else {
+        return;
+    };
+    if let Err(reason) = ctx.counters.open_connection(peer.uid, cap, global_cap) {
+        tracing::info!(target: "spacer::audit", uid = peer.uid, gid = peer.gid, pid = peer.pid, decision = "deny", reason = %reason, "connection refused");
+        // Tell the client why (its first request reads this), then close.
+        let msg = Response::error(ErrorKind::Denied, reason).encode();
+        let _ = chan.get().send(&msg, &[]);
+        return;
+    }
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        let uid = peer.uid;
+        conn::serve(ctx.clone(), chan, peer, Backend::Pool).await;
+        ctx.counters.close_connection(uid);
+    });
+}

@@ -1,0 +1,315 @@
+//! The serving workers: started through the supervisor, fed many requests
+//! at once (each tagged with an id), replaced when they die or hang, with
+//! back-off and a breaker against crash loops.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use spacer_proto::internal::{
+    self, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest,
+};
+use spacer_proto::{fd, Channel};
+use tokio::sync::{oneshot, Notify};
+
+use crate::achan::AsyncChannel;
+
+/// A reply with its fds, checked against what it says.
+pub type Reply = (WorkerReply, Vec<OwnedFd>);
+
+/// Why a call did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No worker is running (restarting, or the breaker is open).
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The worker died with the request in flight.
+    #[error("the worker ended during the request")]
+    Died,
+    /// The worker did not answer in time and is being replaced.
+    #[error("the worker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One serving worker.
+pub struct Link {
+    pid: i32,
+    chan: AsyncChannel,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
+    dead: Cell<bool>,
+}
+
+impl Link {
+    /// Requests in flight.
+    fn load(&self) -> usize {
+        self.pending.borrow().len()
+    }
+}
+
+/// Deaths within this window count towards back-off and the breaker.
+const DEATH_WINDOW: Duration = Duration::from_secs(60);
+/// This many deaths within the window open the breaker.
+const BREAKER_DEATHS: usize = 5;
+/// While the breaker is open, one restart is tried this often.
+const BREAKER_RETRY: Duration = Duration::from_secs(30);
+/// How long a request waits for a worker that is being restarted.
+const WAIT_FOR_WORKER: Duration = Duration::from_secs(2);
+
+/// The pool.
+pub struct Pool {
+    sup: AsyncChannel,
+    sup_busy: tokio::sync::Mutex<()>,
+    links: RefCell<Vec<Rc<Link>>>,
+    desired: usize,
+    timeout: Duration,
+    next_id: Cell<u64>,
+    /// A worker came up (wakes requests waiting for one).
+    up: Notify,
+    /// A worker went down (wakes the manager).
+    down: Notify,
+    deaths: RefCell<VecDeque<Instant>>,
+    breaker_open: Cell<bool>,
+}
+
+impl Pool {
+    /// A pool of `desired` serving workers behind supervisor channel `sup`.
+    pub fn new(sup: AsyncChannel, desired: usize, timeout: Duration) -> Rc<Pool> {
+        Rc::new(Pool {
+            sup,
+            sup_busy: tokio::sync::Mutex::new(()),
+            links: RefCell::new(Vec::new()),
+            desired: desired.max(1),
+            timeout,
+            next_id: Cell::new(1),
+            up: Notify::new(),
+            down: Notify::new(),
+            deaths: RefCell::new(VecDeque::new()),
+            breaker_open: Cell::new(false),
+        })
+    }
+
+    /// Closes the channel to the supervisor: it exits, and so does every
+    /// serving worker once the broker's ends of their channels close.
+    pub fn close_supervisor(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.sup.as_fd().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
+    /// The per-request deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Pids of the live serving workers.
+    pub fn pids(&self) -> Vec<i32> {
+        self.links.borrow().iter().map(|l| l.pid).collect()
+    }
+
+    /// Sends a request built from a fresh id to the least loaded worker and
+    /// waits for its reply (at most the request timeout; a worker that
+    /// misses it is killed and replaced).
+    pub async fn call(
+        self: &Rc<Self>,
+        make: impl FnOnce(u64) -> WorkerRequest,
+    ) -> Result<Reply, CallError> {
+        let link = self.pick().await?;
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let req = make(id);
+        let (tx, rx) = oneshot::channel();
+        link.pending.borrow_mut().insert(id, tx);
+        if link.chan.send(&internal::encode(&req), &[]).await.is_err() {
+            link.pending.borrow_mut().remove(&id);
+            return Err(CallError::Died);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(CallError::Died),
+            Err(_) => {
+                link.pending.borrow_mut().remove(&id);
+                tracing::warn!(target: "spacer::event", event = "worker_hung", pid = link.pid, "worker missed the request deadline; replacing it");
+                self.kill(&link).await;
+                Err(CallError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    async fn pick(&self) -> Result<Rc<Link>, CallError> {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_WORKER;
+        loop {
+            if self.breaker_open.get() {
+                return Err(CallError::Unavailable(
+                    "the worker keeps failing; retrying slowly",
+                ));
+            }
+            let best = self
+                .links
+                .borrow()
+                .iter()
+                .filter(|l| !l.dead.get())
+                .min_by_key(|l| l.load())
+                .cloned();
+            if let Some(l) = best {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline, self.up.notified())
+                .await
+                .is_err()
+            {
+                return Err(CallError::Unavailable("no worker is running"));
+            }
+        }
+    }
+
+    /// Keeps `desired` workers running. Runs for the life of the broker.
+    pub async fn manage(self: Rc<Self>) {
+        loop {
+            let live = self.links.borrow().iter().filter(|l| !l.dead.get()).count();
+            if live >= self.desired {
+                self.down.notified().await;
+                continue;
+            }
+            if let Some(wait) = self.backoff() {
+                tokio::time::sleep(wait).await;
+            }
+            match self.spawn_one().await {
+                Ok(link) => {
+                    if self.breaker_open.replace(false) {
+                        tracing::info!(target: "spacer::event", event = "breaker_closed", "worker running again; serving");
+                    }
+                    tracing::info!(target: "spacer::event", event = "worker_started", pid = link.pid, "worker started");
+                    self.links.borrow_mut().push(link.clone());
+                    tokio::task::spawn_local(self.clone().read_replies(link));
+                    self.up.notify_waiters();
+                }
+                Err(reason) => {
+                    tracing::error!(target: "spacer::event", event = "worker_start_failed", reason = %reason, "cannot start a worker");
+                    self.record_death();
+                }
+            }
+        }
+    }
+
+    /// How long to wait before the next start, from recent deaths; opens
+    /// the breaker on a crash loop.
+    fn backoff(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut deaths = self.deaths.borrow_mut();
+        while deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {
+            deaths.pop_front();
+        }
+        let n = deaths.len();
+        if n >= BREAKER_DEATHS {
+            if !self.breaker_open.replace(true) {
+                tracing::error!(target: "spacer::event", event = "breaker_open", deaths = n, "worker crash loop: failing closed, retrying every 30 s");
+                // Requests waiting for a worker learn now.
+                self.up.notify_waiters();
+            }
+            return Some(BREAKER_RETRY);
+        }
+        match n {
+            0 | 1 => None,
+            n => Some(Duration::from_millis(50 << (n - 2).min(6))),
+        }
+    }
+
+    fn record_death(&self) {
+        self.deaths.borrow_mut().push_back(Instant::now());
+    }
+
+    async fn spawn_one(&self) -> Result<Rc<Link>, String> {
+        let _guard = self.sup_busy.lock().await;
+        self.sup
+            .send(&internal::encode(&SupervisorRequest::Spawn), &[])
+            .await
+            .map_err(|e| format!("asking the supervisor: {e}"))?;
+        let mut buf = [0u8; 512];
+        let got = tokio::time::timeout(Duration::from_secs(5), self.sup.recv(&mut buf, 2))
+            .await
+            .map_err(|_| "the supervisor did not answer".to_owned())?
+            .map_err(|e| format!("reading the supervisor's answer: {e}"))?
+            .ok_or("the supervisor has exited")?;
+        match internal::decode::<SupervisorReply>(&buf[..got.len]) {
+            Ok(SupervisorReply::Spawned { pid }) if got.fds.len() == 2 => {
+                let mut fds = got.fds.into_iter();
+                let chan = fds.next().expect("two fds");
+                let pidfd = fds.next().expect("two fds");
+                if !fd::is_pidfd(pidfd.as_fd()) {
+                    return Err("the supervisor sent a bad pidfd".into());
+                }
+                let chan = Channel::from_fd(chan)
+                    .and_then(AsyncChannel::new)
+                    .map_err(|e| format!("the worker's channel: {e}"))?;
+                Ok(Rc::new(Link {
+                    pid,
+                    chan,
+                    pending: RefCell::new(HashMap::new()),
+                    dead: Cell::new(false),
+                }))
+            }
+            Ok(SupervisorReply::Failed { reason }) => Err(reason),
+            _ => Err("the supervisor sent a malformed answer".into()),
+        }
+    }
+
+    async fn kill(&self, link: &Rc<Link>) {
+        self.mark_dead(link);
+        let _guard = self.sup_busy.lock().await;
+        let _ = self
+            .sup
+            .send(
+                &internal::encode(&SupervisorRequest::Kill { pid: link.pid }),
+                &[],
+            )
+            .await;
+    }
+
+    fn mark_dead(&self, link: &Rc<Link>) {
+        if !link.dead.replace(true) {
+            // Requests in flight learn at once (their senders are dropped).
+            link.pending.borrow_mut().clear();
+            self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, link));
+            self.record_death();
+            self.down.notify_one();
+        }
+    }
+
+    /// Hands each reply to the request waiting for it; ends when the worker
+    /// does.
+    async fn read_replies(self: Rc<Self>, link: Rc<Link>) {
+        let mut buf = vec![0u8; internal::MAX_BYTES];
+        let why = loop {
+            match link.chan.recv(&mut buf, internal::MAX_FDS).await {
+                Ok(Some(got)) => {
+                    let reply = match internal::decode::<WorkerReply>(&buf[..got.len]) {
+                        Ok(r) => r,
+                        Err(_) => break "malformed reply",
+                    };
+                    if reply.check_fds(&got.fds).is_err() {
+                        break "reply fds do not match the reply";
+                    }
+                    let waiter = link.pending.borrow_mut().remove(&reply.id());
+                    // No waiter (it timed out or its client left): the fds
+                    // close as the reply is dropped.
+                    if let Some(tx) = waiter {
+                        let _ = tx.send((reply, got.fds));
+                    }
+                }
+                Ok(None) => break "exited",
+                Err(_) => break "channel error",
+            }
+        };
+        let was_alive = !link.dead.get();
+        if was_alive {
+            tracing::warn!(target: "spacer::event", event = "worker_exited", pid = link.pid, reason = why, "worker ended; restarting it");
+            if why != "exited" {
+                self.kill(&link).await;
+            }
+            self.mark_dead(&link);
+        }
+    }
+}

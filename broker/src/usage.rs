@@ -1,0 +1,243 @@
+//! Per-uid counters behind the policy's limits. The broker runs on one
+//! thread, so "decide, then charge" happens without an `.await` in between:
+//! two concurrent requests at limit − 1 cannot both pass.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Requests in the last 60 seconds, in one-second buckets: exact to the
+/// second, fixed memory whatever the rate.
+#[derive(Debug)]
+struct Window {
+    buckets: [(u64, u32); 60],
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            buckets: [(0, 0); 60],
+        }
+    }
+}
+
+impl Window {
+    fn count(&self, now: u64) -> u32 {
+        self.buckets
+            .iter()
+            .filter(|(sec, _)| *sec + 60 > now)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn add(&mut self, now: u64) {
+        let slot = &mut self.buckets[(now % 60) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+    }
+
+    fn remove(&mut self, at: u64) {
+        let slot = &mut self.buckets[(at % 60) as usize];
+        if slot.0 == at && slot.1 > 0 {
+            slot.1 -= 1;
+        }
+    }
+
+    fn is_empty(&self, now: u64) -> bool {
+        self.count(now) == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct PerUid {
+    rate: Window,
+    live_subspaces: u32,
+    connections: u32,
+}
+
+/// All counters.
+#[derive(Debug)]
+pub struct Counters {
+    start: Instant,
+    per_uid: RefCell<HashMap<u32, PerUid>>,
+    total_connections: RefCell<u32>,
+}
+
+/// What a charge took, to give back if the request fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge {
+    uid: u32,
+    second: u64,
+    subspace: bool,
+}
+
+impl Counters {
+    /// Empty counters.
+    pub fn new() -> Counters {
+        Counters {
+            start: Instant::now(),
+            per_uid: RefCell::new(HashMap::new()),
+            total_connections: RefCell::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    /// The policy's view of a uid right now.
+    pub fn usage(&self, uid: u32, depth: u32) -> spacer_policy::Usage {
+        let now = self.now();
+        let map = self.per_uid.borrow();
+        let u = map.get(&uid);
+        spacer_policy::Usage {
+            requests_last_minute: u.map_or(0, |u| u.rate.count(now)),
+            live_subspaces: u.map_or(0, |u| u.live_subspaces),
+            depth,
+        }
+    }
+
+    /// Charges an allowed request (and, for a subspace, one live subspace).
+    pub fn charge(&self, uid: u32, subspace: bool) -> Charge {
+        let second = self.now();
+        let mut map = self.per_uid.borrow_mut();
+        let u = map.entry(uid).or_default();
+        u.rate.add(second);
+        if subspace {
+            u.live_subspaces += 1;
+        }
+        Charge {
+            uid,
+            second,
+            subspace,
+        }
+    }
+
+    /// Gives back a charge whose request failed: nothing is charged for
+    /// namespaces that were not handed out.
+    pub fn refund(&self, c: Charge) {
+        let mut map = self.per_uid.borrow_mut();
+        if let Some(u) = map.get_mut(&c.uid) {
+            u.rate.remove(c.second);
+            if c.subspace {
+                u.live_subspaces = u.live_subspaces.saturating_sub(1);
+            }
+        }
+        drop(map);
+        self.tidy(c.uid);
+    }
+
+    /// A subspace ended.
+    pub fn subspace_closed(&self, uid: u32) {
+        if let Some(u) = self.per_uid.borrow_mut().get_mut(&uid) {
+            u.live_subspaces = u.live_subspaces.saturating_sub(1);
+        }
+        self.tidy(uid);
+    }
+
+    /// Admits a connection if the uid's cap (if any) and the global cap
+    /// allow; returns which cap refused otherwise.
+    pub fn open_connection(
+        &self,
+        uid: u32,
+        per_uid_cap: Option<u32>,
+        global_cap: u32,
+    ) -> Result<(), String> {
+        let mut total = self.total_connections.borrow_mut();
+        if *total >= global_cap {
+            return Err(format!(
+                "the broker's connection limit {global_cap} is reached"
+            ));
+        }
+        let mut map = self.per_uid.borrow_mut();
+        let u = map.entry(uid).or_default();
+        if let Some(cap) = per_uid_cap {
+            if u.connections >= cap {
+                return Err(format!("max_connections {cap} reached"));
+            }
+        }
+        u.connections += 1;
+        *total += 1;
+        Ok(())
+    }
+
+    /// A connection closed.
+    pub fn close_connection(&self, uid: u32) {
+        {
+            let mut total = self.total_connections.borrow_mut();
+            *total = total.saturating_sub(1);
+        }
+        if let Some(u) = self.per_uid.borrow_mut().get_mut(&uid) {
+            u.connections = u.connections.saturating_sub(1);
+        }
+        self.tidy(uid);
+    }
+
+    /// Open connections in all.
+    pub fn total_connections(&self) -> u32 {
+        *self.total_connections.borrow()
+    }
+
+    /// Forgets a uid with nothing left to count, so the map stays as small
+    /// as the set of active uids.
+    fn tidy(&self, uid: u32) {
+        let now = self.now();
+        let mut map = self.per_uid.borrow_mut();
+        if map
+            .get(&uid)
+            .is_some_and(|u| u.connections == 0 && u.live_subspaces == 0 && u.rate.is_empty(now))
+        {
+            map.remove(&uid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_the_last_minute_only() {
+        let mut w = Window::default();
+        w.add(10);
+        w.add(10);
+        w.add(40);
+        assert_eq!(w.count(40), 3);
+        assert_eq!(w.count(69), 3);
+        assert_eq!(w.count(70), 1);
+        assert_eq!(w.count(100), 0);
+        w.remove(40);
+        assert_eq!(w.count(41), 2);
+        // A bucket reused a minute later starts from zero.
+        w.add(70);
+        assert_eq!(w.count(70), 1);
+    }
+
+    #[test]
+    fn refund_gives_back_rate_and_subspace() {
+        let c = Counters::new();
+        let ch = c.charge(5, true);
+        assert_eq!(c.usage(5, 0).requests_last_minute, 1);
+        assert_eq!(c.usage(5, 0).live_subspaces, 1);
+        c.refund(ch);
+        assert_eq!(c.usage(5, 0), spacer_policy::Usage::default());
+        assert!(c.per_uid.borrow().is_empty());
+    }
+
+    #[test]
+    fn connection_caps_hold() {
+        let c = Counters::new();
+        assert!(c.open_connection(1, Some(2), 10).is_ok());
+        assert!(c.open_connection(1, Some(2), 10).is_ok());
+        assert_eq!(
+            c.open_connection(1, Some(2), 10).unwrap_err(),
+            "max_connections 2 reached"
+        );
+        assert!(c.open_connection(2, None, 3).is_ok());
+        assert!(c.open_connection(3, None, 3).is_err());
+        c.close_connection(1);
+        assert!(c.open_connection(1, Some(2), 10).is_ok());
+    }
+}

@@ -1,0 +1,394 @@
+//! `spacer`: the user's tool. Ask for namespaces, run a command inside new
+//! ones, check and explain policy files.
+//!
+//! Exit status: 0 success, 1 error, 2 usage, 3 denied by policy (the
+//! broker's reason on stderr as `spacer: denied: <reason>`); `spacer run`
+//! exits with the command's status.
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use nix::sched::{setns, CloneFlags};
+use spacer_client::{Client, Error, NsType, Rooms, Spaces};
+use spacer_policy::{Decision, FileCheck, Op, Peer, Policy, RuleRef, SystemResolver, Usage};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spacer",
+    version,
+    about = "New Linux namespaces from the spacer service"
+)]
+struct Cli {
+    /// The broker's socket [env: SPACER_SOCKET; default: /run/spacer/spacer.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create new namespaces and print them (type and inode).
+    Rooms {
+        #[command(flatten)]
+        types: RoomTypes,
+        /// Print one JSON object: {"net": 4026532301, ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside freshly granted namespaces.
+    Run {
+        /// A new user namespace owned by you, where you are uid 0 (works
+        /// without privileges).
+        #[arg(long)]
+        user: bool,
+        /// A new PID namespace; the command is its PID 1.
+        #[arg(long)]
+        pid: bool,
+        #[command(flatten)]
+        types: RoomTypes,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Policy files: check and explain.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Args)]
+struct RoomTypes {
+    /// cgroup namespace
+    #[arg(long)]
+    cgroup: bool,
+    /// IPC namespace
+    #[arg(long)]
+    ipc: bool,
+    /// mount namespace (`/` recursively private)
+    #[arg(long)]
+    mnt: bool,
+    /// network namespace
+    #[arg(long)]
+    net: bool,
+    /// time namespace
+    #[arg(long)]
+    time: bool,
+    /// UTS namespace
+    #[arg(long)]
+    uts: bool,
+    /// all six of the above
+    #[arg(long)]
+    all: bool,
+}
+
+impl RoomTypes {
+    fn spaces(&self) -> Spaces {
+        if self.all {
+            return Spaces::ROOMS;
+        }
+        [
+            (self.cgroup, Spaces::CGROUP),
+            (self.ipc, Spaces::IPC),
+            (self.mnt, Spaces::MNT),
+            (self.net, Spaces::NET),
+            (self.time, Spaces::TIME),
+            (self.uts, Spaces::UTS),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(Spaces::empty(), |a, (_, f)| a | f)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file; print a summary of each rule and warnings.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Show which rule decides for a peer and what it may do.
+    Explain {
+        /// The policy file.
+        file: PathBuf,
+        /// The peer's uid.
+        #[arg(long)]
+        uid: u32,
+        /// The peer's gids (primary first; repeat for supplementary groups).
+        #[arg(long = "gid", value_name = "GID")]
+        gids: Vec<u32>,
+    },
+}
+
+/// Exit status for "denied by policy".
+const DENIED: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let denied = matches!(&e, Failure::Service(Error::Denied(_)));
+            eprintln!("spacer: {}", chain(&e));
+            ExitCode::from(if denied { DENIED } else { 1 })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Service(#[from] Error),
+    #[error("{0}")]
+    Msg(String),
+    #[error("{what}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The error and its sources, once each, joined by ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+fn connect(socket: &Option<PathBuf>) -> Result<Client, Failure> {
+    Ok(match socket {
+        Some(p) => Client::connect(p)?,
+        None => Client::connect_default()?,
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.cmd {
+        Cmd::Rooms { types, json } => {
+            let spaces = types.spaces();
+            let client = connect(&cli.socket)?;
+            let rooms = client.rooms(spaces)?;
+            print_rooms(&rooms, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run {
+            user,
+            pid,
+            types,
+            command,
+        } => run_command(&cli.socket, user, pid, types.spaces(), &command),
+        Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),
+        Cmd::Policy(PolicyCmd::Explain { file, uid, gids }) => policy_explain(&file, uid, &gids),
+    }
+}
+
+fn print_rooms(rooms: &Rooms, json: bool) -> Result<(), Failure> {
+    let mut map = serde_json::Map::new();
+    for t in NsType::ALL {
+        if let Some(fd) = rooms.get(t) {
+            let ino =
+                spacer_proto::fd::namespace_inode(fd.as_fd()).map_err(|source| Failure::Os {
+                    what: format!("reading the {t} namespace"),
+                    source,
+                })?;
+            map.insert(t.name().to_owned(), ino.into());
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (k, v) in map {
+            println!("{k}:[{v}]");
+        }
+    }
+    Ok(())
+}
+
+fn enter(fd: &OwnedFd, t: NsType) -> Result<(), Failure> {
+    let flag = CloneFlags::from_bits_retain(t.flag().bits() as i32);
+    setns(fd, flag).map_err(|e| {
+        let hint = if e == nix::errno::Errno::EPERM && t != NsType::User {
+            " (a namespace of the host needs CAP_SYS_ADMIN to enter; add --user for one you own)"
+        } else {
+            ""
+        };
+        Failure::Os {
+            what: format!("cannot enter the new {t} namespace{hint}"),
+            source: e.into(),
+        }
+    })
+}
+
+fn run_command(
+    socket: &Option<PathBuf>,
+    user: bool,
+    pid: bool,
+    rooms: Spaces,
+    command: &[String],
+) -> Result<ExitCode, Failure> {
+    let client = connect(socket)?;
+    let sub_spaces = [(user, Spaces::USER), (pid, Spaces::PID)]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(Spaces::empty(), |a, (_, f)| a | f);
+    // A subspace first; the rooms are made inside it, so that it owns them.
+    let (sub_client, sub) = if sub_spaces.is_empty() {
+        (None, None)
+    } else {
+        let (c, s) = client.subspace(sub_spaces)?;
+        (Some(c), Some(s))
+    };
+    let made = if rooms.is_empty() {
+        Rooms::default()
+    } else {
+        sub_client.as_ref().unwrap_or(&client).rooms(rooms)?
+    };
+    let cwd = std::env::current_dir().ok();
+    // The user namespace first: it grants the capabilities for the rest.
+    if let Some(u) = sub.as_ref().and_then(|s| s.user.as_ref()) {
+        enter(u, NsType::User)?;
+    }
+    for t in Spaces::ROOMS.types() {
+        if let Some(fd) = made.get(t) {
+            enter(fd, t)?;
+        }
+    }
+    if made.mnt.is_some() {
+        // setns into a mount namespace moves to its root; go back where we were.
+        if let Some(dir) = &cwd {
+            let _ = std::env::set_current_dir(dir);
+        }
+    }
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    match sub.as_ref().and_then(|s| s.pid.as_ref()) {
+        None => {
+            // Replace this process; the fds we hold are close-on-exec.
+            let e = cmd.exec();
+            Err(Failure::Os {
+                what: format!("cannot run {}", command[0]),
+                source: e,
+            })
+        }
+        Some(pidns) => {
+            // A PID namespace applies to children: the command, started now,
+            // is the new namespace's PID 1.
+            enter(pidns, NsType::Pid)?;
+            let status = cmd.status().map_err(|source| Failure::Os {
+                what: format!("cannot run {}", command[0]),
+                source,
+            })?;
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            Ok(ExitCode::from(code as u8))
+        }
+    }
+}
+
+fn load(file: &Path) -> Result<Policy, Failure> {
+    spacer_policy::load_file(file, FileCheck::ContentOnly, &SystemResolver)
+        .map_err(|e| Failure::Msg(chain(&e)))
+}
+
+fn describe(spaces: Spaces) -> String {
+    if spaces.is_empty() {
+        "nothing".into()
+    } else {
+        spaces.names().join(", ")
+    }
+}
+
+fn limits_text(l: &spacer_policy::Limits) -> String {
+    l.set()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
+    let pol = load(file)?;
+    println!("{}: valid, {} rule(s)", file.display(), pol.rules().len());
+    for r in pol.rules() {
+        let lim = limits_text(&r.grant.limits);
+        println!(
+            "  {} (line {}): {} may create {}{}",
+            RuleRef::Rule(r),
+            r.line,
+            r.matcher,
+            describe(r.grant.allow),
+            if lim.is_empty() {
+                String::new()
+            } else {
+                format!("; {lim}")
+            }
+        );
+    }
+    let lim = limits_text(&pol.defaults().limits);
+    println!(
+        "  defaults: everyone else may create {}{}",
+        describe(pol.defaults().allow),
+        if lim.is_empty() {
+            String::new()
+        } else {
+            format!("; {lim}")
+        }
+    );
+    for w in pol.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failure> {
+    let pol = load(file)?;
+    let (gid, groups) = match gids.split_first() {
+        Some((g, rest)) => (*g, rest),
+        None => (u32::MAX, &[][..]),
+    };
+    let peer = Peer { uid, gid, groups };
+    let (rule, grant) = pol.matching(&peer);
+    let who = match rule {
+        RuleRef::Rule(r) => format!("{rule} ({}, line {})", r.matcher, r.line),
+        RuleRef::Defaults => "defaults (no rule matches)".into(),
+    };
+    println!("uid {uid} gids {gids:?}: decided by {who}");
+    if grant.allow.is_empty() {
+        println!("  may create nothing: every request is denied");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("  may create: {}", describe(grant.allow));
+    let lim = limits_text(&grant.limits);
+    println!(
+        "  limits: {}",
+        if lim.is_empty() { "none".into() } else { lim }
+    );
+    if grant.allow.contains(Spaces::USER) {
+        println!(
+            "  note: with user it can create every other namespace type inside its own user \
+             namespaces, with its own powers"
+        );
+    }
+    // A worked example the administrator can check against the audit log.
+    if let Decision::Deny { reason, .. } =
+        pol.decide(&peer, Op::Rooms, Spaces::ROOMS, &Usage::default())
+    {
+        println!("  e.g. rooms --all: denied ({reason})");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,235 @@
+//! # spacer-client
+//!
+//! Ask a spacer broker for new Linux namespaces. Trust level: runs in the
+//! caller's process with the caller's privileges; it believes nothing the
+//! other side sends unchecked (every received fd is verified by kind and
+//! slot, and closed if it makes no sense).
+//!
+//! ```no_run
+//! use spacer_client::{Client, Spaces};
+//!
+//! # fn main() -> Result<(), spacer_client::Error> {
+//! let client = Client::connect("/run/spacer/spacer.sock")?;
+//! let rooms = client.rooms(Spaces::NET | Spaces::UTS)?;
+//! let net = rooms.net.expect("asked for net"); // an OwnedFd, closed on drop
+//! # drop(net);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Errors separate *denied by policy* ([`Error::Denied`]), *failed in the
+//! worker* ([`Error::Failed`]), a wrong request ([`Error::Invalid`]), the
+//! service being unavailable, and transport or protocol trouble.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use spacer_proto::wire::Rooms;
+use spacer_proto::wire::{self, decode_reply, ErrorKind, Reply, Request, ResponseError};
+use spacer_proto::{Channel, RecvError};
+pub use spacer_proto::{NsType, Spaces};
+
+/// The socket used when neither a path nor `SPACER_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/run/spacer/spacer.sock";
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The policy does not allow this (or a limit is reached).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// Allowed, but creating the namespaces failed in the worker.
+    #[error("failed: {0}")]
+    Failed(String),
+    /// The request asks for something it cannot (e.g. "out of space").
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The service cannot serve right now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Connecting to the broker failed.
+    #[error("cannot connect to {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error("talking to the service")]
+    Io(#[source] io::Error),
+    /// The service closed the connection.
+    #[error("the service closed the connection")]
+    Closed,
+    /// A response could not be believed; every fd that came with it is closed.
+    #[error("bad response from the service")]
+    Protocol(#[source] ProtocolError),
+}
+
+/// Why a response was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The datagram itself.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+    /// Its content or fds.
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    /// The namespaces handed out are not the ones asked for.
+    #[error("asked for {asked}, got {got}")]
+    Mismatch {
+        /// Requested types.
+        asked: Spaces,
+        /// Received types.
+        got: Spaces,
+    },
+    /// A response of the wrong kind.
+    #[error("a {0} response to another request")]
+    WrongKind(&'static str),
+}
+
+impl Error {
+    /// Whether the policy said no.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Error::Denied(_))
+    }
+}
+
+/// A new subspace (see [`Client::subspace`]). The receiver owns every fd.
+#[derive(Debug)]
+pub struct Subspace {
+    /// A pidfd of the process serving the subspace.
+    pub pidfd: OwnedFd,
+    /// The new user namespace, owned by the caller's uid, if asked for.
+    pub user: Option<OwnedFd>,
+    /// The new PID namespace, if asked for. It is empty: the first process
+    /// started in it (after `setns`) is its PID 1.
+    pub pid: Option<OwnedFd>,
+}
+
+/// A connection to a spacer service: the broker, or a subspace.
+#[derive(Debug)]
+pub struct Client {
+    chan: Channel,
+    /// One request at a time per connection.
+    turn: Mutex<()>,
+}
+
+impl Client {
+    /// Connects to the broker at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let chan = Channel::connect(path).map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Client::from_channel(chan))
+    }
+
+    /// Connects to `$SPACER_SOCKET`, else [`DEFAULT_SOCKET`].
+    pub fn connect_default() -> Result<Client, Error> {
+        let path = std::env::var_os("SPACER_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Client::connect(path)
+    }
+
+    fn from_channel(chan: Channel) -> Client {
+        Client {
+            chan,
+            turn: Mutex::new(()),
+        }
+    }
+
+    /// New namespaces, one per type in `spaces` (cgroup, ipc, mnt, net,
+    /// time, uts). All or nothing: the result holds exactly the types asked
+    /// for.
+    pub fn rooms(&self, spaces: Spaces) -> Result<Rooms, Error> {
+        match self.call(Request::Rooms {
+            spaces: spaces.bits(),
+        })? {
+            Reply::Rooms(rooms) => {
+                let got = rooms.spaces();
+                if got != spaces {
+                    return Err(Error::Protocol(ProtocolError::Mismatch {
+                        asked: spaces,
+                        got,
+                    }));
+                }
+                Ok(rooms)
+            }
+            Reply::Subspace(_) => Err(Error::Protocol(ProtocolError::WrongKind("subspace"))),
+            Reply::Error { .. } => unreachable!("errors are turned into Err by call"),
+        }
+    }
+
+    /// A new user and/or PID namespace (at least one, nothing else) with a
+    /// service of its own: the returned `Client` makes namespaces *inside*
+    /// them. A new user namespace maps the caller's uid and gid to 0 and is
+    /// owned by the caller, so the caller can enter it, and everything made
+    /// through the returned client, without any privilege. Dropping that
+    /// `Client` ends the subspace's service (not the namespaces: they live
+    /// as long as something holds them).
+    pub fn subspace(&self, spaces: Spaces) -> Result<(Client, Subspace), Error> {
+        match self.call(Request::Subspace {
+            spaces: spaces.bits(),
+        })? {
+            Reply::Subspace(s) => {
+                let got = [
+                    (s.user.is_some(), Spaces::USER),
+                    (s.pid.is_some(), Spaces::PID),
+                ]
+                .into_iter()
+                .filter(|(has, _)| *has)
+                .fold(Spaces::empty(), |a, (_, f)| a | f);
+                if got != spaces {
+                    return Err(Error::Protocol(ProtocolError::Mismatch {
+                        asked: spaces,
+                        got,
+                    }));
+                }
+                let chan = Channel::from_fd(s.conn).map_err(Error::Io)?;
+                Ok((
+                    Client::from_channel(chan),
+                    Subspace {
+                        pidfd: s.pidfd,
+                        user: s.user,
+                        pid: s.pid,
+                    },
+                ))
+            }
+            Reply::Rooms(_) => Err(Error::Protocol(ProtocolError::WrongKind("rooms"))),
+            Reply::Error { .. } => unreachable!("errors are turned into Err by call"),
+        }
+    }
+
+    /// One round trip. Error responses become `Err`.
+    fn call(&self, req: Request) -> Result<Reply, Error> {
+        let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        self.chan.send(&req.encode(), &[]).map_err(Error::Io)?;
+        let mut buf = vec![0u8; wire::MAX_RESPONSE_BYTES];
+        let got = match self.chan.recv(&mut buf, wire::MAX_RESPONSE_FDS) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Err(Error::Closed),
+            Err(RecvError::Io(e)) => return Err(Error::Io(e)),
+            Err(e) => return Err(Error::Protocol(e.into())),
+        };
+        match decode_reply(&buf[..got.len], got.fds) {
+            Ok(Reply::Error { kind, reason }) => Err(match kind {
+                ErrorKind::Denied => Error::Denied(reason),
+                ErrorKind::Failed => Error::Failed(reason),
+                ErrorKind::Invalid => Error::Invalid(reason),
+                _ => Error::Unavailable(reason),
+            }),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(Error::Protocol(e.into())),
+        }
+    }
+}

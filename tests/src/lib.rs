@@ -1,0 +1,398 @@
+//! # spacer-tests
+//!
+//! The harness of the end-to-end tests in `tests/`: start the real
+//! `spacer-broker` (which starts the real `spacer-worker`) on a temporary
+//! socket with a test policy, play clients as root and as other uids, and
+//! look at the real processes through `/proc`.
+//!
+//! Binaries are taken from the cargo target directory of the running test
+//! (`cargo test --workspace` builds them all before any test runs). Anything
+//! another uid must reach — the socket, a copy of `spacer` — lives in a
+//! temporary directory with mode 0755, since the checkout may not be
+//! reachable for other uids.
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+use spacer_client::Client;
+
+/// A uid/gid no account uses, for playing an unknown unprivileged peer.
+pub const STRANGER: u32 = 4242;
+/// Another one, for a peer that the test policy names.
+pub const TENANT: u32 = 4343;
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    dir.to_owned()
+}
+
+/// The path of a workspace binary; panics with what to run if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the whole suite with `cargo test --workspace`, which builds every binary",
+        p.display()
+    );
+    p
+}
+
+/// Panics unless running as root (CI is root; the tests make namespaces
+/// and switch uids).
+pub fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests need root (CI runs as root)"
+    );
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns the last result.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Open fds of a process.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// What each open fd of a process points to (for failure messages).
+pub fn fd_links(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    format!(
+                        "{} -> {}",
+                        e.file_name().to_string_lossy(),
+                        fs::read_link(e.path())
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A line of `/proc/PID/status`, value only.
+pub fn status(pid: i32, key: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    status(pid, "VmRSS")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Child pids of a process.
+pub fn children(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// `type -> target` of `/proc/PID/ns/*`, sorted.
+pub fn ns_links(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/ns"))
+        .expect("ns dir")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                fs::read_link(e.path())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The inode of one of this process's namespaces.
+pub fn my_ns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/self/ns/{name}"))
+        .expect("own namespace")
+        .ino()
+}
+
+/// Runs a command, retrying while its freshly copied binary is still open
+/// for writing in a child that another test thread forked (`ETXTBSY`).
+pub fn output_retrying(cmd: &mut Command) -> Output {
+    for _ in 0..50 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("run a test binary"),
+        }
+    }
+    panic!("binary stayed busy");
+}
+
+/// A running broker on a temporary socket.
+pub struct Broker {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// Starts the broker with `policy` and waits until it serves.
+    pub fn start(policy: &str) -> Broker {
+        Broker::start_with(policy, &[])
+    }
+
+    /// Starts the broker with `policy` and extra arguments.
+    pub fn start_with(policy: &str, extra: &[&str]) -> Broker {
+        need_root();
+        let dir = tempfile::Builder::new()
+            .prefix("spacer-test")
+            .tempdir()
+            .expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let policy_path = dir.path().join("policy.toml");
+        fs::write(&policy_path, policy).expect("write policy");
+        fs::set_permissions(&policy_path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let socket = dir.path().join("spacer.sock");
+        let log = dir.path().join("broker.log");
+        let child = Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--policy")
+            .arg(&policy_path)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start spacer-broker");
+        let b = Broker {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        let up = eventually(Duration::from_secs(10), || {
+            b.events().iter().any(|e| e["event"] == "start")
+        });
+        assert!(up, "broker did not start; log:\n{}", b.log_text());
+        b
+    }
+
+    /// Runs the broker with `policy` expecting it to refuse to start;
+    /// returns its exit code and log.
+    pub fn refuses(policy: &str, mode: u32) -> (Option<i32>, String) {
+        need_root();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policy_path = dir.path().join("policy.toml");
+        fs::write(&policy_path, policy).expect("write policy");
+        fs::set_permissions(&policy_path, fs::Permissions::from_mode(mode)).expect("chmod");
+        let out = Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .arg("--policy")
+            .arg(&policy_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run spacer-broker");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The temporary directory (0755).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The worker supervisor's pid.
+    pub fn supervisor_pid(&self) -> i32 {
+        let kids = children(self.pid());
+        assert_eq!(kids.len(), 1, "the broker has one child, the supervisor");
+        kids[0]
+    }
+
+    /// The serving workers' pids.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children(self.supervisor_pid())
+    }
+
+    /// The one serving worker (for tests that run with one).
+    pub fn worker_pid(&self) -> i32 {
+        let mut pids = Vec::new();
+        eventually(Duration::from_secs(5), || {
+            pids = self.worker_pids();
+            pids.len() == 1
+        });
+        assert_eq!(pids.len(), 1, "one serving worker: {pids:?}");
+        pids[0]
+    }
+
+    /// A library client as this process (root).
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect")
+    }
+
+    /// The log as text.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every JSON line of the log.
+    pub fn events(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Audit decisions in the log.
+    pub fn decisions(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["target"] == "spacer::audit" && e["message"] == "decision")
+            .collect()
+    }
+
+    /// Copies a workspace binary into the 0755 directory, for other uids.
+    pub fn copy_bin(&self, name: &str) -> PathBuf {
+        let dst = self.dir().join(name);
+        if !dst.exists() {
+            fs::copy(bin(name), &dst).expect("copy binary");
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        dst
+    }
+
+    /// Runs the `spacer` command as `uid`/`gid` (no supplementary groups).
+    pub fn spacer_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
+        let exe = self.copy_bin("spacer");
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .env("SPACER_SOCKET", &self.socket)
+            .current_dir(self.dir())
+            .stdin(Stdio::null());
+        if uid != 0 {
+            cmd.uid(uid).gid(gid);
+        }
+        output_retrying(&mut cmd)
+    }
+
+    /// Runs the test probe as `uid`/`gid`; returns its JSON output.
+    pub fn probe_as(&self, uid: u32, gid: u32, args: &[&str]) -> Value {
+        let exe = self.copy_bin("spacer-probe");
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .env("SPACER_SOCKET", &self.socket)
+            .current_dir(self.dir())
+            .stdin(Stdio::null());
+        if uid != 0 {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = output_retrying(&mut cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "probe {args:?} failed: {}\n{stdout}\nbroker log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("probe output {stdout:?}: {e}"))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let done = eventually(Duration::from_secs(3), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            });
+            if !done {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A policy: root may have everything, uid [`TENANT`] only `net` plus
+/// subspaces (user, pid) and uts, everyone else nothing.
+pub const TEST_POLICY: &str = r#"
+[defaults]
+allow = []
+
+[[rule]]
+name = "root"
+uid = 0
+allow = ["cgroup", "ipc", "mnt", "net", "time", "uts", "user", "pid"]
+
+[[rule]]
+name = "tenant"
+uid = 4343
+allow = ["net", "uts", "user", "pid"]
+"#;

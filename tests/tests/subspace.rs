@@ -1,0 +1,227 @@
+//! Subspaces end to end: user and PID namespaces with a worker inside,
+//! owned by the requester, usable without privileges.
+
+use std::time::Duration;
+
+use spacer_client::Spaces;
+use spacer_tests::*;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_user_pid_is_pid_1_and_uid_0_for_root_and_tenant() {
+    let b = Broker::start(TEST_POLICY);
+    for uid in [0, TENANT] {
+        let out = b.spacer_as(
+            uid,
+            uid,
+            &["run", "--user", "--pid", "--", "sh", "-c", "echo $$; id -u"],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "uid {uid}: {stderr}");
+        assert_eq!(stdout, "1\n0\n", "uid {uid}");
+    }
+}
+
+#[test]
+fn run_exits_with_the_command_status() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &["run", "--user", "--pid", "--", "sh", "-c", "exit 7"],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &["run", "--user", "--", "sh", "-c", "exit 5"],
+    );
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn run_user_net_sees_only_loopback() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &["run", "--user", "--net", "--", "cat", "/proc/net/dev"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let ifaces: Vec<&str> = stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, vec!["lo"]);
+}
+
+#[test]
+fn run_user_uts_changes_nothing_on_the_host() {
+    let b = Broker::start(TEST_POLICY);
+    let host = nix::unistd::gethostname().unwrap();
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &[
+            "run",
+            "--user",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname spacer-x && hostname",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "spacer-x");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host);
+}
+
+#[test]
+fn subspace_is_owned_by_the_requester_and_so_are_its_rooms() {
+    let b = Broker::start(TEST_POLICY);
+    let v = b.probe_as(TENANT, TENANT, &["subspace", "--pid", "net", "uts"]);
+    assert_eq!(v["owner_uid"], TENANT);
+    let uid_map: Vec<&str> = v["uid_map"].as_str().unwrap().split_whitespace().collect();
+    assert_eq!(uid_map, vec!["0", &TENANT.to_string(), "1"]);
+    let gid_map: Vec<&str> = v["gid_map"].as_str().unwrap().split_whitespace().collect();
+    assert_eq!(gid_map, vec!["0", &TENANT.to_string(), "1"]);
+    assert_eq!(v["setgroups"], "deny");
+    assert!(v["pid_ino"].as_u64().is_some());
+    for t in ["net", "uts"] {
+        assert_eq!(
+            v["rooms"][t]["owner_userns"], v["user_ino"],
+            "{t} owned by the subspace"
+        );
+    }
+}
+
+#[test]
+fn subspace_worker_runs_as_the_requester_and_is_confined() {
+    let b = Broker::start(TEST_POLICY);
+    // Keep the subspace open with a long-running command inside it.
+    let mut child = std::process::Command::new(b.copy_bin("spacer"))
+        .args(["run", "--user", "--pid", "--", "sleep", "30"])
+        .env("SPACER_SOCKET", &b.socket)
+        .current_dir(b.dir())
+        .uid_gid(TENANT)
+        .spawn()
+        .unwrap();
+    let mut sub = Vec::new();
+    let found = eventually(Duration::from_secs(5), || {
+        sub = b.worker_pids().into_iter().flat_map(children).collect();
+        !sub.is_empty()
+    });
+    assert!(found, "no subspace worker under the serving worker");
+    let pid = sub[0];
+    let want = format!("{TENANT}\t{TENANT}\t{TENANT}\t{TENANT}");
+    assert_eq!(status(pid, "Uid"), want);
+    assert_eq!(status(pid, "Gid"), want);
+    assert_eq!(status(pid, "NoNewPrivs"), "1");
+    assert_eq!(status(pid, "Seccomp"), "2");
+    // CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETFCAP, in its own user namespace only.
+    assert_eq!(status(pid, "CapEff"), "0000000080240000");
+    assert_eq!(status(pid, "CapBnd"), "0000000080240000");
+    assert_eq!(status(pid, "Groups"), "");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+trait UidGid {
+    fn uid_gid(&mut self, id: u32) -> &mut Self;
+}
+
+impl UidGid for std::process::Command {
+    fn uid_gid(&mut self, id: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        self.uid(id).gid(id)
+    }
+}
+
+#[test]
+fn nested_subspaces_survive_the_middle_closing() {
+    let b = Broker::start(TEST_POLICY);
+    let v = b.probe_as(TENANT, TENANT, &["nested"]);
+    assert_eq!(v["inner_inside_middle"], true);
+    assert_eq!(v["middle_exited"], true);
+    assert_eq!(v["inner_serves"], true, "{v}");
+    let depths = || -> Vec<u64> {
+        b.decisions()
+            .iter()
+            .filter(|d| d["request"] == "rooms")
+            .filter_map(|d| d["subspace"]["depth"].as_u64())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || depths() == vec![2]),
+        "the inner rooms request is audited at depth 2: {:?}",
+        depths()
+    );
+}
+
+#[test]
+fn closing_conn_ends_and_reaps_the_subspace_worker() {
+    let b = Broker::start(TEST_POLICY);
+    let v = b.probe_as(TENANT, TENANT, &["close"]);
+    assert_eq!(v["exited"], true);
+    assert_eq!(v["reaped"], true);
+    assert!(eventually(Duration::from_secs(3), || {
+        b.events().iter().any(|e| e["event"] == "subspace_closed")
+    }));
+}
+
+#[test]
+fn two_hundred_subspaces_leave_no_fd_behind() {
+    let b = Broker::start(TEST_POLICY);
+    b.probe_as(TENANT, TENANT, &["many", "1"]);
+    let (broker, sup, worker) = (b.pid(), b.supervisor_pid(), b.worker_pid());
+    assert!(eventually(Duration::from_secs(3), || children(worker).is_empty()));
+    let base = [fd_count(broker), fd_count(sup), fd_count(worker)];
+    let v = b.probe_as(TENANT, TENANT, &["many", "200"]);
+    assert_eq!(v["made"], 200);
+    let settled = eventually(Duration::from_secs(5), || {
+        let now = [fd_count(broker), fd_count(sup), fd_count(worker)];
+        now.iter().zip(base).all(|(n, b)| *n <= b) && children(worker).is_empty()
+    });
+    assert!(
+        settled,
+        "{base:?} -> {:?}; worker children {:?}\n{:?}",
+        [fd_count(broker), fd_count(sup), fd_count(worker)],
+        children(worker),
+        fd_links(broker)
+    );
+}
+
+#[test]
+fn uid_without_user_is_denied() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(STRANGER, STRANGER, &["run", "--user", "--", "true"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("spacer: denied: user not allowed by defaults"));
+}
+
+#[test]
+fn rooms_inside_a_subspace_follow_the_policy() {
+    let b = Broker::start(TEST_POLICY);
+    let (inner, _sub) = {
+        let c = spacer_client::Client::connect(&b.socket).unwrap();
+        c.subspace(Spaces::USER).unwrap()
+    };
+    // The client's own connection is gone; the subspace connection serves on.
+    let rooms = inner.rooms(Spaces::NET | Spaces::MNT).unwrap();
+    assert!(rooms.net.is_some() && rooms.mnt.is_some());
+    // The tenant may not have mnt, inside a subspace or not.
+    let out = b.spacer_as(TENANT, TENANT, &["run", "--user", "--mnt", "--", "true"]);
+    assert_eq!(out.status.code(), Some(3));
+}
