@@ -233,3 +233,8 @@ impl Client {
         }
     }
 }
+
+/// The README's Rust examples, compiled as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
