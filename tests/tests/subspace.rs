@@ -133,6 +133,17 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     assert_eq!(status(pid, "CapEff"), "0000000080240000");
     assert_eq!(status(pid, "CapBnd"), "0000000080240000");
     assert_eq!(status(pid, "Groups"), "");
+    // Nothing of the service's: its stdio is /dev/null (not the audit log),
+    // and its one socket is its channel.
+    let fds = fd_links(pid);
+    for stdio in ["0 -> /dev/null", "1 -> /dev/null", "2 -> /dev/null"] {
+        assert!(fds.iter().any(|l| l == stdio), "{fds:?}");
+    }
+    assert_eq!(
+        fds.iter().filter(|l| l.contains("socket:")).count(),
+        1,
+        "{fds:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

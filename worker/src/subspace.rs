@@ -135,8 +135,10 @@ fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
 
 /// The new process: set up, report, serve. Returns the exit code.
 fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) -> i32 {
-    // Nothing of the parent's but the channel: no broker channel, no homes.
-    if sys::close_fds_except(channel.as_raw_fd()).is_err() {
+    // Nothing of the parent's but the channel: no broker channel, no homes,
+    // and not the broker's stderr (the audit log): this process will run as
+    // the requester.
+    if sys::close_fds_except(channel.as_raw_fd()).is_err() || sys::stdio_to_dev_null().is_err() {
         return 1;
     }
     match setup(spaces, ids) {

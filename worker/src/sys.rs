@@ -103,3 +103,27 @@ pub fn autoreap_children() -> io::Result<()> {
     unsafe { sigaction(Signal::SIGCHLD, &ignore) }?;
     Ok(())
 }
+
+/// Points fds 0, 1 and 2 at `/dev/null`, whatever they were. A subspace
+/// worker runs as the requester: it must not hold the broker's stderr (the
+/// audit log) or anything else of the service's.
+pub fn stdio_to_dev_null() -> io::Result<()> {
+    for (fd, flags) in [
+        (0, libc::O_RDONLY),
+        (1, libc::O_WRONLY),
+        (2, libc::O_WRONLY),
+    ] {
+        // SAFETY: fds 0-2 are the process's stdio, owned by no Rust value in
+        // a subspace worker (std's stdio handles do not close them); closing
+        // and reopening them is what this function is for.
+        unsafe { libc::close(fd) };
+        // SAFETY: the path is a NUL-terminated literal; open returns the
+        // lowest free fd, which is `fd` since 0..fd are open and `fd` was
+        // just closed.
+        let got = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_CLOEXEC) };
+        if got != fd {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
