@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,30 @@ enum Cmd {
     /// Policy files: check and explain.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Measure a running broker: requests/s and latency.
+    Bench {
+        #[command(flatten)]
+        types: RoomTypes,
+        /// Subspace(user+pid) requests instead of rooms.
+        #[arg(long, conflicts_with_all = ["cgroup", "ipc", "mnt", "net", "time", "uts", "all"])]
+        subspace: bool,
+        /// Requests to measure (after warm-up).
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent connections (one thread each).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Unmeasured requests per connection first.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Also measure the same namespace work done in this process, with
+        /// no broker and no worker (needs root; rooms only), in the same run.
+        #[arg(long)]
+        raw: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +217,33 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             types,
             command,
         } => run_command(&cli.socket, user, pid, types.spaces(), &command),
+        Cmd::Bench {
+            types,
+            subspace,
+            requests,
+            concurrency,
+            warmup,
+            raw,
+            json,
+        } => {
+            let load = if subspace {
+                bench::Load::Subspace
+            } else {
+                let s = types.spaces();
+                bench::Load::Rooms(if s.is_empty() { Spaces::UTS } else { s })
+            };
+            // The floor first, while this process is still single-threaded.
+            let floor = match (raw, load) {
+                (false, _) => None,
+                (true, bench::Load::Rooms(s)) => Some(bench::raw(s, requests, warmup)?),
+                (true, bench::Load::Subspace) => {
+                    return Err(Failure::Msg("--raw measures rooms only".into()))
+                }
+            };
+            let report = bench::through_broker(&cli.socket, load, requests, concurrency, warmup)?;
+            bench::print(&report, floor.as_ref(), json);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),
         Cmd::Policy(PolicyCmd::Explain { file, uid, gids }) => policy_explain(&file, uid, &gids),
     }
