@@ -213,7 +213,13 @@ impl Client {
     /// One round trip. Error responses become `Err`.
     fn call(&self, req: Request) -> Result<Reply, Error> {
         let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
-        self.chan.send(&req.encode(), &[]).map_err(Error::Io)?;
+        if let Err(e) = self.chan.send(&req.encode(), &[]) {
+            // The service may have closed after leaving its reason (a refused
+            // connection does): read it rather than report the broken pipe.
+            if !matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) {
+                return Err(Error::Io(e));
+            }
+        }
         let mut buf = vec![0u8; wire::MAX_RESPONSE_BYTES];
         let got = match self.chan.recv(&mut buf, wire::MAX_RESPONSE_FDS) {
             Ok(Some(got)) => got,

@@ -240,9 +240,20 @@ impl Broker {
             .stdin(Stdio::null())
             .output()
             .expect("run spacer-broker");
+        // The `error` fields of the JSON log, or the raw text.
+        let raw = String::from_utf8_lossy(&out.stderr).into_owned();
+        let errors: Vec<String> = raw
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["error"].as_str().map(str::to_owned))
+            .collect();
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            if errors.is_empty() {
+                raw
+            } else {
+                errors.join("\n")
+            },
         )
     }
 
