@@ -73,13 +73,16 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// Whether the connecting process still exists. Without a pidfd
-    /// (older kernels) this cannot be known and is assumed.
+    /// Whether the connecting process still runs: its pidfd polls readable
+    /// once it has exited (zombies included). Without a pidfd (older
+    /// kernels) this cannot be known and is assumed.
     pub fn alive(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         match &self.pidfd {
-            Some(p) => fd::pidfd_send_signal(p.as_fd(), 0)
-                .map(|_| true)
-                .unwrap_or_else(|e| e.raw_os_error() != Some(libc::ESRCH)),
+            Some(p) => {
+                let mut pfd = [PollFd::new(p.as_fd(), PollFlags::POLLIN)];
+                matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(0))
+            }
             None => true,
         }
     }
@@ -132,6 +135,14 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
             break;
         }
         first = false;
+        // One unread response at most: the next request is handled once the
+        // client has taken the last answer (and its fds). A client that
+        // sends ahead without reading is answered in order, at its pace,
+        // and cut off at the write deadline, so it cannot pile fds up in
+        // flight on the broker's account.
+        if !previous_taken(&ctx, &chan).await {
+            break;
+        }
         let t0 = Instant::now();
         let bytes_len = match received {
             None => break, // idle or first-request deadline
@@ -174,6 +185,23 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
         .await;
         if !keep {
             break;
+        }
+    }
+}
+
+/// Waits (up to the write deadline) until the client has read everything
+/// sent to it.
+async fn previous_taken(ctx: &Ctx, chan: &AsyncChannel) -> bool {
+    let deadline = tokio::time::Instant::now() + ctx.timeouts.write;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match crate::sys::unread_by_peer(chan.as_fd()) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) if tokio::time::Instant::now() >= deadline => return false,
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
         }
     }
 }

@@ -74,6 +74,10 @@ struct Args {
     /// Seconds an idle client connection stays open.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     idle_timeout: u64,
+    /// Seconds a client has to take a response before its connection is
+    /// closed.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    write_timeout: u64,
     /// Open connections in all (each uid's cap is in the policy).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     max_connections: u32,
@@ -146,6 +150,7 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
         return Err(StartError::NotRoot);
     }
     let started = std::time::Instant::now();
+    raise_fd_limit(args.max_connections);
     let policy = load_policy(args.policy.as_deref())?;
     let target = privs::resolve(args.user.as_deref())?;
     let notifier = Notifier::from_env();
@@ -177,6 +182,20 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
         ),
     );
     Ok(code)
+}
+
+/// Each connection costs the broker one fd (a subspace two more), and the
+/// kernel counts fds in flight to clients (at most one response of six fds
+/// per connection) against the broker's limit: make room for the global
+/// cap, while still root (raising the hard limit needs it).
+fn raise_fd_limit(max_connections: u32) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = u64::from(max_connections) * 9 + 256;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want));
+        }
+    }
 }
 
 fn start_supervisor(
@@ -229,7 +248,7 @@ async fn serve(
         timeouts: Timeouts {
             first_request: Duration::from_secs(args.first_request_timeout),
             idle: Duration::from_secs(args.idle_timeout),
-            write: Duration::from_secs(5),
+            write: Duration::from_secs(args.write_timeout),
         },
         next_subspace: Cell::new(1),
         stopping: Cell::new(false),

@@ -114,27 +114,42 @@ impl Pool {
     /// misses it is killed and replaced).
     pub async fn call(
         self: &Rc<Self>,
-        make: impl FnOnce(u64) -> WorkerRequest,
+        make: impl Fn(u64) -> WorkerRequest,
     ) -> Result<Reply, CallError> {
-        let link = self.pick().await?;
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1));
-        let req = make(id);
-        let (tx, rx) = oneshot::channel();
-        link.pending.borrow_mut().insert(id, tx);
-        if link.chan.send(&internal::encode(&req), &[]).await.is_err() {
-            link.pending.borrow_mut().remove(&id);
-            return Err(CallError::Died);
-        }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(CallError::Died),
-            Err(_) => {
+        // A request whose send fails never reached a worker (it had died and
+        // the broker had not noticed yet): safe to send once more, to a
+        // fresh one.
+        let mut tries = 2;
+        loop {
+            tries -= 1;
+            let link = self.pick().await?;
+            let id = self.next_id.get();
+            self.next_id.set(id.wrapping_add(1));
+            let (tx, rx) = oneshot::channel();
+            link.pending.borrow_mut().insert(id, tx);
+            if link
+                .chan
+                .send(&internal::encode(&make(id)), &[])
+                .await
+                .is_err()
+            {
                 link.pending.borrow_mut().remove(&id);
-                tracing::warn!(target: "spacer::event", event = "worker_hung", pid = link.pid, "worker missed the request deadline; replacing it");
-                self.kill(&link).await;
-                Err(CallError::Timeout(self.timeout))
+                self.retire(&link, "channel closed").await;
+                if tries > 0 {
+                    continue;
+                }
+                return Err(CallError::Died);
             }
+            return match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(CallError::Died),
+                Err(_) => {
+                    link.pending.borrow_mut().remove(&id);
+                    tracing::warn!(target: "spacer::event", event = "worker_hung", pid = link.pid, "worker missed the request deadline; replacing it");
+                    self.retire(&link, "hung").await;
+                    Err(CallError::Timeout(self.timeout))
+                }
+            };
         }
     }
 
@@ -256,8 +271,10 @@ impl Pool {
         }
     }
 
-    async fn kill(&self, link: &Rc<Link>) {
-        self.mark_dead(link);
+    /// Takes a worker out of service and has the supervisor kill it (a
+    /// no-op for one already dead) and forget it.
+    async fn retire(&self, link: &Rc<Link>, reason: &'static str) {
+        self.mark_dead(link, reason);
         let _guard = self.sup_busy.lock().await;
         let _ = self
             .sup
@@ -268,8 +285,9 @@ impl Pool {
             .await;
     }
 
-    fn mark_dead(&self, link: &Rc<Link>) {
+    fn mark_dead(&self, link: &Rc<Link>, reason: &'static str) {
         if !link.dead.replace(true) {
+            tracing::warn!(target: "spacer::event", event = "worker_exited", pid = link.pid, reason, "worker out of service; starting another");
             // Requests in flight learn at once (their senders are dropped).
             link.pending.borrow_mut().clear();
             self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, link));
@@ -303,13 +321,6 @@ impl Pool {
                 Err(_) => break "channel error",
             }
         };
-        let was_alive = !link.dead.get();
-        if was_alive {
-            tracing::warn!(target: "spacer::event", event = "worker_exited", pid = link.pid, reason = why, "worker ended; restarting it");
-            if why != "exited" {
-                self.kill(&link).await;
-            }
-            self.mark_dead(&link);
-        }
+        self.retire(&link, why).await;
     }
 }

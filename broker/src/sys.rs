@@ -70,3 +70,16 @@ pub fn register_channel(
     // returns the same number for the AsyncFd's whole life.
     unsafe { tokio::io::unix::AsyncFd::register(chan) }.map_err(io::Error::from)
 }
+
+/// Bytes this socket has sent that its peer has not read yet (`SIOCOUTQ`;
+/// for a unix socket, memory of queued datagrams, freed as they are read).
+pub fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points to a
+    // live, aligned local that outlives the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}

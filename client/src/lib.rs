@@ -141,6 +141,16 @@ impl Client {
         Client::connect(path)
     }
 
+    /// A client on a connection someone handed you (another process's
+    /// connection to the broker, or a subspace's `conn`). It acts as the
+    /// process that opened the connection: the broker identifies peers at
+    /// connect time.
+    pub fn from_fd(fd: OwnedFd) -> Result<Client, Error> {
+        Ok(Client::from_channel(
+            Channel::from_fd(fd).map_err(Error::Io)?,
+        ))
+    }
+
     fn from_channel(chan: Channel) -> Client {
         Client {
             chan,

@@ -61,6 +61,12 @@ fn parse_args() -> Result<Args, String> {
                 println!("{}", seccomp::allow_list_len());
                 std::process::exit(0);
             }
+            "--seccomp-selftest" => {
+                // Installs the production filter, then makes one forbidden
+                // call: the process must die of SIGSYS (needs no privilege).
+                let name = args.next().ok_or("--seccomp-selftest needs a call name")?;
+                std::process::exit(seccomp::selftest(&name, seccomp));
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }

@@ -268,3 +268,37 @@ pub fn install(mode: SeccompMode) -> Result<(), String> {
     seccompiler::apply_filter(&allow).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// The forbidden calls `--seccomp-selftest` can make, each with arguments
+/// that would be harmless if the filter let it through.
+pub const SELFTEST_CALLS: [&str; 12] = [
+    "ptrace",
+    "bpf",
+    "init_module",
+    "kexec_load",
+    "open_by_handle_at",
+    "execve",
+    "mount-bind",
+    "mount-move",
+    "setns-any-type",
+    "unshare-files",
+    "clone-thread",
+    "ioctl-tiocsti",
+];
+
+/// Installs the filter and makes the forbidden call `name`. Returns only if
+/// the call was let through (`--seccomp log`), with exit code 3; 2 for an
+/// unknown name or a filter that could not be installed.
+pub fn selftest(name: &str, mode: SeccompMode) -> i32 {
+    if !SELFTEST_CALLS.contains(&name) {
+        eprintln!("spacer-worker: unknown selftest call {name:?}; known: {SELFTEST_CALLS:?}");
+        return 2;
+    }
+    if let Err(e) = install(mode) {
+        eprintln!("spacer-worker: cannot install the filter: {e}");
+        return 2;
+    }
+    crate::sys::forbidden_call(name);
+    eprintln!("spacer-worker: {name} was let through");
+    3
+}

@@ -127,3 +127,51 @@ pub fn stdio_to_dev_null() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// One call the seccomp filter must refuse, by name (see
+/// `seccomp::SELFTEST_CALLS`), with arguments that do nothing harmful if it
+/// were allowed: null pointers, invalid fds, a zero pid.
+pub fn forbidden_call(name: &str) {
+    let (nr, args): (libc::c_long, [libc::c_long; 5]) = match name {
+        "ptrace" => (
+            libc::SYS_ptrace,
+            [libc::PTRACE_TRACEME as libc::c_long, 0, 0, 0, 0],
+        ),
+        "bpf" => (libc::SYS_bpf, [-1, 0, 0, 0, 0]),
+        "init_module" => (libc::SYS_init_module, [0, 0, 0, 0, 0]),
+        "kexec_load" => (libc::SYS_kexec_load, [0, 0, 0, 0, 0]),
+        "open_by_handle_at" => (libc::SYS_open_by_handle_at, [-1, 0, 0, 0, 0]),
+        "execve" => (libc::SYS_execve, [0, 0, 0, 0, 0]),
+        "mount-bind" => (libc::SYS_mount, [0, 0, 0, libc::MS_BIND as libc::c_long, 0]),
+        "mount-move" => (libc::SYS_mount, [0, 0, 0, libc::MS_MOVE as libc::c_long, 0]),
+        "setns-any-type" => (libc::SYS_setns, [-1, 0, 0, 0, 0]),
+        "unshare-files" => (
+            libc::SYS_unshare,
+            [libc::CLONE_FILES as libc::c_long, 0, 0, 0, 0],
+        ),
+        "clone-thread" => (
+            libc::SYS_clone,
+            [
+                (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as libc::c_long,
+                -1,
+                0,
+                0,
+                0,
+            ],
+        ),
+        "ioctl-tiocsti" => (
+            libc::SYS_ioctl,
+            [-1, libc::TIOCSTI as libc::c_long, 0, 0, 0],
+        ),
+        _ => return,
+    };
+    // SAFETY: every argument set above is inert: null pointers (which the
+    // kernel rejects with EFAULT before touching memory), fd -1 (EBADF), or
+    // flags without a pointer to follow. The one exception, clone with
+    // CLONE_VM|CLONE_THREAD, passes an invalid stack (-1) and is refused by
+    // the filter before the kernel would use it; if it were let through the
+    // selftest would fail loudly, which is what it is for.
+    unsafe {
+        libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]);
+    }
+}

@@ -15,6 +15,12 @@
 //! `spacer-probe depth N`: subspaces nested N deep, until one is refused.
 //! `spacer-probe race`: two connections send a uts request at the same
 //! moment; prints both outcomes.
+//! `spacer-probe pass UID [--orphan]` (as root): connects, hands the
+//! connection to a child running as UID (over a socket in the current
+//! directory), and with `--orphan` exits at once; the child (`receive`)
+//! waits for that, then asks for uts and prints the outcome.
+//! `spacer-probe soak N`: N mixed requests: allowed, denied, malformed,
+//! abandoned.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +52,113 @@ fn exited(pidfd: BorrowedFd<'_>, within: Duration) -> bool {
     let mut p = [PollFd::new(pidfd, PollFlags::POLLIN)];
     let ms = PollTimeout::try_from(within.as_millis() as i32).unwrap_or(PollTimeout::MAX);
     matches!(nix::poll::poll(&mut p, ms), Ok(n) if n > 0)
+}
+
+/// The parent half of `pass`: connect, then hand the connection over.
+fn pass(uid: u32, orphan: bool) {
+    use std::os::unix::process::CommandExt;
+    let conn = spacer_proto::Channel::connect(&std::path::PathBuf::from(
+        std::env::var_os("SPACER_SOCKET").expect("SPACER_SOCKET"),
+    ))
+    .expect("connect");
+    let path = std::env::current_dir()
+        .expect("cwd")
+        .join(format!("pass-{}.sock", std::process::id()));
+    let listener = listen_seqpacket(&path);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"));
+    child.arg("receive").arg(&path).uid(uid).gid(uid);
+    let mut child = child.spawn().expect("spawn receiver");
+    let hand = nix::sys::socket::accept(&listener).expect("accept");
+    let hand = spacer_proto::Channel::from_fd(hand).expect("channel");
+    hand.send(b"conn", &[conn.as_fd()])
+        .expect("send the connection");
+    let _ = std::fs::remove_file(&path);
+    if !orphan {
+        child.wait().expect("wait for the receiver");
+    }
+}
+
+fn listen_seqpacket(path: &std::path::Path) -> OwnedFd {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new(path).expect("addr"),
+    )
+    .expect("bind");
+    listen(&fd, Backlog::new(1).expect("backlog")).expect("listen");
+    fd
+}
+
+/// The child half of `pass`.
+fn receive(path: &str) -> Value {
+    let parent = fd::pidfd_open(nix::unistd::getppid().as_raw()).expect("parent pidfd");
+    let hand =
+        spacer_proto::Channel::connect(std::path::Path::new(path)).expect("connect to parent");
+    let mut buf = [0u8; 16];
+    let got = hand.recv(&mut buf, 1).expect("recv").expect("a message");
+    let conn = got.fds.into_iter().next().expect("the connection");
+    let client = Client::from_fd(conn).expect("client");
+    // With --orphan, the process that connected is gone by now (or soon).
+    let orphaned = exited(parent.as_fd(), Duration::from_secs(5));
+    json!({"parent_exited": orphaned, "outcome": outcome(client.rooms(Spaces::UTS).map(drop))})
+}
+
+/// Mixed traffic from this uid.
+fn soak(client: &Client, n: usize) -> Value {
+    let sock = std::path::PathBuf::from(std::env::var_os("SPACER_SOCKET").expect("SPACER_SOCKET"));
+    let (mut ok, mut denied, mut other) = (0, 0, 0);
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    for i in 0..n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let r = match i % 6 {
+            0 | 1 => client.rooms(Spaces::UTS).map(drop),
+            2 => client.rooms(Spaces::NET | Spaces::MNT).map(drop),
+            3 => client.subspace(Spaces::USER).map(drop),
+            4 => {
+                // Malformed: random bytes on a fresh connection.
+                let c = spacer_proto::Channel::connect(&sock).expect("connect");
+                let len = (seed % 200) as usize;
+                let junk: Vec<u8> = (0..len).map(|k| (seed >> (k % 56)) as u8).collect();
+                let _ = c.send(&junk, &[]);
+                let mut buf = [0u8; 4096];
+                let _ = c.recv(&mut buf, 6);
+                other += 1;
+                continue;
+            }
+            _ => {
+                // Abandoned: ask, and leave before the answer.
+                let c = spacer_proto::Channel::connect(&sock).expect("connect");
+                let _ = c.send(
+                    &spacer_proto::wire::Request::Rooms {
+                        spaces: Spaces::UTS.bits(),
+                    }
+                    .encode(),
+                    &[],
+                );
+                other += 1;
+                continue;
+            }
+        };
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) if e.is_denied() => denied += 1,
+            Err(_) => other += 1,
+        }
+    }
+    json!({"ok": ok, "denied": denied, "other": other})
 }
 
 /// "ok", or the error as the library shows it.
@@ -240,6 +353,17 @@ fn main() {
             let first = outcome(a.rooms(Spaces::UTS).map(drop));
             let second = t.join().expect("thread");
             json!({"outcomes": [first, second]})
+        }
+        Some("pass") => {
+            let uid: u32 = args.get(1).and_then(|s| s.parse().ok()).expect("uid");
+            let orphan = args.iter().any(|a| a == "--orphan");
+            pass(uid, orphan);
+            return;
+        }
+        Some("receive") => receive(args.get(1).expect("path")),
+        Some("soak") => {
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+            soak(client(), n)
         }
         Some("rooms") => {
             let spaces = Spaces::of(args.iter().skip(1).filter_map(|a| NsType::from_name(a)));

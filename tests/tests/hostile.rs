@@ -1,0 +1,554 @@
+//! Hostile clients and faults: each test plays one attack or failure against
+//! the real binaries, then checks that the service still answers a
+//! well-formed request and that no fd was left behind.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use spacer_client::{Error, Spaces};
+use spacer_proto::wire::{decode_reply, ErrorKind, Reply, Request};
+use spacer_proto::Channel;
+use spacer_tests::*;
+
+fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+/// fd counts of broker, supervisor and serving workers.
+fn fds(b: &Broker) -> Vec<usize> {
+    let mut v = vec![fd_count(b.pid()), fd_count(b.supervisor_pid())];
+    v.extend(b.worker_pids().into_iter().map(fd_count));
+    v
+}
+
+/// The broker still serves, and after a moment no process holds more fds
+/// than `base`.
+fn still_serving_without_leaks(b: &Broker, base: &[usize]) {
+    let c = b.client();
+    let rooms = c
+        .rooms(Spaces::UTS)
+        .expect("a well-formed request is still served");
+    assert!(rooms.uts.is_some());
+    drop((rooms, c));
+    let settled = eventually(Duration::from_secs(5), || {
+        let now = fds(b);
+        now.len() == base.len() && now.iter().zip(base).all(|(n, b)| n <= b)
+    });
+    assert!(
+        settled,
+        "fds grew: {base:?} -> {:?}\nbroker: {:?}",
+        fds(b),
+        fd_links(b.pid())
+    );
+}
+
+/// Baseline after one warm request (the worker's homes and the broker's
+/// event loop exist by then).
+fn baseline(b: &Broker) -> Vec<usize> {
+    drop(b.client().rooms(Spaces::UTS).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    fds(b)
+}
+
+fn reply(chan: &Channel) -> Option<Reply> {
+    let mut buf = vec![0u8; 4096];
+    let got = chan.recv(&mut buf, 8).ok()??;
+    decode_reply(&buf[..got.len], got.fds).ok()
+}
+
+fn invalid_reason(r: Option<Reply>) -> String {
+    match r {
+        Some(Reply::Error {
+            kind: ErrorKind::Invalid,
+            reason,
+        }) => reason,
+        other => panic!("expected an invalid-request error, got {other:?}"),
+    }
+}
+
+const FORBIDDEN: [&str; 12] = [
+    "ptrace",
+    "bpf",
+    "init_module",
+    "kexec_load",
+    "open_by_handle_at",
+    "execve",
+    "mount-bind",
+    "mount-move",
+    "setns-any-type",
+    "unshare-files",
+    "clone-thread",
+    "ioctl-tiocsti",
+];
+
+#[test]
+fn forbidden_syscall_kills_the_worker() {
+    use std::os::unix::process::ExitStatusExt;
+    for call in FORBIDDEN {
+        let st = Command::new(bin("spacer-worker"))
+            .args(["--seccomp-selftest", call])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(st.signal(), Some(libc::SIGSYS), "{call}: {st:?}");
+    }
+    // The development switch logs instead of killing.
+    let st = Command::new(bin("spacer-worker"))
+        .args(["--seccomp", "log", "--seccomp-selftest", "ptrace"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+}
+
+#[test]
+fn worker_killed_with_sigkill_is_replaced_within_a_second() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let old = b.worker_pid();
+    signal(old, Signal::SIGKILL);
+    let t = Instant::now();
+    let c = b.client();
+    let r = c.rooms(Spaces::NET);
+    let took = t.elapsed();
+    assert!(r.is_ok(), "{r:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_ne!(b.worker_pid(), old);
+    assert!(b
+        .events()
+        .iter()
+        .any(|e| e["event"] == "worker_exited" && e["pid"] == old));
+    drop((r, c));
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn request_in_flight_when_the_worker_dies_fails_promptly() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let w = b.worker_pid();
+    signal(w, Signal::SIGSTOP);
+    let sock = b.socket.clone();
+    let t = std::thread::spawn(move || {
+        let c = spacer_client::Client::connect(&sock).unwrap();
+        let t = Instant::now();
+        (c.rooms(Spaces::UTS).map(drop), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    signal(w, Signal::SIGKILL);
+    let (r, took) = t.join().unwrap();
+    assert!(
+        matches!(&r, Err(Error::Failed(reason)) if reason == "the worker ended during the request"),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn hung_worker_is_killed_at_the_deadline_and_replaced() {
+    let b = Broker::start_with(TEST_POLICY, &["--request-timeout", "1"]);
+    let base = baseline(&b);
+    let w = b.worker_pid();
+    signal(w, Signal::SIGSTOP);
+    let t = Instant::now();
+    let r = b.client().rooms(Spaces::UTS).map(drop);
+    assert!(
+        matches!(&r, Err(Error::Failed(reason)) if reason.contains("did not answer within 1s")),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(eventually(
+        Duration::from_secs(3),
+        || !std::path::Path::new(&format!("/proc/{w}")).exists()
+            || status(w, "State").starts_with('Z')
+    ));
+    assert!(b.events().iter().any(|e| e["event"] == "worker_hung"));
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
+    let b = Broker::start(TEST_POLICY);
+    let mut last = 0;
+    for _ in 0..5 {
+        let mut pid = 0;
+        assert!(eventually(Duration::from_secs(3), || {
+            pid = b.worker_pids().first().copied().unwrap_or(0);
+            pid != 0 && pid != last
+        }));
+        signal(pid, Signal::SIGKILL);
+        last = pid;
+    }
+    assert!(eventually(Duration::from_secs(3), || b
+        .events()
+        .iter()
+        .any(|e| e["event"] == "breaker_open")));
+    let r = b.client().rooms(Spaces::UTS).map(drop);
+    assert!(
+        matches!(&r, Err(Error::Unavailable(reason)) if reason.contains("retrying slowly")),
+        "{r:?}"
+    );
+    // It still answers: the policy still denies what it denies.
+    let out = b.spacer_as(STRANGER, STRANGER, &["rooms", "--uts"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn garbage_of_every_size_is_answered_and_nothing_breaks() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let chan = Channel::connect(&b.socket).unwrap();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for len in 0..=256usize {
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        chan.send(&junk, &[]).unwrap();
+        let r = reply(&chan);
+        assert!(
+            matches!(
+                r,
+                Some(Reply::Error {
+                    kind: ErrorKind::Invalid,
+                    ..
+                })
+            ),
+            "{len} bytes: {r:?}"
+        );
+    }
+    // Every truncation of a valid request.
+    let valid = Request::Rooms {
+        spaces: Spaces::UTS.bits(),
+    }
+    .encode();
+    for cut in 0..valid.len() {
+        chan.send(&valid[..cut], &[]).unwrap();
+        assert_eq!(
+            invalid_reason(reply(&chan)),
+            "malformed request",
+            "cut at {cut}"
+        );
+    }
+    drop(chan);
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn oversized_datagram_is_refused_and_the_connection_closed() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    for size in [257, 4096, 65_000] {
+        let chan = Channel::connect(&b.socket).unwrap();
+        chan.send(&vec![0x80; size], &[]).unwrap();
+        assert_eq!(
+            invalid_reason(reply(&chan)),
+            "request larger than 256 bytes"
+        );
+        let mut buf = [0u8; 16];
+        assert!(
+            chan.recv(&mut buf, 0).unwrap().is_none(),
+            "closed after a truncated datagram"
+        );
+    }
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let chan = Channel::connect(&b.socket).unwrap();
+    let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let req = Request::Rooms {
+        spaces: Spaces::UTS.bits(),
+    }
+    .encode();
+    for n in [1, 250] {
+        let many: Vec<BorrowedFd<'_>> = (0..n).map(|_| null.as_fd()).collect();
+        chan.send(&req, &many).unwrap();
+        assert_eq!(invalid_reason(reply(&chan)), "fds attached to a request");
+    }
+    // Many 253-fd messages, from several connections.
+    let conns: Vec<Channel> = (0..4)
+        .map(|_| Channel::connect(&b.socket).unwrap())
+        .collect();
+    let many: Vec<BorrowedFd<'_>> = (0..253).map(|_| null.as_fd()).collect();
+    for _ in 0..25 {
+        for c in &conns {
+            c.send(&req, &many).unwrap();
+            assert_eq!(invalid_reason(reply(c)), "fds attached to a request");
+        }
+    }
+    // The connection is still usable.
+    chan.send(&req, &[]).unwrap();
+    assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));
+    drop((chan, conns));
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn empty_datagram_and_wrong_versions_are_answered() {
+    let b = Broker::start(TEST_POLICY);
+    let chan = Channel::connect(&b.socket).unwrap();
+    chan.send(&[], &[]).unwrap();
+    assert_eq!(invalid_reason(reply(&chan)), "malformed request");
+    // {"v": 99, ...}
+    let mut v99 = Request::Rooms {
+        spaces: Spaces::UTS.bits(),
+    }
+    .encode();
+    v99[3] = 99;
+    chan.send(&v99, &[]).unwrap();
+    assert_eq!(
+        invalid_reason(reply(&chan)),
+        "unsupported protocol version 99 (this side speaks 1)"
+    );
+}
+
+#[test]
+fn client_killed_before_the_reply_is_audited_undelivered() {
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let w = b.worker_pid();
+    signal(w, Signal::SIGSTOP);
+    let mut client = Command::new(b.copy_bin("spacer"))
+        .args(["rooms", "--all"])
+        .env("SPACER_SOCKET", &b.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the broker has the request in flight, then kill the client.
+    std::thread::sleep(Duration::from_millis(300));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    signal(w, Signal::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .decisions()
+            .iter()
+            .any(|d| d["decision"] == "allow" && d["delivered"] == false)),
+        "{}",
+        b.log_text()
+    );
+    let d = b
+        .decisions()
+        .into_iter()
+        .find(|d| d["delivered"] == false)
+        .unwrap();
+    assert!(d["reason"].as_str().unwrap().starts_with("undelivered"));
+    assert_eq!(d["namespaces"].as_object().unwrap().len(), 6);
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn slowloris_is_closed_at_the_first_request_deadline() {
+    let b = Broker::start_with(TEST_POLICY, &["--first-request-timeout", "1"]);
+    let base = baseline(&b);
+    let idle: Vec<Channel> = (0..20)
+        .map(|_| Channel::connect(&b.socket).unwrap())
+        .collect();
+    // Nobody else waits meanwhile.
+    let t = Instant::now();
+    drop(b.client().rooms(Spaces::UTS).unwrap());
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    for c in &idle {
+        assert!(
+            c.recv(&mut buf, 0).unwrap().is_none(),
+            "closed by the broker"
+        );
+    }
+    let took = t.elapsed();
+    assert!(
+        took > Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    drop(idle);
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = Broker::start(TEST_POLICY);
+    let chan = Channel::connect(&b.socket).unwrap();
+    let kinds = [Spaces::NET, Spaces::UTS, Spaces::IPC];
+    for i in 0..30 {
+        chan.send(
+            &Request::Rooms {
+                spaces: kinds[i % 3].bits(),
+            }
+            .encode(),
+            &[],
+        )
+        .unwrap();
+    }
+    for i in 0..30 {
+        match reply(&chan) {
+            Some(Reply::Rooms(r)) => assert_eq!(r.spaces(), kinds[i % 3], "answer {i}"),
+            other => panic!("answer {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn client_that_never_reads_is_cut_off_and_others_are_served() {
+    let b = Broker::start_with(TEST_POLICY, &["--write-timeout", "1"]);
+    let base = baseline(&b);
+    let greedy = Channel::connect(&b.socket).unwrap();
+    greedy.set_nonblocking(true).unwrap();
+    let req = Request::Rooms {
+        spaces: Spaces::ROOMS.bits(),
+    }
+    .encode();
+    let mut sent = 0;
+    while sent < 500 && greedy.send(&req, &[]).is_ok() {
+        sent += 1;
+    }
+    // Others are served while it sits there.
+    let t = Instant::now();
+    for _ in 0..20 {
+        drop(b.client().rooms(Spaces::NET).unwrap());
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // It got one answer in flight at most, then was cut off at the deadline.
+    std::thread::sleep(Duration::from_millis(1500));
+    greedy.set_nonblocking(false).unwrap();
+    let mut answers = 0;
+    while let Some(Reply::Rooms(_)) = reply(&greedy) {
+        answers += 1;
+    }
+    assert!(
+        answers <= 2,
+        "{answers} answers were queued for a client that does not read"
+    );
+    drop(greedy);
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn connection_flood_hits_the_global_cap_and_new_clients_are_served_after() {
+    let b = Broker::start_with(TEST_POLICY, &["--max-connections", "20"]);
+    let flood: Vec<Channel> = (0..30)
+        .map(|_| Channel::connect(&b.socket).unwrap())
+        .collect();
+    let req = Request::Rooms {
+        spaces: Spaces::UTS.bits(),
+    }
+    .encode();
+    let mut ok = 0;
+    let mut refused = 0;
+    for c in &flood {
+        let _ = c.send(&req, &[]);
+        match reply(c) {
+            Some(Reply::Rooms(_)) => ok += 1,
+            Some(Reply::Error {
+                kind: ErrorKind::Denied,
+                reason,
+            }) => {
+                assert_eq!(reason, "the broker's connection limit 20 is reached");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (20, 10));
+    drop(flood);
+    assert!(eventually(Duration::from_secs(3), || b
+        .client()
+        .rooms(Spaces::UTS)
+        .is_ok()));
+}
+
+#[test]
+fn socket_passed_to_another_uid_acts_as_the_connecting_process() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.probe_as(0, 0, &["pass", &STRANGER.to_string()]);
+    assert_eq!(out["outcome"], "ok", "{out}");
+    // The stranger used root's connection: audited as root.
+    assert!(eventually(Duration::from_secs(3), || b.decisions().len() == 1));
+    assert_eq!(b.decisions()[0]["uid"], 0);
+}
+
+#[test]
+fn peer_that_has_exited_is_denied() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.probe_as(0, 0, &["pass", &STRANGER.to_string(), "--orphan"]);
+    assert_eq!(out["parent_exited"], true, "{out}");
+    assert_eq!(out["outcome"], "denied: the connecting process has exited");
+}
+
+#[test]
+fn subspace_worker_killed_closes_its_conn_and_releases_the_count() {
+    let b = Broker::start(TEST_POLICY);
+    let c = b.client();
+    let (inner, sub) = c.subspace(Spaces::USER).unwrap();
+    let pid = {
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&sub.pidfd)
+        ))
+        .unwrap();
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix("Pid:")
+                    .map(|v| v.trim().parse::<i32>().unwrap())
+            })
+            .unwrap()
+    };
+    signal(pid, Signal::SIGKILL);
+    assert!(eventually(Duration::from_secs(3), || matches!(
+        inner.rooms(Spaces::UTS),
+        Err(Error::Closed) | Err(Error::Io(_))
+    )));
+    assert!(eventually(Duration::from_secs(3), || b
+        .events()
+        .iter()
+        .any(|e| e["event"] == "subspace_closed")));
+}
+
+#[test]
+fn soak_of_mixed_traffic_leaves_fds_and_memory_at_baseline() {
+    let b = Broker::start(&format!(
+        "{TEST_POLICY}\n[[rule]]\nuid = {STRANGER}\nallow = [\"uts\", \"user\"]\n"
+    ));
+    // Warm up every path once.
+    b.probe_as(TENANT, TENANT, &["soak", "60"]);
+    b.probe_as(STRANGER, STRANGER, &["soak", "60"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let base = fds(&b);
+    let rss = (rss_kib(b.pid()), rss_kib(b.worker_pid()));
+    let mut total = 0;
+    for (uid, n) in [(TENANT, 1500), (STRANGER, 1500), (0, 1500)] {
+        let v = b.probe_as(uid, uid, &["soak", &n.to_string()]);
+        total += v["ok"].as_u64().unwrap()
+            + v["denied"].as_u64().unwrap()
+            + v["other"].as_u64().unwrap();
+        assert!(
+            v["ok"].as_u64().unwrap() > 0 && v["other"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+    }
+    assert_eq!(total, 4500);
+    still_serving_without_leaks(&b, &base);
+    let after = (rss_kib(b.pid()), rss_kib(b.worker_pid()));
+    eprintln!("soak: {total} requests; fds {base:?} -> {:?}; rss broker {} -> {} KiB, worker {} -> {} KiB", fds(&b), rss.0, after.0, rss.1, after.1);
+    assert!(
+        after.0 <= rss.0 + 1024,
+        "broker RSS grew: {rss:?} -> {after:?}"
+    );
+    assert!(
+        after.1 <= rss.1 + 256,
+        "worker RSS grew: {rss:?} -> {after:?}"
+    );
+}
