@@ -21,15 +21,27 @@
 //! worker* ([`Error::Failed`]), a wrong request ([`Error::Invalid`]), the
 //! service being unavailable, and transport or protocol trouble.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod join;
+mod private;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub use join::{run_in, CommandExt, Join};
+use private::PrivateWorker;
+pub use private::{find_worker, INSTALLED_WORKER, WORKER_ENV};
+use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
 pub use spacer_proto::wire::Rooms;
-use spacer_proto::wire::{self, decode_reply, ErrorKind, Reply, Request, ResponseError};
+use spacer_proto::wire::{
+    self, decode_reply, ErrorKind, Reply, Request, ResponseError, SubspaceFds,
+};
 use spacer_proto::{Channel, RecvError};
 pub use spacer_proto::{NsType, Spaces};
 
@@ -40,7 +52,8 @@ pub const DEFAULT_SOCKET: &str = "/run/spacer/spacer.sock";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The policy does not allow this (or a limit is reached).
+    /// The policy does not allow this (or a limit is reached). Only a broker
+    /// says this; a private worker has no policy.
     #[error("denied: {0}")]
     Denied(String),
     /// Allowed, but creating the namespaces failed in the worker.
@@ -70,6 +83,21 @@ pub enum Error {
     /// A response could not be believed; every fd that came with it is closed.
     #[error("bad response from the service")]
     Protocol(#[source] ProtocolError),
+    /// Private mode: no `spacer-worker` binary was found.
+    #[error("cannot find spacer-worker (looked at {}); set SPACER_WORKER to its path", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoWorker {
+        /// Where it looked.
+        tried: Vec<PathBuf>,
+    },
+    /// A namespace could not be joined.
+    #[error("cannot join the {ns} namespace")]
+    Join {
+        /// Which type.
+        ns: NsType,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why a response was refused.
@@ -90,6 +118,9 @@ pub enum ProtocolError {
         /// Received types.
         got: Spaces,
     },
+    /// A reply to another request than the one sent.
+    #[error("a reply to another request")]
+    WrongId,
     /// A response of the wrong kind.
     #[error("a {0} response to another request")]
     WrongKind(&'static str),
@@ -114,12 +145,27 @@ pub struct Subspace {
     pub pid: Option<OwnedFd>,
 }
 
-/// A connection to a spacer service: the broker, or a subspace.
+/// A connection to a spacer service: the broker, a private worker, or a
+/// subspace of either.
 #[derive(Debug)]
 pub struct Client {
     chan: Channel,
     /// One request at a time per connection.
     turn: Mutex<()>,
+    speaks: Speaks,
+    next_id: AtomicU64,
+    /// Private mode: the worker this client started. Declared after `chan`
+    /// so that the channel closes first (the worker then exits).
+    worker: Option<PrivateWorker>,
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// The broker (the client protocol of `docs/PROTOCOL.md`).
+    Broker,
+    /// A worker directly (private mode).
+    Worker,
 }
 
 impl Client {
@@ -141,10 +187,10 @@ impl Client {
         Client::connect(path)
     }
 
-    /// A client on a connection someone handed you (another process's
-    /// connection to the broker, or a subspace's `conn`). It acts as the
-    /// process that opened the connection: the broker identifies peers at
-    /// connect time.
+    /// A client on a broker connection someone handed you (another
+    /// process's connection, or a subspace's `conn`). It acts as the process
+    /// that opened the connection: the broker identifies peers at connect
+    /// time.
     pub fn from_fd(fd: OwnedFd) -> Result<Client, Error> {
         Ok(Client::from_channel(
             Channel::from_fd(fd).map_err(Error::Io)?,
@@ -152,10 +198,49 @@ impl Client {
     }
 
     fn from_channel(chan: Channel) -> Client {
+        Client::with(chan, Speaks::Broker, None)
+    }
+
+    fn with(chan: Channel, speaks: Speaks, worker: Option<PrivateWorker>) -> Client {
         Client {
             chan,
             turn: Mutex::new(()),
+            speaks,
+            next_id: AtomicU64::new(1),
+            worker,
         }
+    }
+
+    /// Private mode: starts a `spacer-worker` of your own (see
+    /// [`find_worker`]) — no broker, no policy, no audit. The worker acts
+    /// with your process's privileges and nothing more: as root it makes
+    /// everything; unprivileged, where the kernel allows unprivileged user
+    /// namespaces, ask for `Subspace(user)` first and make rooms inside it.
+    /// Dropping this `Client` (or your process dying) ends the worker and
+    /// every subspace worker below it.
+    ///
+    /// ```
+    /// # if !nix::unistd::geteuid().is_root() { return Ok(()) }
+    /// use spacer_client::{Client, Spaces};
+    ///
+    /// let spacer = Client::private()?;
+    /// let rooms = spacer.rooms(Spaces::NET)?;
+    /// assert!(rooms.net.is_some());
+    /// # Ok::<(), spacer_client::Error>(())
+    /// ```
+    pub fn private() -> Result<Client, Error> {
+        Client::private_with(&find_worker()?)
+    }
+
+    /// Private mode with the worker binary at `worker`.
+    pub fn private_with(worker: &Path) -> Result<Client, Error> {
+        let (chan, w) = PrivateWorker::start(worker)?;
+        Ok(Client::with(chan, Speaks::Worker, Some(w)))
+    }
+
+    /// The pid of the private worker this client started, if any.
+    pub fn private_worker_pid(&self) -> Option<u32> {
+        self.worker.as_ref().map(PrivateWorker::pid)
     }
 
     /// New namespaces, one per type in `spaces` (cgroup, ipc, mnt, net,
@@ -207,7 +292,7 @@ impl Client {
                 }
                 let chan = Channel::from_fd(s.conn).map_err(Error::Io)?;
                 Ok((
-                    Client::from_channel(chan),
+                    Client::with(chan, self.speaks, None),
                     Subspace {
                         pidfd: s.pidfd,
                         user: s.user,
@@ -222,6 +307,75 @@ impl Client {
 
     /// One round trip. Error responses become `Err`.
     fn call(&self, req: Request) -> Result<Reply, Error> {
+        match self.speaks {
+            Speaks::Broker => self.call_broker(req),
+            Speaks::Worker => self.call_worker(req),
+        }
+    }
+
+    /// Private mode: the worker's own protocol, checked as strictly.
+    fn call_worker(&self, req: Request) -> Result<Reply, Error> {
+        let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let msg = match req {
+            Request::Rooms { spaces } => WorkerRequest::Rooms { id, spaces },
+            Request::Subspace { spaces } => WorkerRequest::Subspace {
+                id,
+                spaces,
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            },
+        };
+        self.chan
+            .send(&internal::encode(&msg), &[])
+            .map_err(Error::Io)?;
+        let mut buf = vec![0u8; internal::MAX_BYTES];
+        let got = match self.chan.recv(&mut buf, internal::MAX_FDS) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Err(Error::Closed),
+            Err(RecvError::Io(e)) => return Err(Error::Io(e)),
+            Err(e) => return Err(Error::Protocol(e.into())),
+        };
+        let reply: WorkerReply = internal::decode(&buf[..got.len])
+            .map_err(|_| Error::Protocol(ProtocolError::Response(ResponseError::Malformed)))?;
+        if reply.id() != id {
+            return Err(Error::Protocol(ProtocolError::WrongId));
+        }
+        reply
+            .check_fds(&got.fds)
+            .map_err(|_| Error::Protocol(ProtocolError::Response(ResponseError::FdMismatch)))?;
+        let mut fds = got.fds.into_iter();
+        match reply {
+            WorkerReply::Rooms { types, .. } => {
+                let mut rooms = Rooms::default();
+                for (t, fd) in types.into_iter().zip(fds) {
+                    if let Some(slot) = rooms.slot_mut(t) {
+                        *slot = Some(fd);
+                    }
+                }
+                Ok(Reply::Rooms(rooms))
+            }
+            WorkerReply::Subspace { user, pid, .. } => {
+                let (Some(conn), Some(pidfd)) = (fds.next(), fds.next()) else {
+                    return Err(Error::Protocol(ProtocolError::Response(
+                        ResponseError::FdMismatch,
+                    )));
+                };
+                let user = if user { fds.next() } else { None };
+                let pid = if pid { fds.next() } else { None };
+                Ok(Reply::Subspace(SubspaceFds {
+                    conn,
+                    pidfd,
+                    user,
+                    pid,
+                }))
+            }
+            WorkerReply::Invalid { reason, .. } => Err(Error::Invalid(reason)),
+            WorkerReply::Failed { reason, .. } => Err(Error::Failed(reason)),
+        }
+    }
+
+    fn call_broker(&self, req: Request) -> Result<Reply, Error> {
         let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.chan.send(&req.encode(), &[]) {
             // The service may have closed after leaving its reason (a refused

@@ -158,6 +158,56 @@ pub fn my_ns_inode(name: &str) -> u64 {
         .ino()
 }
 
+/// A temporary directory with mode 0755, reachable by every uid.
+pub fn open_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("spacer-test")
+        .tempdir()
+        .expect("temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// Copies a workspace binary into `dir` (mode 0755), for other uids.
+pub fn copy_bin_to(dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    if !dst.exists() {
+        fs::copy(bin(name), &dst).expect("copy binary");
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    dst
+}
+
+/// Runs the test probe (copied into `dir`) as `uid`/`gid` with `env`;
+/// returns its JSON output, or what went wrong.
+pub fn probe_in(
+    dir: &Path,
+    uid: u32,
+    gid: u32,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Result<Value, String> {
+    let exe = copy_bin_to(dir, "spacer-probe");
+    let mut cmd = Command::new(exe);
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if uid != 0 {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = output_retrying(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "probe {args:?} failed ({}): {}\n{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_str(stdout.trim()).map_err(|e| format!("probe output {stdout:?}: {e}"))
+}
+
 /// Runs a command, retrying while its freshly copied binary is still open
 /// for writing in a child that another test thread forked (`ETXTBSY`).
 pub fn output_retrying(cmd: &mut Command) -> Output {
@@ -318,12 +368,7 @@ impl Broker {
 
     /// Copies a workspace binary into the 0755 directory, for other uids.
     pub fn copy_bin(&self, name: &str) -> PathBuf {
-        let dst = self.dir().join(name);
-        if !dst.exists() {
-            fs::copy(bin(name), &dst).expect("copy binary");
-            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        dst
+        copy_bin_to(self.dir(), name)
     }
 
     /// Runs the `spacer` command as `uid`/`gid` (no supplementary groups).

@@ -10,6 +10,7 @@ use nix::unistd::{getppid, setgroups};
 use spacer_proto::Channel;
 
 use crate::seccomp::{self, SeccompMode};
+use crate::serve::Role;
 use crate::sys;
 
 /// The capabilities the worker keeps, each for a reason the code proves:
@@ -91,19 +92,25 @@ pub fn check_channel(channel: &Channel) -> Result<(), ConfineError> {
     Ok(())
 }
 
-/// The ordered drop, for a worker started by the broker as root (`full`)
-/// or by a client library with the caller's own privileges (not `full`:
-/// it keeps the intersection of what it has and [`WORKER_CAPS`]).
+/// The ordered drop, for a worker started by the broker as root, or by a
+/// client library with the caller's own privileges (private mode: it keeps
+/// the intersection of what it has and [`WORKER_CAPS`]).
 pub fn confine(
     channel: &Channel,
     seccomp_mode: SeccompMode,
-    full: bool,
+    role: Role,
 ) -> Result<(), ConfineError> {
-    // 1. Die with the parent, and notice if it is already gone.
-    step(
-        "setting the parent-death signal",
-        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
-    )?;
+    // 1. Die with the parent, and notice if it is already gone. Not in
+    //    private mode: the parent-death signal follows the *thread* that
+    //    started the worker, and a test harness ends threads while the
+    //    process (and its client) lives on; end of stream on the channel
+    //    covers the process dying.
+    if role != Role::Private {
+        step(
+            "setting the parent-death signal",
+            prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+        )?;
+    }
     check_channel(channel)?;
     // 2. No fd but stdio and the channel.
     step(
@@ -112,8 +119,10 @@ pub fn confine(
     )?;
     step("changing to /", nix::unistd::chdir("/"))?;
     // 3. No supplementary groups (a subspace worker inherits them, and with
-    //    setgroups denied could never drop them).
-    if full {
+    //    setgroups denied could never drop them). Needs CAP_SETGID: a private
+    //    worker of an unprivileged caller keeps its groups, which are the
+    //    caller's own.
+    if nix::unistd::geteuid().is_root() {
         step("dropping supplementary groups", setgroups(&[]))?;
     }
     // 4. Capabilities: bounding, ambient and inheritable first (dropping from
@@ -122,8 +131,14 @@ pub fn confine(
     // 5. No privilege gain through exec, no ptrace or core dump of the worker.
     step("setting no_new_privs", prctl::set_no_new_privs())?;
     step("making the worker non-dumpable", prctl::set_dumpable(false))?;
-    // 6. Exited children are reaped by the kernel.
+    // 6. Exited children are reaped by the kernel, and orphaned descendants
+    //    (a subspace worker whose parent ended) come here to be reaped, not
+    //    to init.
     step("ignoring SIGCHLD", sys::autoreap_children())?;
+    step(
+        "becoming a child subreaper",
+        prctl::set_child_subreaper(true),
+    )?;
     // 7. Last: the syscall allow-list.
     step(
         "installing the seccomp filter",

@@ -102,15 +102,18 @@ fn main() -> ExitCode {
         eprintln!("spacer-worker: refusing to run: {e}\n{USAGE}");
         return ExitCode::from(2);
     }
-    let full = !args.private;
-    if let Err(e) = confine::confine(&channel, args.seccomp, full) {
+    let role = if args.private {
+        serve::Role::Private
+    } else {
+        serve::Role::Host
+    };
+    if let Err(e) = confine::confine(&channel, args.seccomp, role) {
         eprintln!("spacer-worker: cannot confine itself: {e}");
         return ExitCode::from(1);
     }
-    let code = if args.private {
-        serve::serve(channel, serve::Role::Host)
-    } else {
-        serve::supervise(channel)
+    let code = match role {
+        serve::Role::Private => serve::serve(channel, role),
+        _ => serve::supervise(channel),
     };
     ExitCode::from(code as u8)
 }

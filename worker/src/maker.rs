@@ -47,6 +47,11 @@ impl MakeError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, MakeError::Return(..))
     }
+
+    /// Whether the kernel refused for lack of privilege.
+    pub fn is_permission(&self) -> bool {
+        matches!(self, MakeError::Create(_, Errno::EPERM))
+    }
 }
 
 impl fmt::Display for MakeError {
@@ -106,7 +111,9 @@ impl Maker {
         let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
         for t in spaces.types() {
             self.ensure_home(t)?;
-            let fd = self.make_one(t);
+            // A failed unshare changed nothing: no way home is needed.
+            unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+            let fd = self.finish_new(t);
             // Back home before looking at the result: whatever happened, the
             // process must not stay in the new namespace.
             self.go_home(t)?;
@@ -115,8 +122,8 @@ impl Maker {
         Ok(made)
     }
 
-    fn make_one(&self, t: NsType) -> Result<OwnedFd, MakeError> {
-        unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+    /// In a namespace just made: make it ready and take an fd for it.
+    fn finish_new(&self, t: NsType) -> Result<OwnedFd, MakeError> {
         if t == NsType::Mnt {
             make_root_private().map_err(MakeError::Private)?;
         }

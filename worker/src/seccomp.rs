@@ -134,7 +134,8 @@ fn entries() -> Vec<Entry> {
         long_arg_in(libc::SYS_clone, 0, &[CLONE_FLAGS]),
         // Maker::new, subspace setup: own pidfd.
         arg_in(libc::SYS_pidfd_open, 1, &[0]),
-        // fd::is_pidfd (signal 0) and Supervisor::kill (SIGKILL).
+        // fd::is_pidfd (signal 0), Supervisor::kill and kill_descendants
+        // (SIGKILL): only ever through a pidfd.
         arg_in(libc::SYS_pidfd_send_signal, 1, &[0, libc::SIGKILL as u64]),
         // maker::current fallback to /proc/thread-self/ns (read-only) and
         // subspace setup writing its own uid_map, gid_map, setgroups.
@@ -206,6 +207,11 @@ fn entries() -> Vec<Entry> {
             1,
             &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
         ),
+        // sys::kill_descendants (private mode) reads its children list and
+        // their status from /proc.
+        always(libc::SYS_read),
+        always(libc::SYS_nanosleep),
+        always(libc::SYS_clock_nanosleep),
         // Leaving.
         always(libc::SYS_exit),
         always(libc::SYS_exit_group),

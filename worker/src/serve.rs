@@ -16,9 +16,13 @@ use crate::sys::{self, Cloned};
 /// Which worker this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Serving in the host's namespaces: may hand a new user namespace to
-    /// the requester's ids.
+    /// Serving in the host's namespaces for the broker: may hand a new user
+    /// namespace to the requester's ids.
     Host,
+    /// Serving a client library directly (private mode), with that
+    /// process's own privileges: never switches ids; when its client goes,
+    /// it ends every subspace worker below it.
+    Private,
     /// Serving inside a subspace: already the requester.
     Subspace,
 }
@@ -37,10 +41,10 @@ pub fn serve(channel: Channel, role: Role) -> i32 {
     loop {
         let got = match channel.recv(&mut buf, 0) {
             Ok(Some(got)) => got,
-            Ok(None) => return 0,
+            Ok(None) => return end(role, 0),
             Err(RecvError::Io(e)) => {
                 eprintln!("spacer-worker: receiving: {e}");
-                return 1;
+                return end(role, 1);
             }
             // A datagram the broker should never send: refuse it, keep serving.
             Err(e) => {
@@ -67,8 +71,8 @@ pub fn serve(channel: Channel, role: Role) -> i32 {
         };
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         if channel.send(&internal::encode(&reply), &borrowed).is_err() {
-            // The broker is gone: our copies close as we leave.
-            return 0;
+            // The other end is gone: our copies close as we leave.
+            return end(role, 0);
         }
         drop(fds);
         if fatal {
@@ -76,6 +80,15 @@ pub fn serve(channel: Channel, role: Role) -> i32 {
             return 1;
         }
     }
+}
+
+/// Leaving: a private worker takes its subspace workers, at any depth, with
+/// it (and reaps them: nothing is left for init).
+fn end(role: Role, code: i32) -> i32 {
+    if role == Role::Private {
+        sys::kill_descendants();
+    }
+    code
 }
 
 /// Answers one request: the reply, its fds, and whether the worker must stop.
@@ -92,14 +105,19 @@ fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> (WorkerReply, Ve
                     let (types, fds) = made.into_iter().unzip();
                     (WorkerReply::Rooms { id, types }, fds, false)
                 }
-                Err(e) => (
-                    WorkerReply::Failed {
-                        id,
-                        reason: e.to_string(),
-                    },
-                    Vec::new(),
-                    e.is_fatal(),
-                ),
+                Err(e) => {
+                    let mut reason = e.to_string();
+                    if role == Role::Private
+                        && e.is_permission()
+                        && !nix::unistd::geteuid().is_root()
+                    {
+                        reason.push_str(
+                            "; a private worker has only its caller's privileges: ask for a \
+                             user subspace first and make rooms inside it",
+                        );
+                    }
+                    (WorkerReply::Failed { id, reason }, Vec::new(), e.is_fatal())
+                }
             }
         }
         WorkerRequest::Subspace {
@@ -117,7 +135,7 @@ fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> (WorkerReply, Ve
                     return invalid(id, "invalid requester ids".into())
                 }
                 Role::Host => Some((uid, gid)),
-                Role::Subspace => None,
+                Role::Private | Role::Subspace => None,
             };
             match subspace::spawn(spaces, ids) {
                 Ok(s) => {

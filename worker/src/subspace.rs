@@ -172,8 +172,9 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
         CloneFlags::empty()
     };
     if spaces.contains(Spaces::USER) {
-        if let Some((uid, gid)) = ids {
-            become_requester(uid, gid).map_err(|(w, e)| fail(w, e))?;
+        match ids {
+            Some((uid, gid)) => become_requester(uid, gid).map_err(|(w, e)| fail(w, e))?,
+            None => map_own_root_if_needed(),
         }
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
@@ -236,6 +237,19 @@ fn become_requester(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     caps::set(None, CapSet::Permitted, &need)
         .map_err(|_| ("dropping capabilities", Errno::EPERM))?;
     Ok(())
+}
+
+/// A process that stays itself and is uid 0 (a root private worker, or a
+/// subspace worker, root of its own namespace) maps uid 0 of its parent
+/// namespace: that needs `CAP_SETFCAP` effective at `unshare`. Raised from
+/// the permitted set if it is there; otherwise the map write reports it.
+fn map_own_root_if_needed() {
+    use caps::{CapSet, Capability};
+    if geteuid().is_root()
+        && caps::has_cap(None, CapSet::Permitted, Capability::CAP_SETFCAP).unwrap_or(false)
+    {
+        let _ = caps::raise(None, CapSet::Effective, Capability::CAP_SETFCAP);
+    }
 }
 
 /// Writes `0 <uid> 1` and `0 <gid> 1` (after `setgroups` `deny`) for this

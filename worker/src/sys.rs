@@ -175,3 +175,43 @@ pub fn forbidden_call(name: &str) {
         libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]);
     }
 }
+
+/// Kills every descendant of this process and waits until none is left.
+/// The caller is a child subreaper with `SIGCHLD` ignored: children are
+/// reaped by the kernel, and a killed child's own children are reparented
+/// here, to be killed in the next round. Each child is pinned with a pidfd
+/// and checked to still be ours before it is signalled, so a recycled pid
+/// is never hit.
+pub fn kill_descendants() {
+    let me = std::process::id();
+    let list = format!("/proc/{me}/task/{me}/children");
+    for _ in 0..200 {
+        let pids: Vec<i32> = std::fs::read_to_string(&list)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let Ok(pidfd) = spacer_proto::fd::pidfd_open(pid) else {
+                continue;
+            };
+            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.strip_prefix("PPid:")
+                        .is_some_and(|v| v.trim() == me.to_string())
+                });
+            if ours {
+                let _ = spacer_proto::fd::pidfd_send_signal(
+                    std::os::fd::AsFd::as_fd(&pidfd),
+                    libc::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

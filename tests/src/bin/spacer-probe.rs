@@ -21,6 +21,10 @@
 //! waits for that, then asks for uts and prints the outcome.
 //! `spacer-probe soak N`: N mixed requests: allowed, denied, malformed,
 //! abandoned.
+//! `spacer-probe private-sh`: a private worker (no broker), a user+PID
+//! subspace, and `sh -c 'echo $$; id -u'` started inside it.
+//! `spacer-probe private-rooms`: a private worker: rooms directly, then a
+//! user subspace and rooms inside it.
 
 #![forbid(unsafe_code)]
 
@@ -178,6 +182,44 @@ fn ino(f: &OwnedFd) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("private-sh") => {
+            use spacer_client::{CommandExt, Join};
+            let spacer = Client::private().expect("private worker");
+            let (_inside, sub) = spacer
+                .subspace(Spaces::USER | Spaces::PID)
+                .expect("subspace");
+            let out = std::process::Command::new("sh")
+                .args(["-c", "echo $$; id -u"])
+                .join(Join::new().subspace(&sub).expect("join"))
+                .output()
+                .expect("sh");
+            println!(
+                "{}",
+                json!({"stdout": String::from_utf8_lossy(&out.stdout), "status": out.status.code()})
+            );
+            return;
+        }
+        Some("private-rooms") => {
+            let spacer = Client::private().expect("private worker");
+            let direct = outcome(spacer.rooms(Spaces::NET).map(drop));
+            let (inside, sub) = spacer.subspace(Spaces::USER).expect("user subspace");
+            let rooms = inside
+                .rooms(Spaces::NET | Spaces::UTS)
+                .expect("rooms inside");
+            let user = ino(sub.user.as_ref().expect("user"));
+            let owned = [rooms.net.as_ref(), rooms.uts.as_ref()].iter().all(|f| {
+                let owner = fd::owning_user_namespace(f.expect("room").as_fd()).expect("owner");
+                ino(&owner) == user
+            });
+            println!(
+                "{}",
+                json!({"direct": direct, "inside_owned_by_subspace": owned})
+            );
+            return;
+        }
+        _ => {}
+    }
     // Opened on first use only: connection caps count every connection.
     let cell = std::cell::OnceCell::new();
     let client = || cell.get_or_init(|| Client::connect_default().expect("connect"));

@@ -84,6 +84,21 @@ fn us(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
+/// How long `Client::private()` takes to be ready to serve: start the
+/// worker and complete a first request (`samples` times).
+pub fn private_startup(samples: usize) -> Result<Report, Failure> {
+    let mut lat = Vec::with_capacity(samples);
+    let t0 = Instant::now();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let c = Client::private()?;
+        drop(c.rooms(Spaces::UTS)?);
+        lat.push(us(t.elapsed()));
+        drop(c);
+    }
+    Ok(Report::from(lat, t0.elapsed(), 1))
+}
+
 /// Through the broker: `concurrency` connections, each on its own thread,
 /// `requests` in all after `warmup` unmeasured ones per connection.
 pub fn through_broker(
@@ -97,6 +112,29 @@ pub fn through_broker(
     let clients = (0..concurrency)
         .map(|_| crate::connect(socket))
         .collect::<Result<Vec<Client>, Failure>>()?;
+    measure(clients, load, requests, warmup)
+}
+
+/// Through private workers (one per connection, no broker).
+pub fn through_private(
+    load: Load,
+    requests: usize,
+    concurrency: usize,
+    warmup: usize,
+) -> Result<Report, Failure> {
+    let clients = (0..concurrency.max(1))
+        .map(|_| Client::private().map_err(Failure::Service))
+        .collect::<Result<Vec<Client>, Failure>>()?;
+    measure(clients, load, requests, warmup)
+}
+
+fn measure(
+    clients: Vec<Client>,
+    load: Load,
+    requests: usize,
+    warmup: usize,
+) -> Result<Report, Failure> {
+    let concurrency = clients.len();
     let start = Arc::new(Barrier::new(concurrency + 1));
     let per = requests.div_ceil(concurrency);
     let threads: Vec<_> = clients
@@ -232,5 +270,26 @@ pub fn print(broker: &Report, raw: Option<&Report>, json: bool) {
                 broker.per_sec / r.per_sec
             );
         }
+    }
+}
+
+/// Prints private-mode figures beside the broker's.
+pub fn print_private(startup: &Report, private: &Report, broker: &Report, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "private_startup": {"samples": startup.requests, "p50_us": startup.p50_us, "p99_us": startup.p99_us, "max_us": startup.max_us},
+                "private": private.json(),
+                "broker": broker.json(),
+            })
+        );
+    } else {
+        println!(
+            "private start-up (worker started and first request answered): p50 {} µs  p99 {} µs over {} starts",
+            startup.p50_us, startup.p99_us, startup.requests
+        );
+        println!("{}", private.line("private"));
+        println!("{}", broker.line("broker"));
     }
 }

@@ -81,6 +81,10 @@ enum Cmd {
         /// no broker and no worker (needs root; rooms only), in the same run.
         #[arg(long)]
         raw: bool,
+        /// Also measure private mode (a worker of this process's own, no
+        /// broker): its start-up time and the same load through it.
+        #[arg(long)]
+        private: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -224,6 +228,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             concurrency,
             warmup,
             raw,
+            private,
             json,
         } => {
             let load = if subspace {
@@ -241,7 +246,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             };
             let report = bench::through_broker(&cli.socket, load, requests, concurrency, warmup)?;
-            bench::print(&report, floor.as_ref(), json);
+            if private {
+                let start = bench::private_startup(50)?;
+                let path = bench::through_private(load, requests, concurrency, warmup)?;
+                bench::print_private(&start, &path, &report, json);
+            } else {
+                bench::print(&report, floor.as_ref(), json);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),

@@ -1,0 +1,84 @@
+//! The client's one piece of `unsafe`: the hook that joins namespaces in a
+//! child between `fork` and `exec`.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use spacer_proto::NsType;
+
+/// Installs a `pre_exec` hook on `cmd` that joins `fds` in order, then the
+/// PID namespace `pid` (forking once more so the program is its PID 1).
+/// The hook owns the fds (they close when `cmd` is dropped).
+pub fn join_before_exec(cmd: &mut Command, fds: Vec<(NsType, OwnedFd)>, pid: Option<OwnedFd>) {
+    let hook = move || -> io::Result<()> {
+        for (t, fd) in &fds {
+            // SAFETY: setns takes an fd (kept open by `fds`, which this
+            // closure owns) and an integer; it is async-signal-safe.
+            if unsafe { libc::setns(fd.as_raw_fd(), t.flag().bits() as libc::c_int) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(p) = &pid {
+            // SAFETY: as above.
+            if unsafe { libc::setns(p.as_raw_fd(), libc::CLONE_NEWPID) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            fork_into_pid1()?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it calls setns, clone (raw),
+    // prctl, waitpid and _exit, and neither allocates nor takes locks (the
+    // fds were collected before).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// In the child of `Command::spawn`, after `setns(CLONE_NEWPID)`: forks;
+/// the new process (PID 1 of the namespace) returns to exec the program;
+/// this one waits for it and exits with its status.
+fn fork_into_pid1() -> io::Result<()> {
+    // SAFETY: a raw clone with fork semantics (no CLONE_VM, null stack) in a
+    // process that has one thread (a child between fork and exec).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // The program: dies if its waiting parent is killed.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        return Ok(());
+    }
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int through a pointer to a live local.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    };
+    // SAFETY: _exit ends this process without running anything of the
+    // parent's (atexit handlers, destructors) in the forked child.
+    unsafe { libc::_exit(code) }
+}
