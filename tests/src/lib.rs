@@ -208,6 +208,20 @@ pub fn probe_in(
     serde_json::from_str(stdout.trim()).map_err(|e| format!("probe output {stdout:?}: {e}"))
 }
 
+/// Spawns a command, retrying while its freshly copied binary is still
+/// open for writing in a child another test thread forked (`ETXTBSY`).
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("start a test binary"),
+        }
+    }
+    panic!("binary stayed busy");
+}
+
 /// Runs a command, retrying while its freshly copied binary is still open
 /// for writing in a child that another test thread forked (`ETXTBSY`).
 pub fn output_retrying(cmd: &mut Command) -> Output {

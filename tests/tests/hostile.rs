@@ -320,13 +320,13 @@ fn client_killed_before_the_reply_is_audited_undelivered() {
     let base = baseline(&b);
     let w = b.worker_pid();
     signal(w, Signal::SIGSTOP);
-    let mut client = Command::new(b.copy_bin("spacer"))
-        .args(["rooms", "--all"])
-        .env("SPACER_SOCKET", &b.socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = spawn_retrying(
+        Command::new(b.copy_bin("spacer"))
+            .args(["rooms", "--all"])
+            .env("SPACER_SOCKET", &b.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     // Wait until the broker has the request in flight, then kill the client.
     std::thread::sleep(Duration::from_millis(300));
     client.kill().unwrap();

@@ -110,13 +110,13 @@ fn subspace_is_owned_by_the_requester_and_so_are_its_rooms() {
 fn subspace_worker_runs_as_the_requester_and_is_confined() {
     let b = Broker::start(TEST_POLICY);
     // Keep the subspace open with a long-running command inside it.
-    let mut child = std::process::Command::new(b.copy_bin("spacer"))
-        .args(["run", "--user", "--pid", "--", "sleep", "30"])
-        .env("SPACER_SOCKET", &b.socket)
-        .current_dir(b.dir())
-        .uid_gid(TENANT)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_retrying(
+        std::process::Command::new(b.copy_bin("spacer"))
+            .args(["run", "--user", "--pid", "--", "sleep", "30"])
+            .env("SPACER_SOCKET", &b.socket)
+            .current_dir(b.dir())
+            .uid_gid(TENANT),
+    );
     let mut sub = Vec::new();
     let found = eventually(Duration::from_secs(5), || {
         sub = b.worker_pids().into_iter().flat_map(children).collect();
