@@ -22,14 +22,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-/// `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
-}
+pub use spacer_broker::cli::LogFormat;
 
 /// Whether the last write to the log succeeded. Grants fail closed while it
 /// did not: no namespace is handed out that the audit log cannot record.
@@ -77,15 +70,39 @@ impl<'a> MakeWriter<'a> for HealthWriter {
 }
 
 /// Installs the global subscriber. Call once, first thing.
-pub fn init(format: LogFormat) -> Health {
+pub fn init(format: LogFormat, journal_socket: &std::path::Path) -> Health {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let ok = Arc::new(AtomicBool::new(true));
+    let format = match format {
+        LogFormat::Auto if crate::journal::stderr_is_journal() => LogFormat::Journal,
+        LogFormat::Auto => LogFormat::Json,
+        f => f,
+    };
+    let journal_error = if format == LogFormat::Journal {
+        match crate::journal::Journal::connect(journal_socket, ok.clone()) {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(tracing_subscriber::filter::LevelFilter::INFO)
+                    .with(layer)
+                    .init();
+                return Health { ok };
+            }
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
     let writer = HealthWriter { ok: ok.clone() };
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
         .with_max_level(tracing::Level::INFO);
     match format {
-        LogFormat::Json => builder.event_format(JsonLines).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
+        _ => builder.event_format(JsonLines).init(),
+    }
+    if let Some(e) = journal_error {
+        tracing::warn!(target: "spacer::event", event = "journal_unavailable", error = %e, socket = %journal_socket.display(), "cannot reach the journal; logging JSON to stderr");
     }
     Health { ok }
 }

@@ -48,6 +48,8 @@ pub struct Listener {
     /// The path of a socket file this broker created (and removes on exit);
     /// `None` for one passed by systemd.
     pub created: Option<PathBuf>,
+    /// The socket's directory, if this broker created it.
+    pub created_dir: Option<PathBuf>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ListenError + 'a {
@@ -86,18 +88,24 @@ pub fn inherited() -> Result<Option<Listener>, ListenError> {
     Channel::from_fd(fd.try_clone().map_err(|_| ListenError::BadInherited)?)
         .and_then(|c| c.set_nonblocking(true))
         .map_err(|_| ListenError::BadInherited)?;
-    Ok(Some(Listener { fd, created: None }))
+    Ok(Some(Listener {
+        fd,
+        created: None,
+        created_dir: None,
+    }))
 }
 
 /// Creates the socket file at `path`, mode 0666 (the policy decides who
 /// may do what, not the file mode). A stale socket (nobody answers) is
 /// replaced; a live one or a non-socket file is an error.
 pub fn create(path: &Path) -> Result<Listener, ListenError> {
+    let mut created_dir = None;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io_err("creating the directory of", path))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(io_err("setting the mode of the directory of", path))?;
+            created_dir = Some(dir.to_owned());
         }
     }
     match std::fs::symlink_metadata(path) {
@@ -128,6 +136,7 @@ pub fn create(path: &Path) -> Result<Listener, ListenError> {
     Ok(Listener {
         fd,
         created: Some(path.to_owned()),
+        created_dir,
     })
 }
 
@@ -152,6 +161,14 @@ impl Notifier {
             Some(s)
         });
         Notifier { sock }
+    }
+
+    /// `RELOADING=1` with the monotonic timestamp systemd wants with it.
+    pub fn reloading(&self) {
+        let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+            .unwrap_or(0);
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 
     /// Sends a state line such as `READY=1` (nothing if not under systemd).

@@ -13,6 +13,7 @@
 mod achan;
 mod audit;
 mod conn;
+mod journal;
 mod listen;
 mod pool;
 mod privs;
@@ -33,65 +34,11 @@ use spacer_proto::wire::{ErrorKind, Response};
 use spacer_proto::{fd, launch, Channel};
 use tokio::signal::unix::{signal, SignalKind};
 
+use spacer_broker::cli::{Args, SeccompArg};
+
 use crate::achan::AsyncChannel;
-use crate::audit::LogFormat;
 use crate::conn::{Backend, Ctx, PeerInfo, Timeouts};
 use crate::listen::{Listener, Notifier};
-
-/// Command line of `spacer-broker`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "spacer-broker",
-    version,
-    about = "Hands out Linux namespaces under an administrator's policy"
-)]
-struct Args {
-    /// The socket to serve (ignored when systemd passes one).
-    #[arg(long, default_value = "/run/spacer/spacer.sock", value_name = "PATH")]
-    socket: PathBuf,
-    /// The policy file [default: /etc/spacer/policy.toml, else the embedded
-    /// default: root may have everything, nobody else anything].
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
-    /// The user to run as after start-up [default: spacer, else nobody].
-    #[arg(long, value_name = "NAME")]
-    user: Option<String>,
-    /// Log and audit format on stderr.
-    #[arg(long, value_enum, default_value = "json")]
-    log_format: LogFormat,
-    /// The worker binary [default: spacer-worker next to this binary].
-    #[arg(long, value_name = "PATH")]
-    worker: Option<PathBuf>,
-    /// Serving worker processes.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    workers: usize,
-    /// Seconds a worker may take for one request before it is replaced.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    request_timeout: u64,
-    /// Seconds a new connection has to send its first request.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    first_request_timeout: u64,
-    /// Seconds an idle client connection stays open.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
-    idle_timeout: u64,
-    /// Seconds a client has to take a response before its connection is
-    /// closed.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    write_timeout: u64,
-    /// Open connections in all (each uid's cap is in the policy).
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    max_connections: u32,
-    /// Development: log syscalls outside the worker's allow-list instead of
-    /// killing it (see `dmesg`).
-    #[arg(long, value_enum, default_value = "kill")]
-    seccomp: SeccompArg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum SeccompArg {
-    Kill,
-    Log,
-}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +63,7 @@ enum StartError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let health = audit::init(args.log_format);
+    let health = audit::init(args.log_format, &args.journal_socket);
     match run(args, health) {
         Ok(code) => code,
         Err(e) => {
@@ -160,13 +107,40 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
     };
     let worker_exe = match &args.worker {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| StartError::Worker {
-                path: "spacer-worker".into(),
-                source: e,
-            })?
-            .with_file_name("spacer-worker"),
+        None => {
+            let beside = std::env::current_exe()
+                .map_err(|e| StartError::Worker {
+                    path: "spacer-worker".into(),
+                    source: e,
+                })?
+                .with_file_name("spacer-worker");
+            let installed = Path::new("/usr/libexec/spacer/spacer-worker");
+            if !beside.exists() && installed.exists() {
+                installed.to_owned()
+            } else {
+                beside
+            }
+        }
     };
+    // A directory this broker made for its socket goes to a dedicated
+    // broker user, so that it can remove the socket when it stops. Never to
+    // `nobody`: other services share that user and could replace the socket.
+    if let Some(dir) = &listener.created_dir {
+        if target.name != "nobody" && target.uid != spacer_policy::overflow_uid() {
+            nix::unistd::chown(
+                dir,
+                Some(nix::unistd::Uid::from_raw(target.uid)),
+                Some(nix::unistd::Gid::from_raw(target.gid)),
+            )
+            .map_err(|e| {
+                StartError::Listen(listen::ListenError::Io {
+                    what: "handing the socket directory to the broker user:",
+                    path: dir.clone(),
+                    source: e.into(),
+                })
+            })?;
+        }
+    }
     let (sup_chan, sup_child, sup_pidfd) = start_supervisor(&worker_exe, args.seccomp)?;
     privs::drop_to(&target)?;
     tracing::info!(target: "spacer::event", event = "privileges_dropped", user = %target.name, uid = target.uid, gid = target.gid, "privileges dropped: no capabilities, no_new_privs");
@@ -336,7 +310,7 @@ async fn serve(
     drop(listen_fd);
     if let Some(path) = &listener.created {
         if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(target: "spacer::event", event = "socket_not_removed", path = %path.display(), error = %e, "cannot remove the socket file");
+            tracing::info!(target: "spacer::event", event = "socket_left", path = %path.display(), error = %e, "the socket file stays (its directory is not the broker user's); the next start replaces it");
         }
     }
     // The supervisor is root: the broker cannot signal it, but closing its
@@ -353,7 +327,7 @@ async fn serve(
 }
 
 fn reload(ctx: &Rc<Ctx>, args: &Args, notifier: &Notifier) {
-    notifier.notify("RELOADING=1");
+    notifier.reloading();
     match load_policy(args.policy.as_deref()) {
         Ok(p) => {
             tracing::info!(target: "spacer::event", event = "policy_reloaded", policy = p.source(), policy_sha256 = p.digest(), "policy reloaded");

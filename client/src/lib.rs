@@ -23,6 +23,8 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod join;
 mod private;
 #[allow(unsafe_code)]

@@ -1,0 +1,89 @@
+//! The command line of `spacer-broker` (also used to generate its manual
+//! page and shell completions).
+
+use std::path::PathBuf;
+
+/// The journal's socket.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// The journal's native fields when stderr is the journal
+    /// (`$JOURNAL_STREAM`), else JSON lines on stderr.
+    Auto,
+    /// One JSON object per line on stderr.
+    Json,
+    /// Human-readable lines on stderr.
+    Text,
+    /// The journal's native protocol (each audit field a journal field).
+    Journal,
+}
+
+/// `--seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompArg {
+    /// Kill the worker on a syscall outside its allow-list.
+    Kill,
+    /// Log such syscalls instead (development).
+    Log,
+}
+
+/// Command line of `spacer-broker`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "spacer-broker",
+    version,
+    about = "Hands out Linux namespaces under an administrator's policy"
+)]
+pub struct Args {
+    /// The socket to serve (ignored when systemd passes one).
+    #[arg(long, default_value = "/run/spacer/spacer.sock", value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The policy file [default: /etc/spacer/policy.toml, else the embedded
+    /// default: root may have everything, nobody else anything].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The user to run as after start-up [default: spacer, else nobody].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Log and audit format: `auto` is the journal's native fields when
+    /// stderr is the journal (systemd), JSON lines on stderr otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    /// The journal's socket (for `--log-format journal`).
+    #[arg(long, hide = true, default_value = JOURNAL_SOCKET, value_name = "PATH")]
+    pub journal_socket: PathBuf,
+    /// The worker binary [default: spacer-worker next to this binary, else
+    /// /usr/libexec/spacer/spacer-worker].
+    #[arg(long, value_name = "PATH")]
+    pub worker: Option<PathBuf>,
+    /// Serving worker processes.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+    /// Seconds a worker may take for one request before it is replaced.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub request_timeout: u64,
+    /// Seconds a new connection has to send its first request.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub first_request_timeout: u64,
+    /// Seconds an idle client connection stays open.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+    /// Seconds a client has to take a response before its connection is
+    /// closed.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub write_timeout: u64,
+    /// Open connections in all (each uid's cap is in the policy).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: u32,
+    /// Development: log syscalls outside the worker's allow-list instead of
+    /// killing it (see `dmesg`).
+    #[arg(long, value_enum, default_value = "kill")]
+    pub seccomp: SeccompArg,
+}
+
+/// The clap command, for manual pages and completions.
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}

@@ -1,0 +1,169 @@
+//! Native journald output: each event one datagram of `KEY=value` fields
+//! (the journal's native protocol), with the audit record's fields as
+//! fields of their own — `journalctl -u spacer-broker DECISION=deny UID=1000`
+//! finds decisions.
+
+use std::fmt;
+use std::io;
+use std::os::linux::fs::MetadataExt as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+/// Whether stderr is connected to the journal: `$JOURNAL_STREAM` names the
+/// device and inode of the stream systemd connected, and stderr is it.
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let v = v.to_string_lossy();
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.st_dev()) && ino.parse::<u64>().ok() == Some(meta.st_ino())
+}
+
+/// The layer: sends every event to the journal.
+pub struct Journal {
+    sock: UnixDatagram,
+    ok: Arc<AtomicBool>,
+}
+
+impl Journal {
+    /// Connects to the journal's socket (before the privilege drop; the
+    /// connected socket keeps working after it).
+    pub fn connect(path: &Path, ok: Arc<AtomicBool>) -> io::Result<Journal> {
+        let sock = UnixDatagram::unbound()?;
+        sock.connect(path)?;
+        Ok(Journal { sock, ok })
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Journal {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let priority = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        let mut out = Fields(Vec::with_capacity(512));
+        out.put("PRIORITY", &priority.to_string());
+        out.put("SYSLOG_IDENTIFIER", "spacer-broker");
+        out.put("TARGET", meta.target());
+        event.record(&mut out);
+        let r = self.sock.send(&out.0);
+        self.ok.store(r.is_ok(), Ordering::Relaxed);
+    }
+}
+
+/// The datagram being built.
+struct Fields(Vec<u8>);
+
+impl Fields {
+    /// Appends one field; values with a newline use the protocol's binary
+    /// form (name, newline, little-endian length, data, newline).
+    fn put(&mut self, name: &str, value: &str) {
+        let key = journal_key(name);
+        if key.is_empty() {
+            return;
+        }
+        self.0.extend_from_slice(key.as_bytes());
+        if value.contains('\n') {
+            self.0.push(b'\n');
+            self.0
+                .extend_from_slice(&(value.len() as u64).to_le_bytes());
+            self.0.extend_from_slice(value.as_bytes());
+        } else {
+            self.0.push(b'=');
+            self.0.extend_from_slice(value.as_bytes());
+        }
+        self.0.push(b'\n');
+    }
+
+    /// An audit record's JSON object: each key a field of its own (nested
+    /// values, such as `namespaces`, as JSON text).
+    fn put_json(&mut self, text: &str) {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(obj)) => {
+                for (k, v) in obj {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    self.put(&k, &v);
+                }
+            }
+            _ => self.put("AUDIT", text),
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        match field.name() {
+            "audit" => self.put_json(&text),
+            "message" => self.put("MESSAGE", &text),
+            name => self.put(name, &text),
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.put("MESSAGE", value),
+            name => self.put(name, value),
+        }
+    }
+}
+
+/// A journal field name: upper case, `A-Z0-9_`, not starting with `_`
+/// (those are the journal's own trusted fields) or a digit.
+fn journal_key(name: &str) -> String {
+    let key: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' => c.to_ascii_uppercase(),
+            'A'..='Z' | '0'..='9' => c,
+            _ => '_',
+        })
+        .collect();
+    key.trim_start_matches(|c: char| c == '_' || c.is_ascii_digit())
+        .chars()
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_journal_safe() {
+        assert_eq!(journal_key("uid"), "UID");
+        assert_eq!(journal_key("policy_sha256"), "POLICY_SHA256");
+        assert_eq!(journal_key("_uid"), "UID");
+        assert_eq!(journal_key("rule.name"), "RULE_NAME");
+    }
+
+    #[test]
+    fn multi_line_values_use_the_binary_form() {
+        let mut f = Fields(Vec::new());
+        f.put("error", "a\nb");
+        assert_eq!(f.0, b"ERROR\n\x03\0\0\0\0\0\0\0a\nb\n");
+        let mut f = Fields(Vec::new());
+        f.put_json(r#"{"uid":7,"decision":"deny","namespaces":{"net":1}}"#);
+        let text = String::from_utf8(f.0).unwrap();
+        assert!(text.contains("UID=7\n") && text.contains("DECISION=deny\n"));
+        assert!(text.contains("NAMESPACES={\"net\":1}\n"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The command line of `spacer` (also used to generate its manual page
+//! and shell completions). Doc comments here are the command's help text;
+//! flattened groups and the subcommand field are documented by their types.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+
+use crate::Spaces;
+
+/// The `spacer` command.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "spacer",
+    version,
+    about = "New Linux namespaces from the spacer service"
+)]
+pub struct Cli {
+    /// The broker's socket [env: SPACER_SOCKET; default: /run/spacer/spacer.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Create new namespaces and print them (type and inode).
+    Rooms {
+        #[command(flatten)]
+        types: RoomTypes,
+        /// Print one JSON object: {"net": 4026532301, ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside freshly granted namespaces.
+    Run {
+        /// A new user namespace owned by you, where you are uid 0 (works
+        /// without privileges).
+        #[arg(long)]
+        user: bool,
+        /// A new PID namespace; the command is its PID 1.
+        #[arg(long)]
+        pid: bool,
+        #[command(flatten)]
+        types: RoomTypes,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Policy files: check and explain.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Measure a running broker: requests/s and latency.
+    Bench {
+        #[command(flatten)]
+        types: RoomTypes,
+        /// Subspace(user+pid) requests instead of rooms.
+        #[arg(long, conflicts_with_all = ["cgroup", "ipc", "mnt", "net", "time", "uts", "all"])]
+        subspace: bool,
+        /// Requests to measure (after warm-up).
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent connections (one thread each).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Unmeasured requests per connection first.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Also measure the same namespace work done in this process, with
+        /// no broker and no worker (needs root; rooms only), in the same run.
+        #[arg(long)]
+        raw: bool,
+        /// Also measure private mode (a worker of this process's own, no
+        /// broker): its start-up time and the same load through it.
+        #[arg(long)]
+        private: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoomTypes {
+    /// cgroup namespace
+    #[arg(long)]
+    pub cgroup: bool,
+    /// IPC namespace
+    #[arg(long)]
+    pub ipc: bool,
+    /// mount namespace (`/` recursively private)
+    #[arg(long)]
+    pub mnt: bool,
+    /// network namespace
+    #[arg(long)]
+    pub net: bool,
+    /// time namespace
+    #[arg(long)]
+    pub time: bool,
+    /// UTS namespace
+    #[arg(long)]
+    pub uts: bool,
+    /// all six of the above
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl RoomTypes {
+    /// The types selected.
+    pub fn spaces(&self) -> Spaces {
+        if self.all {
+            return Spaces::ROOMS;
+        }
+        [
+            (self.cgroup, Spaces::CGROUP),
+            (self.ipc, Spaces::IPC),
+            (self.mnt, Spaces::MNT),
+            (self.net, Spaces::NET),
+            (self.time, Spaces::TIME),
+            (self.uts, Spaces::UTS),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(Spaces::empty(), |a, (_, f)| a | f)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file; print a summary of each rule and warnings.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Show which rule decides for a peer and what it may do.
+    Explain {
+        /// The policy file.
+        file: PathBuf,
+        /// The peer's uid.
+        #[arg(long)]
+        uid: u32,
+        /// The peer's gids (primary first; repeat for supplementary groups).
+        #[arg(long = "gid", value_name = "GID")]
+        gids: Vec<u32>,
+    },
+}
+
+/// The clap command, for manual pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
