@@ -125,44 +125,75 @@ where
     ) -> fmt::Result {
         let mut ts = String::new();
         SystemTime.format_time(&mut Writer::new(&mut ts))?;
-        let mut fields = Fields::default();
-        fields.0.insert("timestamp".into(), ts.into());
         let meta = event.metadata();
-        fields
-            .0
-            .insert("level".into(), meta.level().as_str().to_lowercase().into());
-        fields.0.insert("target".into(), meta.target().into());
+        let mut fields = Fields::default();
         event.record(&mut fields);
-        let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
+        let level = meta.level().as_str().to_lowercase();
+        let head = |w: &mut Writer<'_>| -> fmt::Result {
+            write!(
+                w,
+                "{{\"timestamp\":{},\"level\":{},\"target\":{}",
+                json_str(&ts),
+                json_str(&level),
+                json_str(meta.target())
+            )
+        };
+        // An audit record is already one JSON object: splice it in as it is.
+        if let Some(audit) = fields
+            .audit
+            .take()
+            .filter(|a| a.starts_with('{') && a.ends_with('}'))
+        {
+            head(&mut writer)?;
+            for (k, v) in &fields.map {
+                write!(writer, ",{}:{}", json_str(k), v)?;
+            }
+            let inner = &audit[1..audit.len() - 1];
+            if !inner.is_empty() {
+                write!(writer, ",{inner}")?;
+            }
+            return writeln!(writer, "}}");
+        }
+        let mut map = std::mem::take(&mut fields.map);
+        map.insert("timestamp".into(), ts.into());
+        map.insert("level".into(), level.into());
+        map.insert("target".into(), meta.target().into());
+        let line = serde_json::to_string(&map).map_err(|_| fmt::Error)?;
         writeln!(writer, "{line}")
     }
 }
 
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
 #[derive(Default)]
-struct Fields(BTreeMap<String, serde_json::Value>);
+struct Fields {
+    map: BTreeMap<String, serde_json::Value>,
+    /// A pre-rendered audit record (`audit = %json`).
+    audit: Option<String>,
+}
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let text = format!("{value:?}");
         if field.name() == "audit" {
-            if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(&text) {
-                self.0.extend(obj);
-                return;
-            }
+            self.audit = Some(text);
+        } else {
+            self.map.insert(field.name().into(), text.into());
         }
-        self.0.insert(field.name().into(), text.into());
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.map.insert(field.name().into(), value.into());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.map.insert(field.name().into(), value.into());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.map.insert(field.name().into(), value.into());
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.map.insert(field.name().into(), value.into());
     }
 }
 

@@ -375,7 +375,7 @@ async fn handle(
         }
     };
     match reply {
-        WorkerReply::Rooms { types, .. } => {
+        WorkerReply::Rooms { types, inodes, .. } => {
             if Spaces::of(types.iter().copied()) != spaces {
                 ctx.counters.refund(charge);
                 return fail(
@@ -385,8 +385,13 @@ async fn handle(
                 )
                 .await;
             }
-            for (t, f) in types.iter().zip(&fds) {
-                if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
+            for ((t, f), ino) in types.iter().zip(&fds).zip(inodes) {
+                // The host worker's word; a subspace worker's is not taken.
+                let ino = match backend {
+                    Backend::Pool => Some(ino),
+                    Backend::Subspace(_) => fd::namespace_inode(f.as_fd()).ok(),
+                };
+                if let Some(ino) = ino {
                     rec.namespaces.insert(t.name(), ino);
                 }
             }

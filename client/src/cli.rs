@@ -74,6 +74,10 @@ pub enum Cmd {
         /// broker): its start-up time and the same load through it.
         #[arg(long)]
         private: bool,
+        /// Instead of a load: memory of the broker and its workers, idle and
+        /// with this many connected idle clients.
+        #[arg(long, value_name = "N")]
+        idle_clients: Option<usize>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,

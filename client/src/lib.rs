@@ -240,6 +240,12 @@ impl Client {
         Ok(Client::with(chan, Speaks::Worker, Some(w)))
     }
 
+    /// The pid of the process serving this connection, as the kernel
+    /// recorded it (`SO_PEERCRED`): the broker, or a private worker.
+    pub fn service_pid(&self) -> Option<i32> {
+        self.chan.peer_credentials().ok().map(|c| c.pid())
+    }
+
     /// The pid of the private worker this client started, if any.
     pub fn private_worker_pid(&self) -> Option<u32> {
         self.worker.as_ref().map(PrivateWorker::pid)

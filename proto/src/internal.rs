@@ -60,6 +60,9 @@ pub enum WorkerReply {
         id: u64,
         /// Types in fd order.
         types: Vec<NsType>,
+        /// The namespaces' inode numbers, in fd order (for the audit log;
+        /// the broker reads them itself from an untrusted subspace worker).
+        inodes: Vec<u64>,
     },
     /// Subspace made: fds are its channel, its pidfd, then the user and PID
     /// namespaces that were asked for.
@@ -101,18 +104,38 @@ impl WorkerReply {
         }
     }
 
+    /// Checks that `fds` are as many as this reply says, without asking the
+    /// kernel what each is: for replies from the broker's own host worker,
+    /// which holds more privilege than the broker and whose fds every client
+    /// checks by kind again.
+    pub fn check_counts(&self, fds: &[OwnedFd]) -> Result<(), InternalError> {
+        let ok = match self {
+            WorkerReply::Rooms { types, inodes, .. } => {
+                let set = Spaces::of(types.iter().copied());
+                types.len() == fds.len()
+                    && inodes.len() == fds.len()
+                    && set.types().count() == types.len()
+                    && Spaces::ROOMS.contains(set)
+            }
+            WorkerReply::Subspace { user, pid, .. } => {
+                (*user || *pid) && fds.len() == 2 + usize::from(*user) + usize::from(*pid)
+            }
+            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => fds.is_empty(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(InternalError::FdMismatch)
+        }
+    }
+
     /// Checks that `fds` are exactly what this reply says they are, kind by
-    /// kind. The broker calls this for every reply, trusted or not.
+    /// kind: for replies from a subspace worker (which runs as the
+    /// requester) and from a private worker.
     pub fn check_fds(&self, fds: &[OwnedFd]) -> Result<(), InternalError> {
+        self.check_counts(fds)?;
         match self {
             WorkerReply::Rooms { types, .. } => {
-                let set = Spaces::of(types.iter().copied());
-                if types.len() != fds.len()
-                    || set.types().count() != types.len()
-                    || !Spaces::ROOMS.contains(set)
-                {
-                    return Err(InternalError::FdMismatch);
-                }
                 for (t, fd) in types.iter().zip(fds) {
                     if fd::namespace_type(fd.as_fd()).ok() != Some(*t) {
                         return Err(InternalError::FdMismatch);
@@ -121,10 +144,6 @@ impl WorkerReply {
                 Ok(())
             }
             WorkerReply::Subspace { user, pid, .. } => {
-                let want = 2 + usize::from(*user) + usize::from(*pid);
-                if !(*user || *pid) || fds.len() != want {
-                    return Err(InternalError::FdMismatch);
-                }
                 if !fd::is_unix_seqpacket(fds[0].as_fd()) || !fd::is_pidfd(fds[1].as_fd()) {
                     return Err(InternalError::FdMismatch);
                 }
@@ -139,13 +158,7 @@ impl WorkerReply {
                 }
                 Ok(())
             }
-            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => {
-                if fds.is_empty() {
-                    Ok(())
-                } else {
-                    Err(InternalError::FdMismatch)
-                }
-            }
+            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => Ok(()),
         }
     }
 }
@@ -239,6 +252,7 @@ mod tests {
         let reply = WorkerReply::Rooms {
             id: 3,
             types: vec![NsType::Net, NsType::Time],
+            inodes: vec![1, 2],
         };
         assert_eq!(decode::<WorkerReply>(&encode(&reply)), Ok(reply));
         // A worker reply is not a request, and a client request is neither.
@@ -253,11 +267,13 @@ mod tests {
         let reply = WorkerReply::Rooms {
             id: 1,
             types: vec![NsType::Uts],
+            inodes: vec![0],
         };
         assert_eq!(reply.check_fds(&[net]), Err(InternalError::FdMismatch));
         let reply = WorkerReply::Rooms {
             id: 1,
             types: vec![NsType::User],
+            inodes: vec![0],
         };
         let user: OwnedFd = std::fs::File::open("/proc/self/ns/user").unwrap().into();
         assert_eq!(reply.check_fds(&[user]), Err(InternalError::FdMismatch));

@@ -102,8 +102,12 @@ fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> (WorkerReply, Ve
             };
             match maker.rooms(spaces) {
                 Ok(made) => {
-                    let (types, fds) = made.into_iter().unzip();
-                    (WorkerReply::Rooms { id, types }, fds, false)
+                    let (types, fds): (Vec<_>, Vec<_>) = made.into_iter().unzip();
+                    let inodes = fds
+                        .iter()
+                        .map(|f| fd::namespace_inode(f.as_fd()).unwrap_or(0))
+                        .collect();
+                    (WorkerReply::Rooms { id, types, inodes }, fds, false)
                 }
                 Err(e) => {
                     let mut reason = e.to_string();

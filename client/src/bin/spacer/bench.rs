@@ -293,3 +293,65 @@ pub fn print_private(startup: &Report, private: &Report, broker: &Report, json: 
         println!("{}", broker.line("broker"));
     }
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Memory of the broker and its workers, idle and with `clients` connected
+/// idle clients (each has made one request).
+pub fn memory(socket: &Option<PathBuf>, clients: usize, json: bool) -> Result<(), Failure> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let first = crate::connect(socket)?;
+    let broker = first
+        .service_pid()
+        .ok_or_else(|| Failure::Msg("cannot tell the broker's pid".into()))?;
+    drop(first.rooms(Spaces::UTS)?);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_kib(broker);
+    let sup = children(broker).first().copied().unwrap_or(0);
+    let workers: Vec<i32> = children(sup);
+    let worker_rss: Vec<u64> = workers.iter().map(|&p| rss_kib(p)).collect();
+    let mut held = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let c = crate::connect(socket)?;
+        drop(c.rooms(Spaces::UTS)?);
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let loaded = rss_kib(broker);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "broker_idle_rss_kib": idle,
+                "idle_clients": clients,
+                "broker_rss_kib_with_clients": loaded,
+                "supervisor_rss_kib": rss_kib(sup),
+                "worker_rss_kib": worker_rss,
+            })
+        );
+    } else {
+        println!("broker idle RSS            {idle} KiB");
+        println!("broker with {clients} idle clients {loaded} KiB");
+        println!("worker supervisor RSS      {} KiB", rss_kib(sup));
+        println!("serving workers RSS        {worker_rss:?} KiB");
+    }
+    Ok(())
+}

@@ -94,8 +94,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             warmup,
             raw,
             private,
+            idle_clients,
             json,
         } => {
+            if let Some(n) = idle_clients {
+                bench::memory(&cli.socket, n, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let load = if subspace {
                 bench::Load::Subspace
             } else {
