@@ -137,11 +137,21 @@ fn serves_all_six_rooms_and_stays_home() {
                 spaces: Spaces::ROOMS.bits(),
             },
         );
-        let WorkerReply::Rooms { id: 7, types } = reply else {
+        let WorkerReply::Rooms {
+            id: 7,
+            types,
+            inodes,
+        } = reply
+        else {
             panic!("{reply:?}")
         };
         assert_eq!(Spaces::of(types.iter().copied()), Spaces::ROOMS);
-        for (t, f) in types.iter().zip(&fds) {
+        for ((t, f), ino) in types.iter().zip(&fds).zip(&inodes) {
+            assert_eq!(
+                fd::namespace_inode(f.as_fd()).unwrap(),
+                *ino,
+                "reported inode of {t}"
+            );
             let mine = std::fs::File::open(format!("/proc/self/ns/{}", t.name())).unwrap();
             assert_ne!(
                 fd::namespace_inode(f.as_fd()).unwrap(),
