@@ -94,9 +94,13 @@ pub fn init(format: LogFormat, journal_socket: &std::path::Path) -> Health {
         None
     };
     let writer = HealthWriter { ok: ok.clone() };
+    // A failed write is recorded by the writer (and grants then fail
+    // closed); the library's own report of it would `eprintln!` into the
+    // same broken stderr, which panics.
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_max_level(tracing::Level::INFO);
+        .with_max_level(tracing::Level::INFO)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         _ => builder.event_format(JsonLines).init(),

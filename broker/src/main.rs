@@ -61,7 +61,21 @@ enum StartError {
     Runtime(#[source] std::io::Error),
 }
 
+/// The signals the event loop handles. Blocked from the first instruction
+/// until its handlers exist, so that one arriving during start-up (the
+/// socket already accepts connections) waits for them instead of killing
+/// the broker without cleanup.
+fn handled_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
 fn main() -> ExitCode {
+    let _ = handled_signals().thread_block();
     let args = Args::parse();
     let health = audit::init(args.log_format, &args.journal_socket);
     match run(args, health) {
@@ -268,6 +282,8 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    // Handlers exist: a signal that came during start-up is delivered now.
+    let _ = handled_signals().thread_unblock();
     let code = loop {
         tokio::select! {
             r = listen_fd.readable() => {

@@ -25,6 +25,10 @@
 //! subspace, and `sh -c 'echo $$; id -u'` started inside it.
 //! `spacer-probe private-rooms`: a private worker: rooms directly, then a
 //! user subspace and rooms inside it.
+//! `spacer-probe limit-net`: a user subspace whose own
+//! `user.max_net_namespaces` is set to 0 from inside, then rooms of all six
+//! types through it (net fails), then more requests; prints each outcome
+//! and the subspace worker's pid.
 
 #![forbid(unsafe_code)]
 
@@ -409,6 +413,28 @@ fn main() {
         Some("soak") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
+        }
+        Some("limit-net") => {
+            use spacer_client::{CommandExt, Join};
+            let (inside, sub) = client().subspace(Spaces::USER).expect("subspace");
+            let st = std::process::Command::new("sh")
+                .args(["-c", "echo 0 > /proc/sys/user/max_net_namespaces"])
+                .join(Join::new().subspace(&sub).expect("join"))
+                .status()
+                .expect("sh");
+            assert!(st.success(), "cannot lower the limit inside the subspace");
+            let worker = pid_of(&sub.pidfd);
+            let before = std::fs::read_dir(format!("/proc/{worker}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            let mut outcomes = vec![outcome(inside.rooms(Spaces::ROOMS).map(drop))];
+            let after = std::fs::read_dir(format!("/proc/{worker}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            for _ in 0..4 {
+                outcomes.push(outcome(inside.rooms(Spaces::UTS).map(drop)));
+            }
+            json!({"outcomes": outcomes, "worker_fds_before": before, "worker_fds_after": after})
         }
         Some("rooms") => {
             let spaces = Spaces::of(args.iter().skip(1).filter_map(|a| NsType::from_name(a)));
