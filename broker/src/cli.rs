@@ -74,9 +74,15 @@ pub struct Args {
     /// closed.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub write_timeout: u64,
-    /// Open connections in all (each uid's cap is in the policy).
+    /// Open connections in all.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: u32,
+    /// Open connections per uid where the policy sets no max_connections.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_connections_per_uid: u32,
+    /// Live subspaces per uid where the policy sets no max_subspaces.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_subspaces_per_uid: u32,
     /// Development: log syscalls outside the worker's allow-list instead of
     /// killing it (see `dmesg`).
     #[arg(long, value_enum, default_value = "kill")]

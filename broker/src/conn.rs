@@ -51,6 +51,8 @@ pub struct Ctx {
     pub timeouts: Timeouts,
     /// Subspace ids.
     pub next_subspace: Cell<u64>,
+    /// Live subspaces in all.
+    pub max_subspaces: u32,
     /// Set on shutdown.
     pub stopping: Cell<bool>,
     /// Wakes connections on shutdown.
@@ -137,12 +139,12 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
         first = false;
         // One unread response at most: the next request is handled once the
         // client has taken the last answer (and its fds). A client that
-        // sends ahead without reading is answered in order, at its pace,
-        // and cut off at the write deadline, so it cannot pile fds up in
-        // flight on the broker's account.
+        // sends ahead without reading is answered in order, at its pace, so
+        // it cannot pile fds up in flight on the broker's account.
         if !previous_taken(&ctx, &chan).await {
             break;
         }
+
         let t0 = Instant::now();
         let bytes_len = match received {
             None => break, // idle or first-request deadline
@@ -156,6 +158,7 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
                     RecvError::Truncated { max } => format!("request larger than {max} bytes"),
                     _ => "fds attached to a request".to_owned(),
                 };
+                refusal_pause(&ctx, peer.uid).await;
                 let mut rec = record(&peer, sub_ref);
                 rec.reason = Some(reason.clone());
                 let delivered = respond(
@@ -189,18 +192,21 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
     }
 }
 
-/// Waits (up to the write deadline) until the client has read everything
-/// sent to it.
+/// Waits until the client has read everything sent to it (true), or has
+/// closed its end (false). No deadline: fds queued to a client count
+/// against the broker's own limit in the kernel until that client reads or
+/// closes, so a connection with unread answers stays open — and counted
+/// against its uid's connection cap — rather than being dropped with its
+/// fds still in flight.
 async fn previous_taken(ctx: &Ctx, chan: &AsyncChannel) -> bool {
-    let deadline = tokio::time::Instant::now() + ctx.timeouts.write;
     let mut pause = Duration::from_micros(200);
     loop {
         match crate::sys::unread_by_peer(chan.as_fd()) {
             Ok(0) | Err(_) => return true,
-            Ok(_) if tokio::time::Instant::now() >= deadline => return false,
+            Ok(_) if chan.peer_closed() || ctx.stopping.get() => return false,
             Ok(_) => {
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
+                pause = (pause * 2).min(Duration::from_millis(100));
             }
         }
     }
@@ -262,6 +268,18 @@ fn finish(mut rec: Decision, t0: Instant, delivered: bool) {
     rec.emit();
 }
 
+/// A refused request is answered late once its uid has spent its refusal
+/// budget (see [`crate::usage::Counters::refused`]).
+async fn refusal_pause(ctx: &Ctx, uid: u32) {
+    let wait = ctx.counters.refused(uid);
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctx.stop.notified() => {}
+        }
+    }
+}
+
 /// Sends a response within the write deadline; false if it did not reach
 /// the client's socket.
 async fn respond(ctx: &Ctx, chan: &AsyncChannel, resp: &Response, fds: &[BorrowedFd<'_>]) -> bool {
@@ -285,6 +303,9 @@ async fn handle(
 ) -> bool {
     let mut rec = record(peer, sub_ref);
     let fail = |mut rec: Decision, kind: ErrorKind, reason: String| async move {
+        if matches!(kind, ErrorKind::Denied | ErrorKind::Invalid) {
+            refusal_pause(ctx, peer.uid).await;
+        }
         rec.reason = Some(reason.clone());
         let delivered = respond(ctx, chan, &Response::error(kind, reason), &[]).await;
         finish(rec, t0, delivered);
@@ -329,6 +350,14 @@ async fn handle(
     rec.rule_name = rule.name().map(str::to_owned);
     if let PolicyDecision::Deny { reason, .. } = decision {
         rec.decision = "deny";
+        return fail(rec, ErrorKind::Denied, reason).await;
+    }
+    if op == Op::Subspace && ctx.counters.total_subspaces() >= ctx.max_subspaces {
+        rec.decision = "deny";
+        let reason = format!(
+            "the broker's subspace limit {} is reached",
+            ctx.max_subspaces
+        );
         return fail(rec, ErrorKind::Denied, reason).await;
     }
     // Authorized: charge now (no await since deciding), refund on failure.

@@ -44,6 +44,9 @@ impl Journal {
     pub fn connect(path: &Path, ok: Arc<AtomicBool>) -> io::Result<Journal> {
         let sock = UnixDatagram::unbound()?;
         sock.connect(path)?;
+        // A journal that cannot keep up must not stall the event loop: the
+        // write fails, the sink is marked unhealthy, grants fail closed.
+        sock.set_nonblocking(true)?;
         Ok(Journal { sock, ok })
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
-use spacer_policy::{FileCheck, Policy, SystemResolver};
+use spacer_policy::{FileCheck, Limits, Policy, SystemResolver};
 use spacer_proto::wire::{ErrorKind, Response};
 use spacer_proto::{fd, launch, Channel};
 use tokio::signal::unix::{signal, SignalKind};
@@ -94,15 +94,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--policy`, else the default file if it exists, else the embedded default.
-fn load_policy(explicit: Option<&Path>) -> Result<Policy, spacer_policy::LoadError> {
+/// `--policy`, else the default file if it exists, else the embedded
+/// default; with the broker's per-uid caps where the policy sets none.
+fn load_policy(explicit: Option<&Path>, caps: &Limits) -> Result<Policy, spacer_policy::LoadError> {
     let default = Path::new(spacer_policy::DEFAULT_PATH);
-    match explicit {
-        Some(p) => spacer_policy::load_file(p, FileCheck::Strict, &SystemResolver),
+    let policy = match explicit {
+        Some(p) => spacer_policy::load_file(p, FileCheck::Strict, &SystemResolver)?,
         None if default.exists() => {
-            spacer_policy::load_file(default, FileCheck::Strict, &SystemResolver)
+            spacer_policy::load_file(default, FileCheck::Strict, &SystemResolver)?
         }
-        None => Ok(spacer_policy::embedded_default()),
+        None => spacer_policy::embedded_default(),
+    };
+    Ok(policy.with_default_limits(caps))
+}
+
+/// The per-uid caps the broker applies where the policy sets none.
+fn broker_caps(args: &Args) -> Limits {
+    Limits {
+        max_connections: Some(args.max_connections_per_uid),
+        max_subspaces: Some(args.max_subspaces_per_uid),
+        ..Limits::default()
     }
 }
 
@@ -112,7 +123,7 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
     }
     let started = std::time::Instant::now();
     raise_fd_limit(args.max_connections);
-    let policy = load_policy(args.policy.as_deref())?;
+    let policy = load_policy(args.policy.as_deref(), &broker_caps(&args))?;
     let target = privs::resolve(args.user.as_deref())?;
     let notifier = Notifier::from_env();
     let listener = match listen::inherited()? {
@@ -158,6 +169,9 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
     let (sup_chan, sup_child, sup_pidfd) = start_supervisor(&worker_exe, args.seccomp)?;
     privs::drop_to(&target)?;
     tracing::info!(target: "spacer::event", event = "privileges_dropped", user = %target.name, uid = target.uid, gid = target.gid, "privileges dropped: no capabilities, no_new_privs");
+    if target.name == "nobody" {
+        tracing::warn!(target: "spacer::event", event = "shared_user", user = %target.name, "running as nobody: other services that run as nobody can signal the broker; create a dedicated user (the package makes \"spacer\") or pass --user");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -172,13 +186,15 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
     Ok(code)
 }
 
-/// Each connection costs the broker one fd (a subspace two more), and the
-/// kernel counts fds in flight to clients (at most one response of six fds
-/// per connection) against the broker's limit: make room for the global
-/// cap, while still root (raising the hard limit needs it).
+/// Each connection costs the broker two fds (socket and peer pidfd), a
+/// subspace two more (its connection and its worker's channel; as many
+/// subspaces as connections at most), and the kernel counts fds in flight to
+/// clients (one response of at most six fds per connection) against the
+/// broker's limit: make room for all of it, while still root (raising the
+/// hard limit needs it).
 fn raise_fd_limit(max_connections: u32) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = u64::from(max_connections) * 9 + 256;
+    let want = u64::from(max_connections) * 10 + 256;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < want {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want));
@@ -219,6 +235,7 @@ async fn serve(
     notifier: Notifier,
     started: std::time::Instant,
 ) -> ExitCode {
+    let notifier = Rc::new(notifier);
     let sup = match AsyncChannel::new(sup_chan) {
         Ok(s) => s,
         Err(e) => {
@@ -239,6 +256,7 @@ async fn serve(
             write: Duration::from_secs(args.write_timeout),
         },
         next_subspace: Cell::new(1),
+        max_subspaces: args.max_connections,
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
     });
@@ -342,19 +360,32 @@ async fn serve(
     code
 }
 
-fn reload(ctx: &Rc<Ctx>, args: &Args, notifier: &Notifier) {
+/// Re-reads the policy on a blocking thread (name lookups may be slow and
+/// must not stall the event loop), then swaps it in; an invalid file keeps
+/// the old one.
+fn reload(ctx: &Rc<Ctx>, args: &Args, notifier: &Rc<Notifier>) {
     notifier.reloading();
-    match load_policy(args.policy.as_deref()) {
-        Ok(p) => {
-            tracing::info!(target: "spacer::event", event = "policy_reloaded", policy = p.source(), policy_sha256 = p.digest(), "policy reloaded");
-            *ctx.policy.borrow_mut() = Rc::new(p);
+    let path = args.policy.clone();
+    let caps = broker_caps(args);
+    let ctx = ctx.clone();
+    let notifier = notifier.clone();
+    tokio::task::spawn_local(async move {
+        let loaded = tokio::task::spawn_blocking(move || load_policy(path.as_deref(), &caps)).await;
+        match loaded {
+            Ok(Ok(p)) => {
+                tracing::info!(target: "spacer::event", event = "policy_reloaded", policy = p.source(), policy_sha256 = p.digest(), "policy reloaded");
+                *ctx.policy.borrow_mut() = Rc::new(p);
+            }
+            Ok(Err(e)) => {
+                let old = ctx.policy.borrow();
+                tracing::error!(target: "spacer::event", event = "policy_reload_failed", error = %e, policy = old.source(), policy_sha256 = old.digest(), "policy reload failed; keeping the old policy");
+            }
+            Err(e) => {
+                tracing::error!(target: "spacer::event", event = "policy_reload_failed", error = %e, "policy reload failed; keeping the old policy");
+            }
         }
-        Err(e) => {
-            let old = ctx.policy.borrow();
-            tracing::error!(target: "spacer::event", event = "policy_reload_failed", error = %e, policy = old.source(), policy_sha256 = old.digest(), "policy reload failed; keeping the old policy");
-        }
-    }
-    notifier.notify("READY=1");
+        notifier.notify("READY=1");
+    });
 }
 
 /// Identifies a new peer and starts serving it, or refuses it.

@@ -53,8 +53,58 @@ impl Window {
 #[derive(Debug, Default)]
 struct PerUid {
     rate: Window,
+    refusals: Refusals,
     live_subspaces: u32,
     connections: u32,
+}
+
+/// A token bucket for refused requests (denied or invalid). Every request
+/// is audited, so this bounds what one uid can write into the audit log
+/// without dropping a record: past the burst, refusals are answered late,
+/// in proportion to the uid's deficit, so that all its connections together
+/// get [`REFUSAL_RATE`] per second. Allowed requests are never slowed.
+#[derive(Debug)]
+struct Refusals {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals {
+            tokens: REFUSAL_BURST,
+            last: None,
+        }
+    }
+}
+
+/// Refusals per uid per second, sustained.
+pub const REFUSAL_RATE: f64 = 100.0;
+/// Refusals per uid answered without delay after a quiet spell.
+pub const REFUSAL_BURST: f64 = 1000.0;
+
+impl Refusals {
+    /// Takes one token; how long to wait before answering.
+    fn take(&mut self, now: Instant) -> std::time::Duration {
+        if let Some(last) = self.last {
+            let earned = now.saturating_duration_since(last).as_secs_f64() * REFUSAL_RATE;
+            self.tokens = (self.tokens + earned).min(REFUSAL_BURST);
+        }
+        self.last = Some(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-self.tokens / REFUSAL_RATE)
+        }
+    }
+
+    fn is_full(&self, now: Instant) -> bool {
+        self.last.is_none_or(|last| {
+            self.tokens + now.saturating_duration_since(last).as_secs_f64() * REFUSAL_RATE
+                >= REFUSAL_BURST
+        })
+    }
 }
 
 /// All counters.
@@ -63,6 +113,7 @@ pub struct Counters {
     start: Instant,
     per_uid: RefCell<HashMap<u32, PerUid>>,
     total_connections: RefCell<u32>,
+    total_subspaces: RefCell<u32>,
 }
 
 /// What a charge took, to give back if the request fails.
@@ -80,6 +131,7 @@ impl Counters {
             start: Instant::now(),
             per_uid: RefCell::new(HashMap::new()),
             total_connections: RefCell::new(0),
+            total_subspaces: RefCell::new(0),
         }
     }
 
@@ -99,6 +151,22 @@ impl Counters {
         }
     }
 
+    /// Counts a refused request of `uid`; returns how long to wait before
+    /// answering it (zero within the uid's refusal budget).
+    pub fn refused(&self, uid: u32) -> std::time::Duration {
+        self.per_uid
+            .borrow_mut()
+            .entry(uid)
+            .or_default()
+            .refusals
+            .take(Instant::now())
+    }
+
+    /// Live subspaces in all.
+    pub fn total_subspaces(&self) -> u32 {
+        *self.total_subspaces.borrow()
+    }
+
     /// Charges an allowed request (and, for a subspace, one live subspace).
     pub fn charge(&self, uid: u32, subspace: bool) -> Charge {
         let second = self.now();
@@ -107,6 +175,7 @@ impl Counters {
         u.rate.add(second);
         if subspace {
             u.live_subspaces += 1;
+            *self.total_subspaces.borrow_mut() += 1;
         }
         Charge {
             uid,
@@ -123,6 +192,8 @@ impl Counters {
             u.rate.remove(c.second);
             if c.subspace {
                 u.live_subspaces = u.live_subspaces.saturating_sub(1);
+                let mut t = self.total_subspaces.borrow_mut();
+                *t = t.saturating_sub(1);
             }
         }
         drop(map);
@@ -133,6 +204,10 @@ impl Counters {
     pub fn subspace_closed(&self, uid: u32) {
         if let Some(u) = self.per_uid.borrow_mut().get_mut(&uid) {
             u.live_subspaces = u.live_subspaces.saturating_sub(1);
+        }
+        {
+            let mut t = self.total_subspaces.borrow_mut();
+            *t = t.saturating_sub(1);
         }
         self.tidy(uid);
     }
@@ -185,10 +260,12 @@ impl Counters {
     fn tidy(&self, uid: u32) {
         let now = self.now();
         let mut map = self.per_uid.borrow_mut();
-        if map
-            .get(&uid)
-            .is_some_and(|u| u.connections == 0 && u.live_subspaces == 0 && u.rate.is_empty(now))
-        {
+        if map.get(&uid).is_some_and(|u| {
+            u.connections == 0
+                && u.live_subspaces == 0
+                && u.rate.is_empty(now)
+                && u.refusals.is_full(Instant::now())
+        }) {
             map.remove(&uid);
         }
     }
@@ -224,6 +301,22 @@ mod tests {
         c.refund(ch);
         assert_eq!(c.usage(5, 0), spacer_policy::Usage::default());
         assert!(c.per_uid.borrow().is_empty());
+    }
+
+    #[test]
+    fn refusals_past_the_burst_wait_in_proportion() {
+        let mut r = Refusals::default();
+        let t = Instant::now();
+        for _ in 0..REFUSAL_BURST as usize {
+            assert_eq!(r.take(t), std::time::Duration::ZERO);
+        }
+        // The bucket is empty: each further refusal waits 1/RATE more.
+        let d1 = r.take(t);
+        let d2 = r.take(t);
+        assert!(d1 > std::time::Duration::ZERO && d2 > d1);
+        // A second later, RATE tokens are back.
+        let later = t + std::time::Duration::from_secs(1);
+        assert_eq!(r.take(later), std::time::Duration::ZERO);
     }
 
     #[test]

@@ -16,48 +16,130 @@ pub const WORKER_ENV: &str = "SPACER_WORKER";
 /// Where an installed worker lives (the Debian package puts it there).
 pub const INSTALLED_WORKER: &str = "/usr/libexec/spacer/spacer-worker";
 
-/// Finds `spacer-worker`, in this order: `$SPACER_WORKER`; next to the
-/// running executable or one directory up (a cargo test binary in
-/// `target/debug/deps` finds `target/debug/spacer-worker`); in
-/// `target/debug` or `target/release` of the current directory or any parent
-/// (doc tests, and tests of crates in a workspace that builds the worker);
-/// `/usr/libexec/spacer/spacer-worker`; then `$PATH`.
+/// Finds `spacer-worker`, in this order: `$SPACER_WORKER` (taken as given);
+/// next to the running executable or one directory up (a cargo test binary
+/// in `target/debug/deps` finds `target/debug/spacer-worker`);
+/// `/usr/libexec/spacer/spacer-worker`; `$PATH`; last, `target/debug` or
+/// `target/release` of the current directory or any parent (doc tests, and
+/// tests of crates in a workspace that builds the worker).
+///
+/// A found binary is used only if it, and every directory above it, is
+/// owned by root or by this process's user and not writable by anyone else
+/// (a world-writable directory must be sticky): a worker someone else could
+/// have planted — `/tmp/target/debug/spacer-worker` — is skipped.
 pub fn find_worker() -> Result<PathBuf, Error> {
-    let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(WORKER_ENV) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        tried.push(p);
+        return Err(Error::NoWorker { tried: vec![p] });
     }
-    let name = "spacer-worker";
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join(name));
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join(name));
-            }
-        }
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            candidates.push(dir.join("target/debug").join(name));
-            candidates.push(dir.join("target/release").join(name));
-        }
-    }
-    candidates.push(PathBuf::from(INSTALLED_WORKER));
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    for c in candidates {
-        if c.is_file() {
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    let path = std::env::var_os("PATH");
+    let mut tried = Vec::new();
+    for c in candidates(exe.as_deref(), cwd.as_deref(), path.as_deref()) {
+        if c.is_file() && trusted(&c) {
             return Ok(c);
         }
         tried.push(c);
     }
     Err(Error::NoWorker { tried })
+}
+
+/// Where to look, in order (see [`find_worker`]).
+fn candidates(
+    exe: Option<&Path>,
+    cwd: Option<&Path>,
+    path: Option<&std::ffi::OsStr>,
+) -> Vec<PathBuf> {
+    let name = "spacer-worker";
+    let mut out = Vec::new();
+    if let Some(dir) = exe.and_then(Path::parent) {
+        out.push(dir.join(name));
+        if let Some(up) = dir.parent() {
+            out.push(up.join(name));
+        }
+    }
+    out.push(PathBuf::from(INSTALLED_WORKER));
+    if let Some(path) = path {
+        out.extend(std::env::split_paths(path).map(|d| d.join(name)));
+    }
+    if let Some(cwd) = cwd {
+        for dir in cwd.ancestors() {
+            out.push(dir.join("target/debug").join(name));
+            out.push(dir.join("target/release").join(name));
+        }
+    }
+    out
+}
+
+/// Whether `path` and every directory above it is owned by root or by us
+/// and writable by nobody else (sticky world-writable directories allowed).
+fn trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    path.ancestors().all(|p| {
+        if p.as_os_str().is_empty() {
+            return true;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) => {
+                let owner_ok = m.uid() == 0 || m.uid() == me;
+                let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+                let write_ok = m.mode() & 0o022 == 0 || sticky_dir;
+                owner_ok && write_ok
+            }
+            Err(_) => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn installed_and_path_come_before_the_working_directory() {
+        let c = candidates(
+            Some(Path::new("/x/target/debug/deps/t")),
+            Some(Path::new("/home/a/p")),
+            Some(std::ffi::OsStr::new("/usr/bin")),
+        );
+        let pos = |p: &str| c.iter().position(|x| x == Path::new(p)).unwrap();
+        assert_eq!(pos("/x/target/debug/deps/spacer-worker"), 0);
+        assert_eq!(pos("/x/target/debug/spacer-worker"), 1);
+        assert!(pos(INSTALLED_WORKER) < pos("/home/a/p/target/debug/spacer-worker"));
+        assert!(pos("/usr/bin/spacer-worker") < pos("/home/a/p/target/debug/spacer-worker"));
+        assert!(
+            pos("/home/a/p/target/debug/spacer-worker") < pos("/home/a/target/debug/spacer-worker")
+        );
+    }
+
+    #[test]
+    fn a_binary_others_could_have_planted_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("spacer-worker");
+        std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(trusted(&bin));
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!trusted(&bin), "world-writable file");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            !trusted(&bin),
+            "world-writable directory without the sticky bit"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(trusted(&bin), "sticky like /tmp");
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            assert!(!trusted(&bin), "a directory someone else owns");
+        }
+    }
 }
 
 /// The running private worker, ended and reaped when its client is dropped.

@@ -42,6 +42,17 @@ pub fn join_before_exec(cmd: &mut Command, fds: Vec<(NsType, OwnedFd)>, pid: Opt
 /// the new process (PID 1 of the namespace) returns to exec the program;
 /// this one waits for it and exits with its status.
 fn fork_into_pid1() -> io::Result<()> {
+    // A pidfd for this process, so the program can tell whether it is
+    // already gone when the parent-death signal is armed (getppid() says 0
+    // in the new PID namespace, where the parent is not visible).
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: pidfd_open takes integers and returns a new fd or -1.
+    let me = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if me < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let me = me as libc::c_int;
     // SAFETY: a raw clone with fork semantics (no CLONE_VM, null stack) in a
     // process that has one thread (a child between fork and exec).
     let pid = unsafe {
@@ -58,11 +69,31 @@ fn fork_into_pid1() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // The program: dies if its waiting parent is killed.
-        // SAFETY: prctl with integer arguments only.
+        // The program: dies if its waiting parent is killed, including
+        // before the signal was armed.
+        let mut p = libc::pollfd {
+            fd: me,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: prctl takes integers only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // SAFETY: poll reads and writes one pollfd through a pointer to a
+        // live local.
+        if unsafe { libc::poll(&mut p, 1, 0) } != 0 {
+            // SAFETY: _exit leaves at once, running nothing of the parent's.
+            unsafe { libc::_exit(1) };
+        }
+        // SAFETY: `me` is our own copy of the pidfd, used no more.
+        unsafe { libc::close(me) };
         return Ok(());
     }
+    // Only waiting from here: drop every inherited fd, among them std's
+    // pipe that tells `spawn()` when the program has been executed, so that
+    // `spawn()` returns then and not when the program exits.
+    // SAFETY: close_range takes integers; nothing in this process uses the
+    // fds again (it only waits and exits).
+    unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: waitpid writes one int through a pointer to a live local.

@@ -271,6 +271,22 @@ impl Policy {
         Decision::Allow { rule }
     }
 
+    /// Fills every limit that neither a rule nor `[defaults]` sets with the
+    /// service's own default (the broker's per-uid caps).
+    pub fn with_default_limits(mut self, d: &Limits) -> Policy {
+        let fill = |l: &mut Limits| {
+            l.requests_per_minute = l.requests_per_minute.or(d.requests_per_minute);
+            l.max_subspaces = l.max_subspaces.or(d.max_subspaces);
+            l.max_depth = l.max_depth.or(d.max_depth);
+            l.max_connections = l.max_connections.or(d.max_connections);
+        };
+        fill(&mut self.defaults.limits);
+        for r in &mut self.rules {
+            fill(&mut r.grant.limits);
+        }
+        self
+    }
+
     /// The `max_connections` that applies to `peer`, if any.
     pub fn connection_limit(&self, peer: &Peer<'_>) -> Option<u32> {
         self.matching(peer).1.limits.max_connections

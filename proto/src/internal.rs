@@ -208,6 +208,14 @@ pub enum SubspaceReady {
     },
 }
 
+/// A new subspace worker's parent → the new subspace worker, once, after
+/// `Ready`: its id maps are written (when the parent writes them), go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubspaceGo {
+    /// Finish setting up and serve.
+    Go,
+}
+
 /// Why an internal message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -183,3 +183,28 @@ fn closing_a_private_subspace_leaves_its_parent_serving() {
     assert!(gone(sub.pidfd.as_fd()));
     assert!(spacer.rooms(Spaces::NET).is_ok());
 }
+
+#[test]
+fn spawn_with_a_pid_namespace_returns_at_exec_and_pipes_work() {
+    need_root();
+    let spacer = Client::private().unwrap();
+    let (_inside, sub) = spacer.subspace(Spaces::USER | Spaces::PID).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .join(Join::new().subspace(&sub).unwrap())
+        .spawn()
+        .unwrap();
+    // spawn() came back while the program still runs.
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A program writing a lot through a pipe.
+    let (_inside, sub) = spacer.subspace(Spaces::USER | Spaces::PID).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "head -c 200000 /dev/zero"])
+        .join(Join::new().subspace(&sub).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 200_000);
+}

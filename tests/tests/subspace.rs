@@ -125,7 +125,13 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     assert!(found, "no subspace worker under the serving worker");
     let pid = sub[0];
     let want = format!("{TENANT}\t{TENANT}\t{TENANT}\t{TENANT}");
-    assert_eq!(status(pid, "Uid"), want);
+    // It finishes setting up (becomes the requester in all ids) right after
+    // its parent's Go; the command may already be running.
+    assert!(
+        eventually(Duration::from_secs(2), || status(pid, "Uid") == want),
+        "{}",
+        status(pid, "Uid")
+    );
     assert_eq!(status(pid, "Gid"), want);
     assert_eq!(status(pid, "NoNewPrivs"), "1");
     assert_eq!(status(pid, "Seccomp"), "2");
@@ -235,4 +241,24 @@ fn rooms_inside_a_subspace_follow_the_policy() {
     // The tenant may not have mnt, inside a subspace or not.
     let out = b.spacer_as(TENANT, TENANT, &["run", "--user", "--mnt", "--", "true"]);
     assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn pid_subspace_without_user_is_for_root_only() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(TENANT, TENANT, &["run", "--pid", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("a PID subspace without a user namespace is for root only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = b.spacer_as(0, 0, &["run", "--pid", "--", "sh", "-c", "echo $$"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
 }

@@ -2,22 +2,34 @@
 //!
 //! The subspace worker is a fork of the current worker (no exec): it
 //! inherits the seccomp filter, no_new_privs and the non-dumpable flag, then
-//! closes every fd but its channel and sets itself up:
+//! closes every fd but its channel, points its stdio at `/dev/null`, and
+//! sets itself up.
 //!
-//! * with a user namespace: when started by the host worker it first takes
-//!   the requester's uid and gid (keeping its capabilities across the switch
-//!   with `PR_SET_KEEPCAPS`, so that hosts that forbid unprivileged user
-//!   namespaces still allow it), then `unshare(CLONE_NEWUSER [| CLONE_NEWPID])`
-//!   — the new user namespace is owned by the requester — writes its own
-//!   maps `0 <uid> 1` with `setgroups` denied, becomes root inside, and
-//!   drops to [`SUBSPACE_CAPS`](crate::confine::SUBSPACE_CAPS) there;
-//! * PID only: `unshare(CLONE_NEWPID)`.
+//! Started by the host worker for a requester (uid, gid): it takes the
+//! requester's ids as its *effective* ids only — its real and saved uid stay
+//! 0, so the requester can neither signal nor trace it while it sets up —
+//! and calls `unshare(CLONE_NEWUSER [| CLONE_NEWPID])`: the new user
+//! namespace is owned by the requester. It reports `Ready` with its
+//! namespace fds; the parent, which holds `CAP_SETUID`/`CAP_SETGID` (and
+//! `CAP_SETFCAP` for a root requester), writes the maps `0 <uid> 1` and
+//! `0 <gid> 1` with `setgroups` denied and says `Go`; the child then becomes
+//! uid 0 inside (the requester on the host, in all three ids) and drops to
+//! [`SUBSPACE_CAPS`](crate::confine::SUBSPACE_CAPS) inside its namespace.
 //!
-//! The subspace worker stays *outside* its new PID namespace: the namespace
-//! is handed out empty (by the pidfd ioctl, as `/proc` refuses empty PID
-//! namespaces), so the first process the requester starts in it is its PID 1.
-//! It reports `Ready` with its namespace fds to its parent, which answers the
-//! broker with the channel, a pidfd and those fds.
+//! Started by a subspace worker (nested) or a private worker, the child is
+//! already the requester: it writes its own maps, being dumpable for those
+//! three writes (a process's `/proc/self` files are its own only then).
+//!
+//! A PID namespace without a user namespace is made only for root (a
+//! non-root requester could not enter one owned by the host's user
+//! namespace). The subspace worker stays outside its new PID namespace,
+//! which is handed out empty (by the pidfd ioctl, as `/proc` refuses empty
+//! PID namespaces), so the requester's first process in it is its PID 1.
+//!
+//! The parent never waits for the child: once the child has made its user
+//! namespace, the requester owns that namespace and may signal (stop) the
+//! child. The parent keeps serving; the setup is finished when `Ready`
+//! arrives, or the child is killed at [`SETUP_DEADLINE`].
 
 use std::fmt;
 use std::io::Write;
@@ -28,7 +40,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::prctl;
 use nix::unistd::{getegid, geteuid, setgroups, setresgid, setresuid, Gid, Uid};
 use spacer_proto::fd::{self, Which};
-use spacer_proto::internal::{self, SubspaceReady};
+use spacer_proto::internal::{self, SubspaceGo, SubspaceReady};
 use spacer_proto::{Channel, NsType, Spaces};
 
 use crate::confine;
@@ -71,10 +83,31 @@ impl fmt::Display for SpawnError {
     }
 }
 
+/// How long a new subspace worker has to report `Ready`.
+pub const SETUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A subspace worker started and not yet ready: its parent keeps serving
+/// and finishes the setup when `Ready` arrives (or gives up at the
+/// deadline). A parent must never block on it: the new process lives in a
+/// user namespace the requester owns, so the requester can stop it.
+pub struct Starting {
+    /// The parent's end of the new worker's channel.
+    pub channel: Channel,
+    /// A pidfd of the new worker.
+    pub pidfd: OwnedFd,
+    /// Its pid.
+    pub pid: i32,
+    /// When to give up on it.
+    pub deadline: std::time::Instant,
+    spaces: Spaces,
+    ids: Option<(u32, u32)>,
+}
+
 /// Starts a subspace worker. `ids` is the requester's (uid, gid) when the
 /// caller is a host worker that must hand the new user namespace to them;
-/// `None` in a subspace worker, which already runs as the requester.
-pub fn spawn(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Spawned, SpawnError> {
+/// `None` in a subspace or private worker, which already runs as the
+/// requester.
+pub fn start(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Starting, SpawnError> {
     let (parent_end, child_end) = Channel::pair().map_err(|e| {
         SpawnError::Start(
             "creating the subspace channel",
@@ -90,35 +123,105 @@ pub fn spawn(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Spawned, SpawnEr
     match cloned {
         Cloned::Child => {
             drop(parent_end);
-            std::process::exit(become_subspace(child_end, spaces, ids))
+            sys::child_exit(|| become_subspace(child_end, spaces, ids))
         }
         Cloned::Parent { pid, pidfd } => {
             drop(child_end);
-            let mut buf = [0u8; 1024];
-            let got = match parent_end.recv(&mut buf, 2) {
-                Ok(Some(got)) => got,
-                _ => return Err(SpawnError::Lost),
-            };
-            match internal::decode::<SubspaceReady>(&buf[..got.len]) {
-                Ok(SubspaceReady::Ready { user, pid: has_pid })
-                    if ready_fds_match(&got.fds, user, has_pid) =>
-                {
-                    let mut fds = got.fds.into_iter();
-                    let user = if user { fds.next() } else { None };
-                    let pidns = if has_pid { fds.next() } else { None };
-                    Ok(Spawned {
-                        channel: parent_end.into_fd(),
-                        pidfd,
-                        pid,
-                        user,
-                        pidns,
-                    })
-                }
-                Ok(SubspaceReady::Failed { reason }) => Err(SpawnError::Setup(reason)),
-                _ => Err(SpawnError::Lost),
+            Ok(Starting {
+                channel: parent_end,
+                pidfd,
+                pid,
+                deadline: std::time::Instant::now() + SETUP_DEADLINE,
+                spaces,
+                ids,
+            })
+        }
+    }
+}
+
+impl Starting {
+    /// The new worker's `Ready` (or failure) can be read: finish the setup
+    /// (write its maps if this is the host worker, say `Go`). Does not
+    /// block beyond reading that one datagram.
+    pub fn finish(self) -> Result<Spawned, SpawnError> {
+        let result = finish_setup(&self.channel, self.pid, self.spaces, self.ids);
+        match result {
+            Ok((user, pidns)) => Ok(Spawned {
+                channel: self.channel.into_fd(),
+                pidfd: self.pidfd,
+                pid: self.pid,
+                user,
+                pidns,
+            }),
+            Err(e) => {
+                self.abandon();
+                Err(e)
             }
         }
     }
+
+    /// Gives up: kills the new worker (its pidfd pins it).
+    pub fn abandon(self) {
+        // ESRCH: it has gone already.
+        let _ = fd::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+    }
+}
+
+type NsFds = (Option<OwnedFd>, Option<OwnedFd>);
+
+/// The parent's side of the setup, once `Ready` is readable: write the maps
+/// if it is the host worker, say `Go`.
+fn finish_setup(
+    chan: &Channel,
+    pid: i32,
+    spaces: Spaces,
+    ids: Option<(u32, u32)>,
+) -> Result<NsFds, SpawnError> {
+    let mut buf = [0u8; 1024];
+    let got = match chan.recv(&mut buf, 2) {
+        Ok(Some(got)) => got,
+        _ => return Err(SpawnError::Lost),
+    };
+    let (user, pidns) = match internal::decode::<SubspaceReady>(&buf[..got.len]) {
+        Ok(SubspaceReady::Ready { user, pid: has_pid })
+            if ready_fds_match(&got.fds, user, has_pid) =>
+        {
+            let mut fds = got.fds.into_iter();
+            let user = if user { fds.next() } else { None };
+            let pidns = if has_pid { fds.next() } else { None };
+            (user, pidns)
+        }
+        Ok(SubspaceReady::Failed { reason }) => return Err(SpawnError::Setup(reason)),
+        _ => return Err(SpawnError::Lost),
+    };
+    if let (true, Some((uid, gid))) = (spaces.contains(Spaces::USER), ids) {
+        write_child_maps(pid, uid, gid).map_err(SpawnError::Setup)?;
+    }
+    chan.send(&internal::encode(&SubspaceGo::Go), &[])
+        .map_err(|_| SpawnError::Lost)?;
+    Ok((user, pidns))
+}
+
+/// The host worker writes a new subspace worker's maps: `setgroups` `deny`,
+/// `0 <uid> 1`, `0 <gid> 1`. It may (CAP_SETUID, CAP_SETGID in the parent
+/// namespace); mapping uid 0 also takes CAP_SETFCAP, raised for the three
+/// opens only.
+fn write_child_maps(pid: i32, uid: u32, gid: u32) -> Result<(), String> {
+    use caps::{CapSet, Capability};
+    let root = uid == 0 || gid == 0;
+    if root {
+        caps::raise(None, CapSet::Effective, Capability::CAP_SETFCAP)
+            .map_err(|e| format!("raising CAP_SETFCAP: {e}"))?;
+    }
+    let result = (|| {
+        write_proc(&format!("/proc/{pid}/setgroups"), "deny")?;
+        write_proc(&format!("/proc/{pid}/uid_map"), &format!("0 {uid} 1"))?;
+        write_proc(&format!("/proc/{pid}/gid_map"), &format!("0 {gid} 1"))
+    })();
+    if root {
+        let _ = caps::drop(None, CapSet::Effective, Capability::CAP_SETFCAP);
+    }
+    result
 }
 
 fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
@@ -133,7 +236,8 @@ fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
             .all(|(t, fd)| fd::namespace_type(fd.as_fd()).ok() == Some(*t))
 }
 
-/// The new process: set up, report, serve. Returns the exit code.
+/// The new process: set up, report, wait for `Go`, serve. Returns the exit
+/// code.
 fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) -> i32 {
     // Nothing of the parent's but the channel: no broker channel, no homes,
     // and not the broker's stderr (the audit log): this process will run as
@@ -153,6 +257,18 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
                 return 1;
             }
             drop((user, pidns));
+            // Wait for the parent (it writes our maps if we cannot).
+            let mut buf = [0u8; 64];
+            match channel.recv(&mut buf, 0) {
+                Ok(Some(got)) if internal::decode::<SubspaceGo>(&buf[..got.len]).is_ok() => {}
+                _ => return 1,
+            }
+            if spaces.contains(Spaces::USER) {
+                if let Err(e) = become_root_inside() {
+                    eprintln!("spacer-worker: {e}");
+                    return 1;
+                }
+            }
             serve::serve(channel, serve::Role::Subspace)
         }
         Err(reason) => {
@@ -173,19 +289,15 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     };
     if spaces.contains(Spaces::USER) {
         match ids {
-            Some((uid, gid)) => become_requester(uid, gid).map_err(|(w, e)| fail(w, e))?,
+            Some((uid, gid)) => take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?,
             None => map_own_root_if_needed(),
         }
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
             .map_err(|e| fail("creating the user namespace", e))?;
-        write_own_maps(outer_uid, outer_gid)?;
-        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-            .map_err(|e| fail("becoming gid 0 in the user namespace", e))?;
-        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-            .map_err(|e| fail("becoming uid 0 in the user namespace", e))?;
-        confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_CAPS)
-            .map_err(|e| e.to_string())?;
+        if ids.is_none() {
+            write_own_maps(outer_uid, outer_gid)?;
+        }
     } else {
         unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
     }
@@ -211,32 +323,33 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     Ok((user, pidns))
 }
 
-/// Takes the requester's ids, keeping the worker's capabilities across the
-/// switch so that `unshare(CLONE_NEWUSER)` works where unprivileged user
-/// namespaces are forbidden. Only a fresh subspace worker does this, never
-/// the worker itself (whose uid a requester could then signal).
-fn become_requester(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
-    prctl::set_keepcaps(true).map_err(|e| ("keeping capabilities", e))?;
-    setgroups(&[]).map_err(|e| ("dropping supplementary groups", e))?;
-    let g = Gid::from_raw(gid);
-    setresgid(g, g, g).map_err(|e| ("taking the requester's gid", e))?;
-    let u = Uid::from_raw(uid);
-    setresuid(u, u, u).map_err(|e| ("taking the requester's uid", e))?;
-    prctl::set_keepcaps(false).map_err(|e| ("resetting keep-capabilities", e))?;
-    // The switch cleared the effective set. What the unshare needs:
-    // CAP_SYS_ADMIN (hosts that forbid unprivileged user namespaces), and
-    // CAP_SETFCAP only to map uid 0 (a root requester); everything else goes.
+/// Takes the requester's ids as the *effective* ids only (real and saved
+/// stay 0: the requester cannot signal or trace this process), so that the
+/// user namespace made next is owned by the requester. The effective set is
+/// cleared by the switch; only `CAP_SYS_ADMIN` is raised again (hosts that
+/// forbid unprivileged user namespaces require it for the `unshare`).
+fn take_effective_ids(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     use caps::{CapSet, Capability};
-    let mut need = vec![Capability::CAP_SYS_ADMIN];
-    if uid == 0 {
-        need.push(Capability::CAP_SETFCAP);
-    }
-    let need: caps::CapsHashSet = need.into_iter().collect();
+    setgroups(&[]).map_err(|e| ("dropping supplementary groups", e))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(gid), Gid::from_raw(0))
+        .map_err(|e| ("taking the requester's gid", e))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(uid), Uid::from_raw(0))
+        .map_err(|e| ("taking the requester's uid", e))?;
+    let need: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
     caps::set(None, CapSet::Effective, &need)
-        .map_err(|_| ("raising capabilities", Errno::EPERM))?;
-    caps::set(None, CapSet::Permitted, &need)
-        .map_err(|_| ("dropping capabilities", Errno::EPERM))?;
+        .map_err(|_| ("raising CAP_SYS_ADMIN", Errno::EPERM))?;
     Ok(())
+}
+
+/// After the maps exist: uid and gid 0 inside (all three ids), which are the
+/// requester's on the host, and only [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS).
+fn become_root_inside() -> Result<(), String> {
+    let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|e| fail("becoming gid 0 in the user namespace", e))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|e| fail("becoming uid 0 in the user namespace", e))?;
+    confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_CAPS).map_err(|e| e.to_string())
 }
 
 /// A process that stays itself and is uid 0 (a root private worker, or a

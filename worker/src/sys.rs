@@ -57,6 +57,15 @@ pub fn clone_with_pidfd() -> io::Result<Cloned> {
     }
 }
 
+/// Runs the body of a freshly cloned child and exits with its code. A
+/// panic must not unwind into the parent's frames that the child's stack
+/// copy still holds (their fds were closed and their numbers may be
+/// reused): it ends the child with status 101 instead.
+pub fn child_exit(body: impl FnOnce() -> i32) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
+    std::process::exit(code)
+}
+
 /// Closes every fd from 3 up except `keep`, by `close_range(2)`.
 ///
 /// Nothing in the process may still use an `OwnedFd` for a closed number

@@ -231,9 +231,6 @@ fn subspace_is_owned_by_the_requester() {
         panic!("{reply:?}")
     };
     assert_eq!(fd::user_namespace_owner(fds[2].as_fd()).unwrap(), 65534);
-    assert_eq!(status(worker_pid, "Uid"), "65534\t65534\t65534\t65534");
-    assert_eq!(status(worker_pid, "Seccomp"), "2");
-    assert_eq!(status(worker_pid, "NoNewPrivs"), "1");
     // Rooms through the subspace are owned by its user namespace.
     let sub = Channel::from_fd(fds.into_iter().next().unwrap()).unwrap();
     let (reply, room_fds) = call(
@@ -247,6 +244,10 @@ fn subspace_is_owned_by_the_requester() {
         matches!(reply, WorkerReply::Rooms { id: 4, .. }),
         "{reply:?}"
     );
+    // Served, so set up: the requester in all ids, confined.
+    assert_eq!(status(worker_pid, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status(worker_pid, "Seccomp"), "2");
+    assert_eq!(status(worker_pid, "NoNewPrivs"), "1");
     for f in &room_fds {
         let owner = fd::owning_user_namespace(f.as_fd()).unwrap();
         assert_eq!(fd::user_namespace_owner(owner.as_fd()).unwrap(), 65534);

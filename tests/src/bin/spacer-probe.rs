@@ -25,6 +25,9 @@
 //! subspace, and `sh -c 'echo $$; id -u'` started inside it.
 //! `spacer-probe private-rooms`: a private worker: rooms directly, then a
 //! user subspace and rooms inside it.
+//! `spacer-probe stop-storm N`: asks for N user subspaces while another
+//! thread sends SIGSTOP to every process this uid may signal; then SIGCONT
+//! to all of them and SIGKILL to the subspace workers left behind.
 //! `spacer-probe limit-net`: a user subspace whose own
 //! `user.max_net_namespaces` is set to 0 from inside, then rooms of all six
 //! types through it (net fails), then more requests; prints each outcome
@@ -413,6 +416,45 @@ fn main() {
         Some("soak") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
+        }
+        Some("stop-storm") => {
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let storm = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // kill(-1, ...) reaches every process this uid may
+                        // signal, except this one.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(-1),
+                            nix::sys::signal::Signal::SIGSTOP,
+                        );
+                        std::thread::yield_now();
+                    }
+                })
+            };
+            let mut outcomes = Vec::new();
+            let mut held = Vec::new();
+            for _ in 0..n {
+                match client().subspace(Spaces::USER) {
+                    Ok(s) => {
+                        outcomes.push("ok".to_owned());
+                        held.push(s);
+                    }
+                    Err(e) => outcomes.push(e.to_string()),
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            storm.join().expect("storm");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-1),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            for (_, sub) in &held {
+                let _ = fd::pidfd_send_signal(sub.pidfd.as_fd(), libc::SIGKILL);
+            }
+            json!({"outcomes": outcomes})
         }
         Some("limit-net") => {
             use spacer_client::{CommandExt, Join};
