@@ -235,6 +235,11 @@ pub struct Decision {
     /// Type → inode of every namespace handed out (allow).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<&'static str, u64>,
+    /// The room options asked for (applied, when allowed): `loopback_up`,
+    /// `hostname`, `domainname`, `monotonic_offset` and `boottime_offset`
+    /// (decimal seconds, as text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<&'static str, serde_json::Value>>,
     /// The subspace the request came through, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subspace: Option<SubspaceRef>,
@@ -245,6 +250,28 @@ pub struct Decision {
     pub delivered: bool,
     /// From receiving the request to sending the response.
     pub duration_us: u64,
+}
+
+/// The audit form of a request's options; `None` when it has none.
+pub fn options(o: &spacer_proto::RoomOptions) -> Option<BTreeMap<&'static str, serde_json::Value>> {
+    let mut m = BTreeMap::new();
+    if o.loopback_up {
+        m.insert("loopback_up", true.into());
+    }
+    for (k, v) in [("hostname", &o.hostname), ("domainname", &o.domainname)] {
+        if let Some(v) = v {
+            m.insert(k, v.as_str().into());
+        }
+    }
+    for (k, v) in [
+        ("monotonic_offset", o.monotonic_offset),
+        ("boottime_offset", o.boottime_offset),
+    ] {
+        if let Some(v) = v {
+            m.insert(k, v.to_string().into());
+        }
+    }
+    (!m.is_empty()).then_some(m)
 }
 
 /// A subspace, as named in the audit log.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use spacer_policy::{Decision as PolicyDecision, Op, Peer, Policy};
 use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
 use spacer_proto::wire::{self, ErrorKind, Request, Response};
-use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, Spaces};
+use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, RoomOptions, Spaces};
 use tokio::sync::Notify;
 
 use crate::achan::AsyncChannel;
@@ -255,6 +255,7 @@ fn record(peer: &PeerInfo, sub_ref: Option<SubspaceRef>) -> Decision {
         rule_name: None,
         reason: None,
         namespaces: BTreeMap::new(),
+        options: None,
         subspace: sub_ref,
         new_subspace: None,
         delivered: false,
@@ -325,6 +326,14 @@ async fn handle(
         Ok(s) => s,
         Err(e) => return fail(rec, ErrorKind::Invalid, e.to_string()).await,
     };
+    let options = match req {
+        Request::Rooms { options, .. } => options,
+        Request::Subspace { .. } => RoomOptions::default(),
+    };
+    rec.options = audit::options(&options);
+    if let Err(e) = options.check(spaces) {
+        return fail(rec, ErrorKind::Invalid, e.to_string()).await;
+    }
     if !peer.alive() {
         rec.decision = "deny";
         return fail(
@@ -342,7 +351,7 @@ async fn handle(
         gid: peer.gid,
         groups: &peer.groups,
     };
-    let decision = policy.decide(&peer_view, op, spaces, &usage);
+    let decision = policy.decide(&peer_view, op, spaces, &options.used(), &usage);
     let rule = match &decision {
         PolicyDecision::Allow { rule } | PolicyDecision::Deny { rule, .. } => *rule,
     };
@@ -371,24 +380,27 @@ async fn handle(
         )
         .await;
     }
+    // A subspace worker is the requester already: it gets no ids to use.
+    let (uid, gid) = match backend {
+        Backend::Pool => (peer.uid, peer.gid),
+        Backend::Subspace(_) => (u32::MAX, u32::MAX),
+    };
+    let request = |id| match op {
+        Op::Rooms => WorkerRequest::Rooms {
+            id,
+            spaces: spaces.bits(),
+            options: options.clone(),
+        },
+        Op::Subspace => WorkerRequest::Subspace {
+            id,
+            spaces: spaces.bits(),
+            uid,
+            gid,
+        },
+    };
     let result = match backend {
-        Backend::Pool => {
-            ctx.pool
-                .call(|id| match op {
-                    Op::Rooms => WorkerRequest::Rooms {
-                        id,
-                        spaces: spaces.bits(),
-                    },
-                    Op::Subspace => WorkerRequest::Subspace {
-                        id,
-                        spaces: spaces.bits(),
-                        uid: peer.uid,
-                        gid: peer.gid,
-                    },
-                })
-                .await
-        }
-        Backend::Subspace(link) => link.call(op, spaces, ctx.pool_timeout()).await,
+        Backend::Pool => ctx.pool.call(request).await,
+        Backend::Subspace(link) => link.call(request, ctx.pool_timeout()).await,
     };
     let (reply, fds) = match result {
         Ok(r) => r,
@@ -545,24 +557,12 @@ impl SubLink {
     /// connection waits for the answer).
     async fn call(
         &self,
-        op: Op,
-        spaces: Spaces,
+        request: impl FnOnce(u64) -> WorkerRequest,
         timeout: Duration,
     ) -> Result<(WorkerReply, Vec<OwnedFd>), CallError> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let req = match op {
-            Op::Rooms => WorkerRequest::Rooms {
-                id,
-                spaces: spaces.bits(),
-            },
-            Op::Subspace => WorkerRequest::Subspace {
-                id,
-                spaces: spaces.bits(),
-                uid: u32::MAX,
-                gid: u32::MAX,
-            },
-        };
+        let req = request(id);
         self.chan
             .send(&internal::encode(&req), &[])
             .await

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::Spaces;
+use crate::{Offset, RoomOptions, Spaces};
 
 /// The `spacer` command.
 #[derive(Debug, clap::Parser)]
@@ -28,6 +28,8 @@ pub enum Cmd {
     Rooms {
         #[command(flatten)]
         types: RoomTypes,
+        #[command(flatten)]
+        options: RoomOptionArgs,
         /// Print one JSON object: {"net": 4026532301, ...}.
         #[arg(long)]
         json: bool,
@@ -43,6 +45,8 @@ pub enum Cmd {
         pid: bool,
         #[command(flatten)]
         types: RoomTypes,
+        #[command(flatten)]
+        options: RoomOptionArgs,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -126,6 +130,63 @@ impl RoomTypes {
         .into_iter()
         .filter(|(on, _)| *on)
         .fold(Spaces::empty(), |a, (_, f)| a | f)
+    }
+}
+
+/// Room options: what the service does in the new namespaces before it
+/// hands them out. Each needs its namespace type (and the policy's
+/// permission).
+#[derive(Debug, clap::Args)]
+pub struct RoomOptionArgs {
+    /// Bring lo up in the new network namespace (needs --net).
+    #[arg(long, help_heading = "Room options")]
+    pub loopback: bool,
+    /// Host name of the new UTS namespace (needs --uts).
+    #[arg(
+        long,
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        help_heading = "Room options"
+    )]
+    pub hostname: Option<String>,
+    /// Domain name of the new UTS namespace (needs --uts).
+    #[arg(
+        long,
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        help_heading = "Room options"
+    )]
+    pub domainname: Option<String>,
+    /// Offset of CLOCK_MONOTONIC in the new time namespace, in seconds
+    /// (fractions allowed, e.g. -1.5; needs --time).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_hyphen_values = true,
+        help_heading = "Room options"
+    )]
+    pub monotonic: Option<Offset>,
+    /// Offset of CLOCK_BOOTTIME (and /proc/uptime) in the new time
+    /// namespace, in seconds (fractions allowed; needs --time).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_hyphen_values = true,
+        help_heading = "Room options"
+    )]
+    pub boottime: Option<Offset>,
+}
+
+impl RoomOptionArgs {
+    /// The options selected.
+    pub fn options(&self) -> RoomOptions {
+        RoomOptions {
+            loopback_up: self.loopback,
+            hostname: self.hostname.clone(),
+            domainname: self.domainname.clone(),
+            monotonic_offset: self.monotonic,
+            boottime_offset: self.boottime,
+        }
     }
 }
 

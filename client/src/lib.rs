@@ -45,7 +45,7 @@ use spacer_proto::wire::{
     self, decode_reply, ErrorKind, Reply, Request, ResponseError, SubspaceFds,
 };
 use spacer_proto::{Channel, RecvError};
-pub use spacer_proto::{NsType, Spaces};
+pub use spacer_proto::{NsType, Offset, OptionError, RoomOption, RoomOptions, Spaces};
 
 /// The socket used when neither a path nor `SPACER_SOCKET` is given.
 pub const DEFAULT_SOCKET: &str = "/run/spacer/spacer.sock";
@@ -255,8 +255,34 @@ impl Client {
     /// time, uts). All or nothing: the result holds exactly the types asked
     /// for.
     pub fn rooms(&self, spaces: Spaces) -> Result<Rooms, Error> {
+        self.rooms_with(spaces, &RoomOptions::new())
+    }
+
+    /// New namespaces as [`Client::rooms`] makes them, each prepared first
+    /// as `options` ask: `lo` up in a new network namespace, host and domain
+    /// names in a new UTS namespace, clock offsets in a new time namespace
+    /// (which only its creator can set, before anyone enters). Each option
+    /// needs its namespace type in `spaces`, and the broker's policy must
+    /// allow it; a bad option is [`Error::Invalid`] and nothing is created.
+    ///
+    /// ```no_run
+    /// use spacer_client::{Client, Offset, RoomOptions, Spaces};
+    ///
+    /// # fn main() -> Result<(), spacer_client::Error> {
+    /// let client = Client::connect("/run/spacer/spacer.sock")?;
+    /// let opts = RoomOptions::new()
+    ///     .loopback_up()
+    ///     .hostname("box")
+    ///     .boottime_offset(Offset::from_secs(86_400));
+    /// let rooms = client.rooms_with(Spaces::NET | Spaces::UTS | Spaces::TIME, &opts)?;
+    /// # drop(rooms);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rooms_with(&self, spaces: Spaces, options: &RoomOptions) -> Result<Rooms, Error> {
         match self.call(Request::Rooms {
             spaces: spaces.bits(),
+            options: options.clone(),
         })? {
             Reply::Rooms(rooms) => {
                 let got = rooms.spaces();
@@ -326,7 +352,11 @@ impl Client {
         let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let msg = match req {
-            Request::Rooms { spaces } => WorkerRequest::Rooms { id, spaces },
+            Request::Rooms { spaces, options } => WorkerRequest::Rooms {
+                id,
+                spaces,
+                options,
+            },
             Request::Subspace { spaces } => WorkerRequest::Subspace {
                 id,
                 spaces,
@@ -393,7 +423,15 @@ impl Client {
             }
         }
         let mut buf = vec![0u8; wire::MAX_RESPONSE_BYTES];
-        let got = match self.chan.recv(&mut buf, wire::MAX_RESPONSE_FDS) {
+        let mut recv = || self.chan.recv(&mut buf, wire::MAX_RESPONSE_FDS);
+        let first = recv();
+        // A service that closed with our request unread makes the kernel
+        // report ECONNRESET once, ahead of any datagram it left: read on.
+        let got = match first {
+            Err(RecvError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => recv(),
+            other => other,
+        };
+        let got = match got {
             Ok(Some(got)) => got,
             Ok(None) => return Err(Error::Closed),
             Err(RecvError::Io(e)) => return Err(Error::Io(e)),

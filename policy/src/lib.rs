@@ -13,6 +13,7 @@
 //! name = "build users"      # optional, shown in the audit log
 //! group = "developers"      # exactly one of uid, user, gid, group
 //! allow = ["net", "uts", "user"]
+//! options = ["loopback", "hostname"] # optional: room options it may use
 //! requests_per_minute = 600 # optional limits
 //! max_subspaces = 4
 //! max_depth = 2
@@ -46,6 +47,7 @@ allow = []
 name = "root"
 uid = 0
 allow = ["cgroup", "ipc", "mnt", "net", "time", "uts", "user", "pid"]
+options = ["loopback", "hostname", "time-offsets"]
 "#;
 
 /// The default policy path.

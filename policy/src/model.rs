@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use spacer_proto::Spaces;
+use spacer_proto::{RoomOption, Spaces};
 
 /// A loaded, validated policy. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -86,6 +86,8 @@ impl fmt::Display for Matcher {
 pub struct Grant {
     /// Namespace types that may be created.
     pub allow: Spaces,
+    /// Room options a request may use (`options = [...]`).
+    pub options: Vec<RoomOption>,
     /// Limits; `None` is unlimited.
     pub limits: Limits,
 }
@@ -230,15 +232,29 @@ impl Policy {
     }
 
     /// Decides a request. Pure: no I/O, no clock, no state but `usage`.
-    /// The order of checks: types, then nesting depth, then live subspaces,
-    /// then rate — so that a request denied for its types is never charged.
-    pub fn decide(&self, peer: &Peer<'_>, op: Op, spaces: Spaces, usage: &Usage) -> Decision<'_> {
+    /// The order of checks: types, options, then nesting depth, then live
+    /// subspaces, then rate — so that a request denied for what it asks is
+    /// never charged.
+    pub fn decide(
+        &self,
+        peer: &Peer<'_>,
+        op: Op,
+        spaces: Spaces,
+        options: &[RoomOption],
+        usage: &Usage,
+    ) -> Decision<'_> {
         let (rule, grant) = self.matching(peer);
         let missing = spaces - grant.allow;
         if !missing.is_empty() {
             return Decision::Deny {
                 rule,
                 reason: format!("{missing} not allowed by {rule}"),
+            };
+        }
+        if let Some(o) = options.iter().find(|o| !grant.options.contains(o)) {
+            return Decision::Deny {
+                rule,
+                reason: format!("option {o} not allowed by {rule}"),
             };
         }
         let limits = &grant.limits;
@@ -330,6 +346,21 @@ impl Policy {
                     RuleRef::Rule(earlier),
                     earlier.matcher
                 ));
+            }
+        }
+        let grants = self
+            .rules
+            .iter()
+            .map(|r| (RuleRef::Rule(r), &r.grant))
+            .chain([(RuleRef::Defaults, &self.defaults)]);
+        for (rule, grant) in grants {
+            for o in &grant.options {
+                if !grant.allow.contains(o.needs()) {
+                    out.push(format!(
+                        "{rule} allows option {o} but not {}: the option can never be used",
+                        o.needs()
+                    ));
+                }
             }
         }
         let user_grants = self

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use spacer_proto::{NsType, Spaces};
+use spacer_proto::{NsType, RoomOption, Spaces};
 use toml::Spanned;
 
 use crate::diag::Diagnostic;
@@ -58,6 +58,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     allow: Option<Spanned<Vec<Spanned<String>>>>,
+    options: Option<Spanned<Vec<Spanned<String>>>>,
     requests_per_minute: Option<Spanned<i64>>,
     max_subspaces: Option<Spanned<i64>>,
     max_depth: Option<Spanned<i64>>,
@@ -73,6 +74,7 @@ struct RawRule {
     gid: Option<Spanned<i64>>,
     group: Option<Spanned<String>>,
     allow: Option<Spanned<Vec<Spanned<String>>>>,
+    options: Option<Spanned<Vec<Spanned<String>>>>,
     requests_per_minute: Option<Spanned<i64>>,
     max_subspaces: Option<Spanned<i64>>,
     max_depth: Option<Spanned<i64>>,
@@ -113,6 +115,7 @@ pub fn parse(
             let d = d.into_inner();
             Grant {
                 allow: allow_list(&cx, d.allow)?,
+                options: option_list(&cx, d.options)?,
                 limits: limits(
                     &cx,
                     [
@@ -143,6 +146,7 @@ pub fn parse(
         };
         let grant = Grant {
             allow: allow_list(&cx, r.allow)?,
+            options: option_list(&cx, r.options)?,
             limits: limits(
                 &cx,
                 [
@@ -261,6 +265,31 @@ fn allow_list(
         spaces |= t.flag();
     }
     Ok(spaces)
+}
+
+fn option_list(
+    cx: &Ctx<'_>,
+    options: Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<RoomOption>, Box<Diagnostic>> {
+    let mut out: Vec<RoomOption> = Vec::new();
+    for item in options.map(Spanned::into_inner).unwrap_or_default() {
+        let o = RoomOption::from_name(item.get_ref()).ok_or_else(|| {
+            cx.err(
+                item.span(),
+                format!(
+                    "unknown option {:?} (known: {})",
+                    item.get_ref(),
+                    RoomOption::ALL.map(RoomOption::name).join(" ")
+                ),
+            )
+        })?;
+        if out.contains(&o) {
+            return Err(cx.err(item.span(), format!("{o} is listed twice")));
+        }
+        out.push(o);
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn limits(cx: &Ctx<'_>, raw: [Option<Spanned<i64>>; 4]) -> Result<Limits, Box<Diagnostic>> {

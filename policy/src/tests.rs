@@ -44,7 +44,7 @@ const NO_USE: Usage = Usage {
 
 fn allowed(pol: &Policy, pe: &Peer<'_>, spaces: Spaces) -> bool {
     matches!(
-        pol.decide(pe, Op::Rooms, spaces, &NO_USE),
+        pol.decide(pe, Op::Rooms, spaces, &[], &NO_USE),
         Decision::Allow { .. }
     )
 }
@@ -91,6 +91,7 @@ fn one_type_missing_denies_the_whole_request_naming_it() {
         &peer(1000, 1, &[]),
         Op::Rooms,
         Spaces::NET | Spaces::MNT,
+        &[],
         &NO_USE,
     ) {
         Decision::Deny { rule, reason } => {
@@ -157,7 +158,7 @@ max_depth = 1
 max_connections = 3
 "#);
     let pe = peer(1, 1, &[]);
-    let deny = |op, spaces, usage: Usage| match pol.decide(&pe, op, spaces, &usage) {
+    let deny = |op, spaces, usage: Usage| match pol.decide(&pe, op, spaces, &[], &usage) {
         Decision::Deny { reason, .. } => reason,
         d => panic!("{d:?}"),
     };
@@ -185,7 +186,7 @@ max_connections = 3
     );
     // Subspace limits do not apply to rooms.
     assert!(matches!(
-        pol.decide(&pe, Op::Rooms, Spaces::NET, &u(4, 9, 9)),
+        pol.decide(&pe, Op::Rooms, Spaces::NET, &[], &u(4, 9, 9)),
         Decision::Allow { .. }
     ));
     assert_eq!(pol.connection_limit(&pe), Some(3));
@@ -343,7 +344,7 @@ proptest! {
         let pe = peer(uid, gid, &groups);
         let spaces = Spaces::from_bits_truncate(bits);
         let usage = Usage { requests_last_minute: rpm, live_subspaces: 0, depth: 0 };
-        let d = pol.decide(&pe, Op::Rooms, spaces, &usage);
+        let d = pol.decide(&pe, Op::Rooms, spaces, &[], &usage);
         let matched = pol.rules().iter().any(|r| match &r.matcher {
             Matcher::Uid(u) | Matcher::User { uid: u, .. } => *u == uid,
             Matcher::Gid(g) | Matcher::Group { gid: g, .. } => *g == gid || groups.contains(g),
@@ -361,4 +362,85 @@ proptest! {
     fn random_text_never_panics_the_parser(text in ".{0,200}") {
         let _ = parse("fuzz.toml", &text, &Fixed, 65534);
     }
+}
+
+#[test]
+fn options_are_allowed_by_name_and_denied_naming_the_option() {
+    use spacer_proto::RoomOption::*;
+    let pol = p(r#"
+[defaults]
+allow = ["uts"]
+options = ["hostname"]
+
+[[rule]]
+uid = 1000
+allow = ["net", "uts", "time"]
+options = ["time-offsets", "loopback"]
+"#);
+    let pe = peer(1000, 1, &[]);
+    assert_eq!(pol.rules()[0].grant.options, vec![Loopback, TimeOffsets]);
+    let decide = |pe: &Peer<'_>, spaces, opts: &[spacer_proto::RoomOption]| match pol.decide(
+        pe,
+        Op::Rooms,
+        spaces,
+        opts,
+        &NO_USE,
+    ) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny { reason, .. } => Err(reason),
+    };
+    assert_eq!(
+        decide(&pe, Spaces::NET | Spaces::TIME, &[Loopback, TimeOffsets]),
+        Ok(())
+    );
+    assert_eq!(
+        decide(&pe, Spaces::UTS, &[Hostname]),
+        Err("option hostname not allowed by rule 1".into())
+    );
+    // Types are checked first: the reason names what is missing first.
+    assert_eq!(
+        decide(&pe, Spaces::MNT, &[Hostname]),
+        Err("mnt not allowed by rule 1".into())
+    );
+    let other = peer(2000, 2, &[]);
+    assert_eq!(decide(&other, Spaces::UTS, &[Hostname]), Ok(()));
+    assert_eq!(
+        decide(&other, Spaces::UTS, &[Loopback]),
+        Err("option loopback not allowed by defaults".into())
+    );
+}
+
+#[test]
+fn option_errors_point_at_the_item() {
+    let e = err("[[rule]]\nuid = 1\nallow = [\"net\"]\noptions = [\"loopback\", \"lo\"]\n");
+    let text = e.to_string();
+    assert!(
+        text.contains("unknown option \"lo\" (known: loopback hostname time-offsets)"),
+        "{text}"
+    );
+    assert!(text.contains("test.toml:4:24"), "{text}");
+    let e = err("[defaults]\noptions = [\"hostname\", \"hostname\"]\n");
+    assert!(e.to_string().contains("hostname is listed twice"), "{e}");
+    let e = err("[[rule]]\nuid = 1\noptions = \"loopback\"\n");
+    assert!(e.to_string().contains("test.toml:3"), "{e}");
+}
+
+#[test]
+fn an_option_without_its_type_is_a_warning() {
+    let pol = p("[[rule]]\nuid = 1\nallow = [\"uts\"]\noptions = [\"hostname\", \"loopback\"]\n");
+    let w = pol.warnings();
+    assert_eq!(
+        w,
+        vec!["rule 1 allows option loopback but not net: the option can never be used".to_owned()]
+    );
+}
+
+#[test]
+fn the_embedded_default_gives_root_every_option() {
+    let pol = embedded_default();
+    assert_eq!(
+        pol.rules()[0].grant.options,
+        spacer_proto::RoomOption::ALL.to_vec()
+    );
+    assert!(pol.defaults().options.is_empty());
 }

@@ -11,6 +11,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::fd;
 use crate::ns::{NsType, Spaces};
+use crate::options::RoomOptions;
 
 /// The largest internal datagram (bytes).
 pub const MAX_BYTES: usize = 4096;
@@ -20,12 +21,14 @@ pub const MAX_FDS: usize = 6;
 /// Broker → worker (and subspace worker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerRequest {
-    /// Create rooms; `spaces` is re-checked by the worker.
+    /// Create rooms; `spaces` and `options` are re-checked by the worker.
     Rooms {
         /// Matches the reply to the request.
         id: u64,
         /// `CLONE_NEW*` bits.
         spaces: u64,
+        /// What to do in the new namespaces first.
+        options: RoomOptions,
     },
     /// Create a subspace owned by `uid`/`gid` (the peer's ids on the host;
     /// a subspace worker ignores them and uses its own, which are the same
@@ -246,7 +249,11 @@ mod tests {
     #[test]
     fn round_trips() {
         let reqs = [
-            WorkerRequest::Rooms { id: 1, spaces: 42 },
+            WorkerRequest::Rooms {
+                id: 1,
+                spaces: 42,
+                options: RoomOptions::new().hostname("box"),
+            },
             WorkerRequest::Subspace {
                 id: u64::MAX,
                 spaces: 7,
@@ -265,7 +272,7 @@ mod tests {
         assert_eq!(decode::<WorkerReply>(&encode(&reply)), Ok(reply));
         // A worker reply is not a request, and a client request is neither.
         assert!(decode::<WorkerRequest>(&encode(&SupervisorReply::Spawned { pid: 1 })).is_err());
-        let client = crate::wire::Request::Rooms { spaces: 1 }.encode();
+        let client = crate::wire::Request::rooms(1).encode();
         assert!(decode::<WorkerRequest>(&client).is_err());
     }
 

@@ -10,6 +10,9 @@
 //! * [`Channel`]: `AF_UNIX` `SOCK_SEQPACKET` I/O with fds in `SCM_RIGHTS`,
 //!   hard caps on size and fd count, `MSG_TRUNC`/`MSG_CTRUNC` as errors.
 //! * [`ns`] and [`fd`]: namespace types and fd kind checks.
+//! * [`options`]: what a `Rooms` request may ask the worker to do in the
+//!   new namespaces (loopback up, host name, clock offsets), validated here
+//!   for every side.
 //!
 //! Trust level: used on both sides of every trust boundary; it parses
 //! untrusted bytes and must never panic on them (property-tested).
@@ -19,8 +22,10 @@ pub mod fd;
 pub mod internal;
 pub mod launch;
 pub mod ns;
+pub mod options;
 mod sys;
 pub mod wire;
 
 pub use channel::{Channel, Received, RecvError};
 pub use ns::{check_spaces, NsType, SpaceError, Spaces};
+pub use options::{Offset, OptionError, RoomOption, RoomOptions};

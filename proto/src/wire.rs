@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::fd;
 use crate::ns::{NsType, Spaces};
+use crate::options::{Offset, RoomOptions};
 
 /// The protocol version this crate speaks; every message carries it as `v`.
 pub const VERSION: u32 = 1;
-/// The largest request datagram accepted (bytes). Valid requests are ~30.
-pub const MAX_REQUEST_BYTES: usize = 256;
+/// The largest request datagram accepted (bytes). A request without
+/// options is ~30; every option at its longest fits in ~230.
+pub const MAX_REQUEST_BYTES: usize = 512;
 /// The largest response datagram (bytes).
 pub const MAX_RESPONSE_BYTES: usize = 4096;
 /// The most fds a response carries (a `Rooms` of all six types).
@@ -27,13 +29,16 @@ pub const MAX_RESPONSE_FDS: usize = 6;
 pub const MAX_REASON_BYTES: usize = 1024;
 
 /// A request, as decoded. `spaces` is still the raw mask: which bits are
-/// acceptable is checked by [`crate::ns::check_spaces`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// acceptable is checked by [`crate::ns::check_spaces`], and the options
+/// by [`RoomOptions::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// New namespaces of the types in `spaces` (cgroup ipc mnt net time uts).
     Rooms {
         /// `CLONE_NEW*` bits.
         spaces: u64,
+        /// What to do in them before they are handed out.
+        options: RoomOptions,
     },
     /// A new user and/or PID namespace with a serving worker inside.
     Subspace {
@@ -43,6 +48,14 @@ pub enum Request {
 }
 
 impl Request {
+    /// A `Rooms` request without options.
+    pub fn rooms(spaces: u64) -> Request {
+        Request::Rooms {
+            spaces,
+            options: RoomOptions::default(),
+        }
+    }
+
     /// The request's name on the wire and in the audit log.
     pub fn op(&self) -> &'static str {
         match self {
@@ -54,16 +67,31 @@ impl Request {
     /// The raw `spaces` mask.
     pub fn spaces(&self) -> u64 {
         match *self {
-            Request::Rooms { spaces } | Request::Subspace { spaces } => spaces,
+            Request::Rooms { spaces, .. } | Request::Subspace { spaces } => spaces,
+        }
+    }
+
+    /// The options (none for a subspace).
+    pub fn options(&self) -> Option<&RoomOptions> {
+        match self {
+            Request::Rooms { options, .. } => Some(options),
+            Request::Subspace { .. } => None,
         }
     }
 
     /// Encodes the request as one datagram.
     pub fn encode(&self) -> Vec<u8> {
+        let none = RoomOptions::default();
+        let o = self.options().unwrap_or(&none);
         let frame = RequestFrame {
             v: VERSION,
             op: self.op(),
             spaces: self.spaces(),
+            loopback_up: o.loopback_up,
+            hostname: o.hostname.as_deref(),
+            domainname: o.domainname.as_deref(),
+            monotonic_offset: o.monotonic_offset,
+            boottime_offset: o.boottime_offset,
         };
         rmp_serde::to_vec_named(&frame).expect("a request always encodes")
     }
@@ -81,13 +109,22 @@ impl Request {
         }
         let frame: RequestFrame<'_> =
             rmp_serde::from_slice(bytes).map_err(|_| RequestError::Malformed)?;
+        let options = RoomOptions {
+            loopback_up: frame.loopback_up,
+            hostname: frame.hostname.map(str::to_owned),
+            domainname: frame.domainname.map(str::to_owned),
+            monotonic_offset: frame.monotonic_offset,
+            boottime_offset: frame.boottime_offset,
+        };
         match frame.op {
             "rooms" => Ok(Request::Rooms {
                 spaces: frame.spaces,
+                options,
             }),
-            "subspace" => Ok(Request::Subspace {
+            "subspace" if options.is_empty() => Ok(Request::Subspace {
                 spaces: frame.spaces,
             }),
+            "subspace" => Err(RequestError::OptionsOnSubspace),
             _ => Err(RequestError::UnknownOp),
         }
     }
@@ -106,6 +143,9 @@ pub enum RequestError {
     /// A request type this side does not know.
     #[error("unknown request")]
     UnknownOp,
+    /// Room options on a `Subspace` request.
+    #[error("options are for rooms requests only")]
+    OptionsOnSubspace,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +153,12 @@ struct VersionOnly {
     v: u64,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A request on the wire. The options are left out when not used, so a
+/// request without them is what it was before they existed.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestFrame<'a> {
@@ -120,6 +166,16 @@ struct RequestFrame<'a> {
     #[serde(borrow)]
     op: &'a str,
     spaces: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    loopback_up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    hostname: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    domainname: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    monotonic_offset: Option<Offset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boottime_offset: Option<Offset>,
 }
 
 /// What kind of failure an error response reports.
@@ -532,21 +588,37 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for r in [
-            Request::Rooms {
-                spaces: Spaces::NET.bits(),
-            },
+            Request::rooms(Spaces::NET.bits()),
             Request::Subspace {
                 spaces: (Spaces::USER | Spaces::PID).bits(),
             },
-            Request::Rooms { spaces: u64::MAX },
+            Request::rooms(u64::MAX),
+            Request::Rooms {
+                spaces: Spaces::ROOMS.bits(),
+                options: RoomOptions::new()
+                    .loopback_up()
+                    .hostname("h".repeat(64))
+                    .domainname("d".repeat(64))
+                    .monotonic_offset(Offset {
+                        secs: i64::MIN,
+                        nanos: u32::MAX,
+                    })
+                    .boottime_offset(Offset::from_secs(i64::MAX)),
+            },
         ] {
-            assert_eq!(Request::decode(&r.encode()), Ok(r));
+            let bytes = r.encode();
+            assert!(bytes.len() <= MAX_REQUEST_BYTES, "{}", bytes.len());
+            assert_eq!(Request::decode(&bytes), Ok(r));
         }
+        // Without options, the bytes are those of a request from before
+        // options existed: {"v":1,"op":"rooms","spaces":1}, three keys.
+        let plain = Request::rooms(1).encode();
+        assert_eq!((plain[0], plain.len()), (0x83, 21));
     }
 
     #[test]
     fn request_errors_have_stable_reasons() {
-        let mut bad_version = Request::Rooms { spaces: 1 }.encode();
+        let mut bad_version = Request::rooms(1).encode();
         // {"v": 1, ...}: the first value after the "v" key is the positive fixint 1.
         let pos = bad_version.iter().position(|&b| b == 1).unwrap();
         bad_version[pos] = 7;
@@ -584,16 +656,63 @@ mod tests {
             v: u32,
             op: &'a str,
             spaces: u64,
-            hostname: &'a str,
+            shell: &'a str,
         }
         let extra = rmp_serde::to_vec_named(&Extra {
             v: 1,
             op: "rooms",
             spaces: 1,
-            hostname: "x",
+            shell: "x",
         })
         .unwrap();
         assert_eq!(Request::decode(&extra), Err(RequestError::Malformed));
+        #[derive(Serialize)]
+        struct WithOption<'a, T> {
+            v: u32,
+            op: &'a str,
+            spaces: u64,
+            monotonic_offset: T,
+        }
+        let sub = rmp_serde::to_vec_named(&WithOption {
+            v: 1,
+            op: "subspace",
+            spaces: Spaces::USER.bits(),
+            monotonic_offset: (1i64, 0u32),
+        })
+        .unwrap();
+        assert_eq!(Request::decode(&sub), Err(RequestError::OptionsOnSubspace));
+        // An offset must be [secs, nanos].
+        for wrong in [
+            rmp_serde::to_vec_named(&WithOption {
+                v: 1,
+                op: "rooms",
+                spaces: 1,
+                monotonic_offset: 5,
+            }),
+            rmp_serde::to_vec_named(&WithOption {
+                v: 1,
+                op: "rooms",
+                spaces: 1,
+                monotonic_offset: (1, 2, 3),
+            }),
+            rmp_serde::to_vec_named(&WithOption {
+                v: 1,
+                op: "rooms",
+                spaces: 1,
+                monotonic_offset: (1, -2),
+            }),
+            rmp_serde::to_vec_named(&WithOption {
+                v: 1,
+                op: "rooms",
+                spaces: 1,
+                monotonic_offset: "1",
+            }),
+        ] {
+            assert_eq!(
+                Request::decode(&wrong.unwrap()),
+                Err(RequestError::Malformed)
+            );
+        }
     }
 
     #[test]
@@ -679,7 +798,7 @@ mod tests {
 
         #[test]
         fn mutated_requests_never_panic(spaces in any::<u64>(), idx in 0usize..40, byte in any::<u8>()) {
-            let mut bytes = Request::Rooms { spaces }.encode();
+            let mut bytes = Request::rooms(spaces).encode();
             let i = idx % bytes.len();
             bytes[i] = byte;
             let _ = Request::decode(&bytes);

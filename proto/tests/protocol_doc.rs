@@ -2,7 +2,7 @@
 //! decoded and re-encoded by this crate.
 
 use spacer_proto::wire::{ErrorKind, Request, Response};
-use spacer_proto::NsType;
+use spacer_proto::{NsType, RoomOptions};
 
 fn doc() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).unwrap()
@@ -41,17 +41,32 @@ fn examples() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn every_example_is_what_the_code_sends_and_accepts() {
     let ex = examples();
-    assert_eq!(ex.len(), 6, "examples in docs/PROTOCOL.md");
+    assert_eq!(ex.len(), 7, "examples in docs/PROTOCOL.md");
     for (check, bytes) in ex {
         let words: Vec<&str> = check.splitn(3, ' ').collect();
         match words.as_slice() {
-            ["request", op, spaces] => {
-                let spaces = u64::from_str_radix(spaces.trim_start_matches("0x"), 16).unwrap();
+            ["request", op, rest] => {
+                let mut words = rest.split(' ');
+                let spaces = words.next().unwrap().trim_start_matches("0x");
+                let spaces = u64::from_str_radix(spaces, 16).unwrap();
+                let mut options = RoomOptions::new();
+                for w in words {
+                    options = match w.split_once('=') {
+                        None if w == "loopback_up" => options.loopback_up(),
+                        Some(("hostname", v)) => options.hostname(v),
+                        Some(("domainname", v)) => options.domainname(v),
+                        Some(("monotonic_offset", v)) => {
+                            options.monotonic_offset(v.parse().unwrap())
+                        }
+                        Some(("boottime_offset", v)) => options.boottime_offset(v.parse().unwrap()),
+                        _ => panic!("unknown option {w:?} in {check:?}"),
+                    };
+                }
                 let want = match *op {
-                    "rooms" => Request::Rooms { spaces },
+                    "rooms" => Request::Rooms { spaces, options },
                     _ => Request::Subspace { spaces },
                 };
-                assert_eq!(Request::decode(&bytes), Ok(want), "{check}");
+                assert_eq!(Request::decode(&bytes).as_ref(), Ok(&want), "{check}");
                 assert_eq!(want.encode(), bytes, "{check}");
             }
             ["response", "rooms", fds] => {

@@ -89,3 +89,18 @@ fn bench_raw_subspace_private_and_memory_modes_run() {
     assert!(v["private_startup"]["p50_us"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["private"]["requests"], 10);
 }
+
+#[test]
+fn bench_reports_refused_connections_instead_of_waiting() {
+    // Four connections where the broker allows two per uid: two are refused
+    // at their first request, and the run must end with that error.
+    let b = Broker::start_with(TEST_POLICY, &["--max-connections-per-uid", "2"]);
+    let out = b.spacer_as(
+        0,
+        0,
+        &["bench", "--uts", "--requests", "8", "--concurrency", "4"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_connections 2"), "{err}");
+}

@@ -226,10 +226,7 @@ fn garbage_of_every_size_is_answered_and_nothing_breaks() {
         );
     }
     // Every truncation of a valid request.
-    let valid = Request::Rooms {
-        spaces: Spaces::UTS.bits(),
-    }
-    .encode();
+    let valid = Request::rooms(Spaces::UTS.bits()).encode();
     for cut in 0..valid.len() {
         chan.send(&valid[..cut], &[]).unwrap();
         assert_eq!(
@@ -246,12 +243,13 @@ fn garbage_of_every_size_is_answered_and_nothing_breaks() {
 fn oversized_datagram_is_refused_and_the_connection_closed() {
     let b = Broker::start(TEST_POLICY);
     let base = baseline(&b);
-    for size in [257, 4096, 65_000] {
+    let max = spacer_proto::wire::MAX_REQUEST_BYTES;
+    for size in [max + 1, 4096, 65_000] {
         let chan = Channel::connect(&b.socket).unwrap();
         chan.send(&vec![0x80; size], &[]).unwrap();
         assert_eq!(
             invalid_reason(reply(&chan)),
-            "request larger than 256 bytes"
+            format!("request larger than {max} bytes")
         );
         let mut buf = [0u8; 16];
         assert!(
@@ -268,10 +266,7 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
     let base = baseline(&b);
     let chan = Channel::connect(&b.socket).unwrap();
     let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    let req = Request::Rooms {
-        spaces: Spaces::UTS.bits(),
-    }
-    .encode();
+    let req = Request::rooms(Spaces::UTS.bits()).encode();
     for n in [1, 250] {
         let many: Vec<BorrowedFd<'_>> = (0..n).map(|_| null.as_fd()).collect();
         chan.send(&req, &many).unwrap();
@@ -302,10 +297,7 @@ fn empty_datagram_and_wrong_versions_are_answered() {
     chan.send(&[], &[]).unwrap();
     assert_eq!(invalid_reason(reply(&chan)), "malformed request");
     // {"v": 99, ...}
-    let mut v99 = Request::Rooms {
-        spaces: Spaces::UTS.bits(),
-    }
-    .encode();
+    let mut v99 = Request::rooms(Spaces::UTS.bits()).encode();
     v99[3] = 99;
     chan.send(&v99, &[]).unwrap();
     assert_eq!(
@@ -384,14 +376,8 @@ fn pipelined_requests_are_answered_in_order() {
     let chan = Channel::connect(&b.socket).unwrap();
     let kinds = [Spaces::NET, Spaces::UTS, Spaces::IPC];
     for i in 0..30 {
-        chan.send(
-            &Request::Rooms {
-                spaces: kinds[i % 3].bits(),
-            }
-            .encode(),
-            &[],
-        )
-        .unwrap();
+        chan.send(&Request::rooms(kinds[i % 3].bits()).encode(), &[])
+            .unwrap();
     }
     for i in 0..30 {
         match reply(&chan) {
@@ -411,13 +397,7 @@ fn client_that_never_reads_holds_one_answer_and_gets_the_rest_in_order_later() {
     let mut sent = 0;
     while sent < 300
         && greedy
-            .send(
-                &Request::Rooms {
-                    spaces: kinds[sent % 3].bits(),
-                }
-                .encode(),
-                &[],
-            )
+            .send(&Request::rooms(kinds[sent % 3].bits()).encode(), &[])
             .is_ok()
     {
         sent += 1;
@@ -494,10 +474,7 @@ fn connection_flood_hits_the_global_cap_and_new_clients_are_served_after() {
     let flood: Vec<Channel> = (0..30)
         .map(|_| Channel::connect(&b.socket).unwrap())
         .collect();
-    let req = Request::Rooms {
-        spaces: Spaces::UTS.bits(),
-    }
-    .encode();
+    let req = Request::rooms(Spaces::UTS.bits()).encode();
     let mut ok = 0;
     let mut refused = 0;
     for c in &flood {

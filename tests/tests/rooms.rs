@@ -158,9 +158,10 @@ fn worker_is_confined() {
         assert_ne!(eff & (1 << 21), 0, "CAP_SYS_ADMIN");
         assert_eq!(eff, (1 << 21) | (1 << 18) | (1 << 7) | (1 << 6), "{eff:x}");
         // Permitted and bounding add only CAP_SETFCAP (raised only by a new
-        // subspace worker that maps uid 0).
-        assert_eq!(status(pid, "CapPrm"), "00000000802400c0");
-        assert_eq!(status(pid, "CapBnd"), "00000000802400c0");
+        // subspace worker that maps uid 0), CAP_NET_ADMIN and CAP_SYS_TIME
+        // (raised only for the loopback and time-offsets room options).
+        assert_eq!(status(pid, "CapPrm"), "00000000822410c0");
+        assert_eq!(status(pid, "CapBnd"), "00000000822410c0");
         assert_eq!(status(pid, "CapInh"), "0000000000000000");
         assert_eq!(status(pid, "CapAmb"), "0000000000000000");
         // Only stdio and its channel (the serving worker also holds its own
@@ -248,19 +249,10 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
     let b = Broker::start(TEST_POLICY);
     let chan = Channel::connect(&b.socket).unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (Request::Rooms { spaces: 0 }.encode(), "no space requested"),
+        (Request::rooms(0).encode(), "no space requested"),
+        (Request::rooms(Spaces::PID.bits()).encode(), "out of space"),
         (
-            Request::Rooms {
-                spaces: Spaces::PID.bits(),
-            }
-            .encode(),
-            "out of space",
-        ),
-        (
-            Request::Rooms {
-                spaces: libc::CLONE_THREAD as u64 | Spaces::NET.bits(),
-            }
-            .encode(),
+            Request::rooms(libc::CLONE_THREAD as u64 | Spaces::NET.bits()).encode(),
             "out of space",
         ),
         (
@@ -314,26 +306,14 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
         assert_eq!(&got, reason);
     }
     // Still usable: a valid request on the same connection succeeds.
-    match raw_call_on(
-        &chan,
-        &Request::Rooms {
-            spaces: Spaces::UTS.bits(),
-        }
-        .encode(),
-    ) {
+    match raw_call_on(&chan, &Request::rooms(Spaces::UTS.bits()).encode()) {
         Reply::Rooms(r) => assert!(r.uts.is_some()),
         other => panic!("{other:?}"),
     }
     // The audit record is written right after the response is sent.
     assert!(eventually(Duration::from_secs(3), || b.decisions().len()
         == cases.len() + 1));
-    let _ = raw_call(
-        &b,
-        &Request::Rooms {
-            spaces: Spaces::UTS.bits(),
-        }
-        .encode(),
-    );
+    let _ = raw_call(&b, &Request::rooms(Spaces::UTS.bits()).encode());
 }
 
 #[test]

@@ -135,9 +135,11 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     assert_eq!(status(pid, "Gid"), want);
     assert_eq!(status(pid, "NoNewPrivs"), "1");
     assert_eq!(status(pid, "Seccomp"), "2");
-    // CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETFCAP, in its own user namespace only.
+    // CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETFCAP, in its own user namespace
+    // only; CAP_NET_ADMIN and CAP_SYS_TIME permitted for the room options.
     assert_eq!(status(pid, "CapEff"), "0000000080240000");
-    assert_eq!(status(pid, "CapBnd"), "0000000080240000");
+    assert_eq!(status(pid, "CapPrm"), "0000000082241000");
+    assert_eq!(status(pid, "CapBnd"), "0000000082241000");
     assert_eq!(status(pid, "Groups"), "");
     // Nothing of the service's: its stdio is /dev/null (not the audit log),
     // and its one socket is its channel.

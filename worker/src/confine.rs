@@ -1,5 +1,6 @@
 //! Start-up confinement: one ordered sequence from "started as root" to
-//! "four capabilities, no_new_privs, non-dumpable, seccomp".
+//! "four effective capabilities, three more permitted, no_new_privs,
+//! non-dumpable, seccomp".
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -30,15 +31,25 @@ use crate::sys;
 ///   requester raises it, just for its `unshare`; every other one drops it
 ///   first. (The seccomp filter allows no xattr call, so the worker cannot
 ///   use it on files.)
-pub const WORKER_CAPS: [Capability; 5] = [
+/// * `CAP_NET_ADMIN`, permitted but **not effective**: the `loopback_up`
+///   room option brings `lo` up in a new network namespace owned by the
+///   worker's user namespace. Raised for those two ioctls only.
+/// * `CAP_SYS_TIME`, permitted but **not effective**: the time offsets room
+///   option; the kernel checks it when `/proc/self/timens_offsets` is
+///   opened. Raised for that `open` only. (The seccomp filter allows no
+///   call that sets a clock.)
+pub const WORKER_CAPS: [Capability; 7] = [
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
     Capability::CAP_SETFCAP,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_SYS_TIME,
 ];
 
-/// The worker's effective set: [`WORKER_CAPS`] without `CAP_SETFCAP`.
+/// The worker's effective set: [`WORKER_CAPS`] without the permitted-only
+/// `CAP_SETFCAP`, `CAP_NET_ADMIN` and `CAP_SYS_TIME`.
 pub const WORKER_EFFECTIVE: [Capability; 4] = [
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
@@ -48,10 +59,21 @@ pub const WORKER_EFFECTIVE: [Capability; 4] = [
 
 /// What a subspace worker keeps inside its own user namespace: it makes
 /// rooms there and returns to its homes (`CAP_SYS_ADMIN`,
-/// `CAP_SYS_CHROOT`), and a nested subspace maps its root, uid 0 of this
-/// namespace (`CAP_SETFCAP`, as above). Capabilities in a user namespace the
-/// requester owns are the requester's own powers.
-pub const SUBSPACE_CAPS: [Capability; 3] = [
+/// `CAP_SYS_CHROOT`), a nested subspace maps its root, uid 0 of this
+/// namespace (`CAP_SETFCAP`, as above), and the room options need
+/// `CAP_NET_ADMIN` and `CAP_SYS_TIME` (permitted only, as above).
+/// Capabilities in a user namespace the requester owns are the requester's
+/// own powers.
+pub const SUBSPACE_CAPS: [Capability; 5] = [
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_SYS_TIME,
+];
+
+/// A subspace worker's effective set.
+pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETFCAP,

@@ -20,6 +20,7 @@
 
 mod confine;
 mod maker;
+mod prepare;
 mod seccomp;
 mod serve;
 mod subspace;

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use spacer_proto::fd::{self, Which};
-use spacer_proto::{NsType, Spaces};
+use spacer_proto::{NsType, RoomOptions, Spaces};
 
 /// Where the worker returns to after making a room of one type.
 enum Home {
@@ -35,6 +35,8 @@ pub enum MakeError {
     Create(NsType, Errno),
     /// Making `/` recursively private in a new mount namespace failed.
     Private(Errno),
+    /// A room option could not be applied to the new namespace.
+    Option(NsType, String),
     /// Getting an fd for the new namespace failed.
     Open(NsType, io::Error),
     /// Going back to the worker's own namespace failed: the worker must not
@@ -63,6 +65,7 @@ impl fmt::Display for MakeError {
                 "making / private in the new mount namespace: {}",
                 errno_text(*e)
             ),
+            MakeError::Option(t, e) => write!(f, "preparing the new {t} namespace: {e}"),
             MakeError::Open(t, e) => write!(f, "opening the new {t} namespace: {e}"),
             MakeError::Return(t, e) => write!(
                 f,
@@ -105,15 +108,20 @@ impl Maker {
     }
 
     /// One new namespace for each type in `spaces` (room types only; the
-    /// caller has checked). All or nothing: on error every fd made so far
-    /// is closed.
-    pub fn rooms(&mut self, spaces: Spaces) -> Result<Vec<(NsType, OwnedFd)>, MakeError> {
+    /// caller has checked them and the options), each prepared as
+    /// `options` ask. All or nothing: on error every fd made so far is
+    /// closed.
+    pub fn rooms(
+        &mut self,
+        spaces: Spaces,
+        options: &RoomOptions,
+    ) -> Result<Vec<(NsType, OwnedFd)>, MakeError> {
         let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
         for t in spaces.types() {
             self.ensure_home(t)?;
             // A failed unshare changed nothing: no way home is needed.
             unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
-            let fd = self.finish_new(t);
+            let fd = self.finish_new(t, options);
             // Back home before looking at the result: whatever happened, the
             // process must not stay in the new namespace.
             self.go_home(t)?;
@@ -123,10 +131,11 @@ impl Maker {
     }
 
     /// In a namespace just made: make it ready and take an fd for it.
-    fn finish_new(&self, t: NsType) -> Result<OwnedFd, MakeError> {
+    fn finish_new(&self, t: NsType, options: &RoomOptions) -> Result<OwnedFd, MakeError> {
         if t == NsType::Mnt {
             make_root_private().map_err(MakeError::Private)?;
         }
+        crate::prepare::apply(t, options).map_err(|e| MakeError::Option(t, e))?;
         current(&self.me, t).map_err(|e| MakeError::Open(t, e))
     }
 

@@ -90,9 +90,11 @@ fn entries() -> Vec<Entry> {
     let unshare_allowed = ROOM_FLAGS.iter().fold(0, |a, f| a | f)
         | libc::CLONE_NEWUSER as u64
         | libc::CLONE_NEWPID as u64;
-    // NS_GET_USERNS, NS_GET_NSTYPE and the ten PIDFD_GET_*_NAMESPACE ioctls.
+    // NS_GET_USERNS, NS_GET_NSTYPE and the ten PIDFD_GET_*_NAMESPACE ioctls;
+    // sys::loopback_up: SIOCGIFFLAGS, SIOCSIFFLAGS.
     let mut ioctls = vec![0xb701, 0xb703];
     ioctls.extend((1..=10).map(|n| 0xff00 | n));
+    ioctls.extend([libc::SIOCGIFFLAGS, libc::SIOCSIFFLAGS]);
     vec![
         // Channel::recv / Channel::send: the only way requests come and go.
         always(libc::SYS_recvmsg),
@@ -116,6 +118,24 @@ fn entries() -> Vec<Entry> {
                 ),
             ]],
         },
+        // sys::loopback_up: an unbound AF_UNIX datagram socket for the
+        // interface ioctls; no other family, so no network traffic.
+        Entry {
+            nr: libc::SYS_socket,
+            any_of: vec![vec![
+                (0, Len::Dword, Op::Eq, libc::AF_UNIX as u64),
+                (
+                    1,
+                    Len::Dword,
+                    Op::Eq,
+                    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+                ),
+            ]],
+        },
+        // prepare::apply: the names of a new UTS namespace (the worker is in
+        // it while these run).
+        always(libc::SYS_sethostname),
+        always(libc::SYS_setdomainname),
         // Maker::rooms (one type at a time) and subspace setup (user+pid).
         arg_within(libc::SYS_unshare, 0, unshare_allowed),
         // Maker::go_home: back into the worker's own namespace of one type.
@@ -137,8 +157,9 @@ fn entries() -> Vec<Entry> {
         // fd::is_pidfd (signal 0), Supervisor::kill and kill_descendants
         // (SIGKILL): only ever through a pidfd.
         arg_in(libc::SYS_pidfd_send_signal, 1, &[0, libc::SIGKILL as u64]),
-        // maker::current fallback to /proc/thread-self/ns (read-only) and
-        // subspace setup writing its own uid_map, gid_map, setgroups.
+        // maker::current fallback to /proc/thread-self/ns (read-only),
+        // subspace setup writing its own uid_map, gid_map, setgroups, and
+        // prepare::offsets writing timens_offsets.
         arg_in(
             libc::SYS_openat,
             2,
@@ -147,7 +168,7 @@ fn entries() -> Vec<Entry> {
                 (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
             ],
         ),
-        // Writing the id maps; diagnostics on stderr.
+        // Writing the id maps and clock offsets; diagnostics on stderr.
         always(libc::SYS_write),
         // Dropping fds; sys::close_fds_except in a new subspace worker.
         always(libc::SYS_close),
@@ -163,7 +184,8 @@ fn entries() -> Vec<Entry> {
         always(libc::SYS_getpid),
         always(libc::SYS_getppid),
         always(libc::SYS_gettid),
-        // confine::keep_only in a subspace worker (caps crate).
+        // confine::keep_only in a subspace worker, prepare::with_cap (caps
+        // crate).
         always(libc::SYS_capget),
         always(libc::SYS_capset),
         arg_in(
@@ -199,6 +221,7 @@ fn entries() -> Vec<Entry> {
         always(libc::SYS_rt_sigprocmask),
         always(libc::SYS_sigaltstack),
         always(libc::SYS_restart_syscall),
+        // prepare::check_clocks (and std's Instant, if the vDSO is missing).
         always(libc::SYS_clock_gettime),
         // OwnedFd::try_clone in the supervisor (a pidfd kept for Kill);
         // std's OwnedFd::drop checks F_GETFD first in debug builds.

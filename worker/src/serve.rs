@@ -232,13 +232,23 @@ enum Handled {
 /// Answers one request, or starts a subspace.
 fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> Handled {
     match req {
-        WorkerRequest::Rooms { id, spaces } => {
+        WorkerRequest::Rooms {
+            id,
+            spaces,
+            options,
+        } => {
             // The worker checks every request itself, whatever the broker did.
             let spaces = match check_spaces(spaces, Spaces::ROOMS) {
                 Ok(s) => s,
                 Err(e) => return Handled::Now(invalid(id, e.to_string())),
             };
-            Handled::Now(match maker.rooms(spaces) {
+            if let Err(e) = options.check(spaces) {
+                return Handled::Now(invalid(id, e.to_string()));
+            }
+            if let Err(e) = crate::prepare::check_clocks(&options) {
+                return Handled::Now(invalid(id, e));
+            }
+            Handled::Now(match maker.rooms(spaces, &options) {
                 Ok(made) => {
                     let (types, fds): (Vec<_>, Vec<_>) = made.into_iter().unzip();
                     let inodes = fds

@@ -349,7 +349,8 @@ fn become_root_inside() -> Result<(), String> {
         .map_err(|e| fail("becoming gid 0 in the user namespace", e))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
         .map_err(|e| fail("becoming uid 0 in the user namespace", e))?;
-    confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_CAPS).map_err(|e| e.to_string())
+    confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_EFFECTIVE)
+        .map_err(|e| e.to_string())
 }
 
 /// A process that stays itself and is uid 0 (a root private worker, or a

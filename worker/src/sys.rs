@@ -224,3 +224,50 @@ pub fn kill_descendants() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Brings up `lo` in the calling process's network namespace: reads its
+/// flags (`SIOCGIFFLAGS`) and sets them again with `IFF_UP`
+/// (`SIOCSIFFLAGS`). The ioctls go through an `AF_UNIX` datagram socket
+/// made here, which belongs to this network namespace; interface ioctls on
+/// any socket reach the device layer, so no inet socket is needed (and the
+/// seccomp filter allows no other family). Needs `CAP_NET_ADMIN` over the
+/// namespace.
+pub fn loopback_up() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (d, s) in name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    let mut req = libc::ifreq {
+        ifr_name: name,
+        ifr_ifru: libc::__c_anonymous_ifr_ifru { ifru_flags: 0 },
+    };
+    // SAFETY: `req` is a live, properly laid out `struct ifreq` with a
+    // NUL-terminated name; SIOCGIFFLAGS writes only its flags field, within
+    // the struct. The socket fd is open for the duration.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union was written by the kernel as flags just above.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads the struct.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setdomainname(2)` for the calling process's UTS namespace (nix wraps
+/// only `sethostname`). The caller has checked the name: at most 64 bytes.
+pub fn set_domainname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which stay
+    // alive and unchanged for the call; the kernel copies at most `len`
+    // bytes and needs no NUL terminator.
+    let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -71,7 +71,14 @@ fn call(chan: &Channel, req: &WorkerRequest) -> (WorkerReply, Vec<OwnedFd>) {
 /// A round trip that makes nothing: once it is answered, the worker has
 /// finished (and closed its copies of the fds of) everything before it.
 fn barrier(chan: &Channel) {
-    let (reply, _) = call(chan, &WorkerRequest::Rooms { id: 0, spaces: 0 });
+    let (reply, _) = call(
+        chan,
+        &WorkerRequest::Rooms {
+            id: 0,
+            spaces: 0,
+            options: Default::default(),
+        },
+    );
     assert!(matches!(reply, WorkerReply::Invalid { .. }));
 }
 
@@ -135,6 +142,7 @@ fn serves_all_six_rooms_and_stays_home() {
             &WorkerRequest::Rooms {
                 id: 7,
                 spaces: Spaces::ROOMS.bits(),
+                options: Default::default(),
             },
         );
         let WorkerReply::Rooms {
@@ -168,8 +176,8 @@ fn serves_all_six_rooms_and_stays_home() {
     // Effective: CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21);
     // permitted and bounding add CAP_SETFCAP(31).
     assert_eq!(status(pid, "CapEff"), "00000000002400c0");
-    assert_eq!(status(pid, "CapPrm"), "00000000802400c0");
-    assert_eq!(status(pid, "CapBnd"), "00000000802400c0");
+    assert_eq!(status(pid, "CapPrm"), "00000000822410c0");
+    assert_eq!(status(pid, "CapBnd"), "00000000822410c0");
     assert_eq!(status(pid, "CapInh"), "0000000000000000");
 }
 
@@ -183,7 +191,14 @@ fn rechecks_spaces_itself() {
         (Spaces::USER.bits(), "out of space"),
         (libc::CLONE_VM as u64, "out of space"),
     ] {
-        let (reply, fds) = call(&chan, &WorkerRequest::Rooms { id: 1, spaces });
+        let (reply, fds) = call(
+            &chan,
+            &WorkerRequest::Rooms {
+                id: 1,
+                spaces,
+                options: Default::default(),
+            },
+        );
         assert_eq!(
             reply,
             WorkerReply::Invalid {
@@ -238,6 +253,7 @@ fn subspace_is_owned_by_the_requester() {
         &WorkerRequest::Rooms {
             id: 4,
             spaces: (Spaces::NET | Spaces::UTS | Spaces::MNT).bits(),
+            options: Default::default(),
         },
     );
     assert!(

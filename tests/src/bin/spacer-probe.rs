@@ -21,6 +21,8 @@
 //! waits for that, then asks for uts and prints the outcome.
 //! `spacer-probe soak N`: N mixed requests: allowed, denied, malformed,
 //! abandoned.
+//! `spacer-probe clocks`: prints this process's `CLOCK_MONOTONIC` and
+//! `CLOCK_BOOTTIME`, in seconds.
 //! `spacer-probe private-sh`: a private worker (no broker), a user+PID
 //! subspace, and `sh -c 'echo $$; id -u'` started inside it.
 //! `spacer-probe private-rooms`: a private worker: rooms directly, then a
@@ -156,10 +158,7 @@ fn soak(client: &Client, n: usize) -> Value {
                 // Abandoned: ask, and leave before the answer.
                 let c = spacer_proto::Channel::connect(&sock).expect("connect");
                 let _ = c.send(
-                    &spacer_proto::wire::Request::Rooms {
-                        spaces: Spaces::UTS.bits(),
-                    }
-                    .encode(),
+                    &spacer_proto::wire::Request::rooms(Spaces::UTS.bits()).encode(),
                     &[],
                 );
                 other += 1;
@@ -190,6 +189,21 @@ fn ino(f: &OwnedFd) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("clocks") => {
+            use nix::time::{clock_gettime, ClockId};
+            let secs = |c| {
+                let t = clock_gettime(c).expect("clock_gettime");
+                t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
+            };
+            println!(
+                "{}",
+                json!({
+                    "monotonic": secs(ClockId::CLOCK_MONOTONIC),
+                    "boottime": secs(ClockId::CLOCK_BOOTTIME),
+                })
+            );
+            return;
+        }
         Some("private-sh") => {
             use spacer_client::{CommandExt, Join};
             let spacer = Client::private().expect("private worker");

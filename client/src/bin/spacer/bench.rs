@@ -142,10 +142,10 @@ fn measure(
         .map(|c| {
             let start = start.clone();
             std::thread::spawn(move || -> Result<Vec<u32>, spacer_client::Error> {
-                for _ in 0..warmup {
-                    one(&c, load)?;
-                }
+                let warm = (0..warmup).try_for_each(|_| one(&c, load));
+                // Every thread reaches the barrier, or the others wait forever.
                 start.wait();
+                warm?;
                 let mut lat = Vec::with_capacity(per);
                 for _ in 0..per {
                     let t = Instant::now();

@@ -16,21 +16,26 @@ use std::process::{Command, ExitCode};
 
 use clap::Parser;
 use nix::sched::{setns, CloneFlags};
-use spacer_client::cli::{Cli, Cmd, PolicyCmd};
-use spacer_client::{Client, Error, NsType, Rooms, Spaces};
+use spacer_client::cli::{Cli, Cmd, PolicyCmd, RoomOptionArgs};
+use spacer_client::{Client, Error, NsType, RoomOptions, Rooms, Spaces};
 use spacer_policy::{Decision, FileCheck, Op, Peer, Policy, RuleRef, SystemResolver, Usage};
 
 /// Exit status for "denied by policy".
 const DENIED: u8 = 3;
+/// Exit status for a wrong command line.
+const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let denied = matches!(&e, Failure::Service(Error::Denied(_)));
             eprintln!("spacer: {}", chain(&e));
-            ExitCode::from(if denied { DENIED } else { 1 })
+            ExitCode::from(match &e {
+                Failure::Service(Error::Denied(_)) => DENIED,
+                Failure::Usage(_) => USAGE,
+                _ => 1,
+            })
         }
     }
 }
@@ -41,6 +46,8 @@ enum Failure {
     Service(#[from] Error),
     #[error("{0}")]
     Msg(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("{what}")]
     Os {
         what: String,
@@ -73,10 +80,15 @@ fn connect(socket: &Option<PathBuf>) -> Result<Client, Failure> {
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.cmd {
-        Cmd::Rooms { types, json } => {
+        Cmd::Rooms {
+            types,
+            options,
+            json,
+        } => {
             let spaces = types.spaces();
+            let options = checked_options(spaces, &options)?;
             let client = connect(&cli.socket)?;
-            let rooms = client.rooms(spaces)?;
+            let rooms = client.rooms_with(spaces, &options)?;
             print_rooms(&rooms, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -84,8 +96,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             user,
             pid,
             types,
+            options,
             command,
-        } => run_command(&cli.socket, user, pid, types.spaces(), &command),
+        } => {
+            let spaces = types.spaces();
+            let options = checked_options(spaces, &options)?;
+            run_command(&cli.socket, user, pid, spaces, &options, &command)
+        }
         Cmd::Bench {
             types,
             subspace,
@@ -127,6 +144,20 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),
         Cmd::Policy(PolicyCmd::Explain { file, uid, gids }) => policy_explain(&file, uid, &gids),
+    }
+}
+
+/// The room options, if they go with the types asked for: an option
+/// without its type is a usage error, said before anything is asked.
+fn checked_options(spaces: Spaces, args: &RoomOptionArgs) -> Result<RoomOptions, Failure> {
+    let options = args.options();
+    match options.check(spaces) {
+        Err(spacer_client::OptionError::NeedsType(o, t)) => Err(Failure::Usage(format!(
+            "option {o} needs a new {t} namespace: add --{t}"
+        ))),
+        // The rest (names, offsets) is checked by the service, which says
+        // why in its answer.
+        _ => Ok(options),
     }
 }
 
@@ -172,6 +203,7 @@ fn run_command(
     user: bool,
     pid: bool,
     rooms: Spaces,
+    options: &RoomOptions,
     command: &[String],
 ) -> Result<ExitCode, Failure> {
     let client = connect(socket)?;
@@ -189,7 +221,10 @@ fn run_command(
     let made = if rooms.is_empty() {
         Rooms::default()
     } else {
-        sub_client.as_ref().unwrap_or(&client).rooms(rooms)?
+        sub_client
+            .as_ref()
+            .unwrap_or(&client)
+            .rooms_with(rooms, options)?
     };
     let cwd = std::env::current_dir().ok();
     // The user namespace first: it grants the capabilities for the rest.
@@ -247,6 +282,16 @@ fn describe(spaces: Spaces) -> String {
     }
 }
 
+/// `; options loopback, hostname` or nothing.
+fn options_text(grant: &spacer_policy::Grant) -> String {
+    if grant.options.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = grant.options.iter().map(|o| o.name()).collect();
+        format!("; options {}", names.join(", "))
+    }
+}
+
 fn limits_text(l: &spacer_policy::Limits) -> String {
     l.set()
         .iter()
@@ -261,11 +306,12 @@ fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
     for r in pol.rules() {
         let lim = limits_text(&r.grant.limits);
         println!(
-            "  {} (line {}): {} may create {}{}",
+            "  {} (line {}): {} may create {}{}{}",
             RuleRef::Rule(r),
             r.line,
             r.matcher,
             describe(r.grant.allow),
+            options_text(&r.grant),
             if lim.is_empty() {
                 String::new()
             } else {
@@ -275,8 +321,9 @@ fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
     }
     let lim = limits_text(&pol.defaults().limits);
     println!(
-        "  defaults: everyone else may create {}{}",
+        "  defaults: everyone else may create {}{}{}",
         describe(pol.defaults().allow),
+        options_text(pol.defaults()),
         if lim.is_empty() {
             String::new()
         } else {
@@ -307,6 +354,15 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
         return Ok(ExitCode::SUCCESS);
     }
     println!("  may create: {}", describe(grant.allow));
+    let names: Vec<&str> = grant.options.iter().map(|o| o.name()).collect();
+    println!(
+        "  room options: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    );
     let lim = limits_text(&grant.limits);
     println!(
         "  limits: {}",
@@ -320,7 +376,7 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
     }
     // A worked example the administrator can check against the audit log.
     if let Decision::Deny { reason, .. } =
-        pol.decide(&peer, Op::Rooms, Spaces::ROOMS, &Usage::default())
+        pol.decide(&peer, Op::Rooms, Spaces::ROOMS, &[], &Usage::default())
     {
         println!("  e.g. rooms --all: denied ({reason})");
     }
