@@ -63,7 +63,7 @@ fn policy_explain_names_the_deciding_rule() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        text.contains("decided by rule 3 (\"build users\") (gid 0, line 27)"),
+        text.contains("decided by rule 3 (\"build users\") (gid 0, line 30)"),
         "{text}"
     );
     assert!(
@@ -71,6 +71,7 @@ fn policy_explain_names_the_deciding_rule() {
         "{text}"
     );
     assert!(text.contains("requests_per_minute 600"), "{text}");
+    assert!(text.contains("room options: loopback, hostname"), "{text}");
     let out = Command::new(SPACER)
         .args([
             "policy",

@@ -10,8 +10,12 @@ use spacer_proto::{check_spaces, Spaces};
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = Request::decode(data) {
         let _ = check_spaces(req.spaces(), Spaces::ROOMS);
+        if let Some(options) = req.options() {
+            let _ = options.check(Spaces::ROOMS);
+            let _ = options.used();
+        }
         // What decodes must encode back to something that decodes the same.
-        assert_eq!(Request::decode(&req.encode()), Ok(req));
+        assert_eq!(Request::decode(&req.encode()).as_ref(), Ok(&req));
     }
     let _ = decode_reply(data, Vec::new());
     let _ = internal::decode::<WorkerRequest>(data);

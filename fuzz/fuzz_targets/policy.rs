@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use spacer_policy::{parse, Op, Peer, Resolver, Usage};
-use spacer_proto::Spaces;
+use spacer_proto::{RoomOption, Spaces};
 
 struct Fixed;
 
@@ -24,8 +24,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = pol.warnings();
             for uid in [0, 1000, 65534] {
                 let peer = Peer { uid, gid: 500, groups: &[500, 7] };
-                let _ = pol.decide(&peer, Op::Rooms, Spaces::NET | Spaces::UTS, &Usage::default());
-                let _ = pol.decide(&peer, Op::Subspace, Spaces::USER, &Usage { requests_last_minute: 3, live_subspaces: 2, depth: 1 });
+                let _ = pol.decide(&peer, Op::Rooms, Spaces::NET | Spaces::UTS, &[RoomOption::Loopback, RoomOption::Hostname], &Usage::default());
+                let _ = pol.decide(&peer, Op::Subspace, Spaces::USER, &[], &Usage { requests_last_minute: 3, live_subspaces: 2, depth: 1 });
             }
         }
         Err(diag) => {
