@@ -318,19 +318,18 @@ async fn handle(
     };
     rec.request = req.op();
     rec.spaces = Spaces::from_bits_truncate(req.spaces()).names();
-    let (op, valid) = match req {
-        Request::Rooms { .. } => (Op::Rooms, Spaces::ROOMS),
-        Request::Subspace { .. } => (Op::Subspace, Spaces::SUBSPACE),
+    let raw_spaces = req.spaces();
+    let (op, valid, options) = match req {
+        Request::Rooms { options, .. } => (Op::Rooms, Spaces::ROOMS, options),
+        Request::Subspace { .. } => (Op::Subspace, Spaces::SUBSPACE, RoomOptions::default()),
     };
-    let spaces = match check_spaces(req.spaces(), valid) {
+    // Recorded before anything is checked: a refused request is audited
+    // with everything it asked for.
+    rec.options = audit::options(&options);
+    let spaces = match check_spaces(raw_spaces, valid) {
         Ok(s) => s,
         Err(e) => return fail(rec, ErrorKind::Invalid, e.to_string()).await,
     };
-    let options = match req {
-        Request::Rooms { options, .. } => options,
-        Request::Subspace { .. } => RoomOptions::default(),
-    };
-    rec.options = audit::options(&options);
     if let Err(e) = options.check(spaces) {
         return fail(rec, ErrorKind::Invalid, e.to_string()).await;
     }

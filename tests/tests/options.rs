@@ -465,4 +465,93 @@ fn private_mode_applies_options_too() {
         Err(Error::Invalid(r)) => assert!(r.contains("label"), "{r}"),
         other => panic!("{other:?}"),
     }
+    // Through a subspace of the private worker (which writes its own maps
+    // and opens its offsets file in the same step), twice.
+    use spacer_client::{CommandExt, Join};
+    let (inside, sub) = c.subspace(Spaces::USER).unwrap();
+    for secs in [70, 140] {
+        let (mono0, _) = clocks_here();
+        let rooms = inside
+            .rooms_with(
+                Spaces::TIME,
+                &RoomOptions::new().monotonic_offset(Offset::from_secs(secs)),
+            )
+            .unwrap();
+        let out = std::process::Command::new(bin("spacer-probe"))
+            .arg("clocks")
+            .join(Join::new().subspace(&sub).unwrap().rooms(&rooms).unwrap())
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let mono = v["monotonic"].as_f64().unwrap();
+        let want = mono0 + secs as f64;
+        assert!(
+            mono >= want && mono < clocks_here().0 + secs as f64 + 1.0,
+            "{mono} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn a_request_with_bad_types_is_audited_with_the_options_it_carried() {
+    use spacer_proto::wire::{decode_reply, ErrorKind, Reply, Request};
+    use spacer_proto::Channel;
+    let b = Broker::start(POLICY);
+    let chan = Channel::connect(&b.socket).unwrap();
+    // Rooms cannot include a user namespace: refused before any policy.
+    let req = Request::Rooms {
+        spaces: (Spaces::USER | Spaces::UTS).bits(),
+        options: RoomOptions::new().hostname("box"),
+    };
+    chan.send(&req.encode(), &[]).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let got = chan.recv(&mut buf, 8).unwrap().expect("a reply");
+    match decode_reply(&buf[..got.len], got.fds) {
+        Ok(Reply::Error {
+            kind: ErrorKind::Invalid,
+            reason,
+        }) => assert!(reason.contains("out of space"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(eventually(Duration::from_secs(3), || !b
+        .decisions()
+        .is_empty()));
+    let d = &b.decisions()[0];
+    assert_eq!(d["decision"], "error", "{d}");
+    assert_eq!(d["options"]["hostname"], "box", "{d}");
+}
+
+#[test]
+fn a_subspace_sets_the_offsets_of_each_time_room_it_makes_and_so_does_a_nested_one() {
+    // A subspace worker opens its offsets file once, during its setup (as
+    // the requester's effective uid at depth 1, or with its own maps when
+    // nested), and writes every request's offsets through it.
+    let b = Broker::start(POLICY);
+    b.copy_bin("spacer-probe");
+    let (mono0, _) = clocks_here();
+    let v = b.probe_as(
+        TENANT,
+        TENANT,
+        &["time-rooms", "100", "200.5", "nested", "300"],
+    );
+    let seen: Vec<f64> = v["monotonic"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|m| m.as_f64().unwrap())
+        .collect();
+    let now = clocks_here().0;
+    assert_eq!(seen.len(), 3, "{v}");
+    assert!(seen[0] >= mono0 + 100.0 && seen[0] < now + 101.0, "{v}");
+    assert!(seen[1] >= mono0 + 200.5 && seen[1] < now + 201.0, "{v}");
+    assert!(seen[2] >= mono0 + 300.0 && seen[2] < now + 301.0, "{v}");
+    let made: Vec<Value> = b
+        .decisions()
+        .into_iter()
+        .filter(|d| d["request"] == "rooms")
+        .collect();
+    assert_eq!(made.len(), 3, "{made:?}");
+    assert!(made.iter().all(|d| d["decision"] == "allow"), "{made:?}");
+    assert_eq!(made[2]["subspace"]["depth"], 2, "{made:?}");
 }

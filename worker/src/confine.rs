@@ -150,10 +150,20 @@ pub fn confine(
     // 4. Capabilities: bounding, ambient and inheritable first (dropping from
     //    the bounding set needs CAP_SETPCAP, which goes with the next step).
     keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
-    // 5. No privilege gain through exec, no ptrace or core dump of the worker.
+    // 5. A network namespace of its own (the host worker): the worker keeps
+    //    CAP_NET_ADMIN for the loopback option, and its home network is then
+    //    not the host's, whatever a subverted worker does with it. New
+    //    network namespaces do not depend on their creator's.
+    if role == Role::Host {
+        step(
+            "moving to a network namespace of its own",
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET),
+        )?;
+    }
+    // 6. No privilege gain through exec, no ptrace or core dump of the worker.
     step("setting no_new_privs", prctl::set_no_new_privs())?;
     step("making the worker non-dumpable", prctl::set_dumpable(false))?;
-    // 6. Exited children are reaped by the kernel, and orphaned descendants
+    // 7. Exited children are reaped by the kernel, and orphaned descendants
     //    (a subspace worker whose parent ended) come here to be reaped, not
     //    to init.
     step("ignoring SIGCHLD", sys::autoreap_children())?;
@@ -161,7 +171,7 @@ pub fn confine(
         "becoming a child subreaper",
         prctl::set_child_subreaper(true),
     )?;
-    // 7. Last: the syscall allow-list.
+    // 8. Last: the syscall allow-list.
     step(
         "installing the seccomp filter",
         seccomp::install(seccomp_mode),

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let code = match role {
-        serve::Role::Private => serve::serve(channel, role),
+        serve::Role::Private => serve::serve(channel, role, None),
         _ => serve::supervise(channel),
     };
     ExitCode::from(code as u8)

@@ -26,6 +26,9 @@ enum Home {
 pub struct Maker {
     me: OwnedFd,
     homes: [Home; 6],
+    /// A subspace worker's `/proc/self/timens_offsets`, opened during its
+    /// setup ([`crate::prepare::open_offsets_file`]).
+    offsets_file: Option<std::fs::File>,
 }
 
 /// Why a room could not be made. Nothing is handed out on error.
@@ -85,8 +88,9 @@ pub fn errno_text(e: Errno) -> String {
 impl Maker {
     /// Records the process's current namespaces as its homes: those owned by
     /// its own user namespace can be returned to; the others get a private
-    /// home on first use.
-    pub fn new() -> io::Result<Maker> {
+    /// home on first use. `offsets_file`: a subspace worker's time offsets
+    /// file, opened during its setup.
+    pub fn new(offsets_file: Option<std::fs::File>) -> io::Result<Maker> {
         let me = fd::pidfd_open(std::process::id() as i32)?;
         let own_user = current(&me, NsType::User)?;
         let own_user_ino = fd::namespace_inode(own_user.as_fd())?;
@@ -104,7 +108,11 @@ impl Maker {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Maker { me, homes })
+        Ok(Maker {
+            me,
+            homes,
+            offsets_file,
+        })
     }
 
     /// One new namespace for each type in `spaces` (room types only; the
@@ -135,7 +143,8 @@ impl Maker {
         if t == NsType::Mnt {
             make_root_private().map_err(MakeError::Private)?;
         }
-        crate::prepare::apply(t, options).map_err(|e| MakeError::Option(t, e))?;
+        crate::prepare::apply(t, options, self.offsets_file.as_ref())
+            .map_err(|e| MakeError::Option(t, e))?;
         current(&self.me, t).map_err(|e| MakeError::Open(t, e))
     }
 

@@ -8,13 +8,12 @@
 //! clock offsets. Host and domain names need `CAP_SYS_ADMIN`, which is
 //! effective anyway.
 
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 
 use caps::{CapSet, Capability};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
-use nix::sys::prctl;
 use nix::sys::stat::Mode;
 use nix::time::{clock_gettime, ClockId};
 use spacer_proto::{NsType, Offset, RoomOptions};
@@ -49,7 +48,8 @@ pub fn check_clocks(options: &RoomOptions) -> Result<(), String> {
 }
 
 /// Applies the options that concern a new namespace of type `t`.
-pub fn apply(t: NsType, options: &RoomOptions) -> Result<(), String> {
+/// `offsets_file` is a subspace worker's [`open_offsets_file`].
+pub fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Result<(), String> {
     match t {
         NsType::Net if options.loopback_up => with_cap(Capability::CAP_NET_ADMIN, || {
             sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))
@@ -64,16 +64,34 @@ pub fn apply(t: NsType, options: &RoomOptions) -> Result<(), String> {
             }
             Ok(())
         }
-        NsType::Time => offsets(options),
+        NsType::Time => offsets(options, offsets_file),
         _ => Ok(()),
     }
 }
 
+/// For a subspace worker, during its setup: opens its
+/// `/proc/self/timens_offsets`, kept for the life of the process (in its
+/// [`Maker`](crate::maker::Maker)). Once it serves, it is the requester
+/// without being dumpable, and its `/proc/self` files are not its own: it
+/// could not open the file then without becoming dumpable (and traceable by
+/// the requester). The kernel checks `CAP_SYS_TIME` against the credentials
+/// the file was opened with, and the file sets offsets of this process's
+/// own next time namespace only.
+pub fn open_offsets_file() -> Result<File, Errno> {
+    open(
+        "/proc/self/timens_offsets",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+}
+
 /// Writes the offsets of the time namespace this process's children would
 /// get (the one `unshare(CLONE_NEWTIME)` just made) to
-/// `/proc/self/timens_offsets`. The kernel checks `CAP_SYS_TIME` of the
-/// *opener*, so it is raised for the `open`.
-fn offsets(options: &RoomOptions) -> Result<(), String> {
+/// `/proc/self/timens_offsets`: through the file opened during a subspace
+/// worker's setup, or else (a worker that is root on the host) opened now
+/// with `CAP_SYS_TIME` raised, since the kernel checks the *opener*.
+fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), String> {
     let lines: String = [
         (libc::CLOCK_MONOTONIC, options.monotonic_offset),
         (libc::CLOCK_BOOTTIME, options.boottime_offset),
@@ -84,33 +102,15 @@ fn offsets(options: &RoomOptions) -> Result<(), String> {
     if lines.is_empty() {
         return Ok(());
     }
-    let fd = with_cap(Capability::CAP_SYS_TIME, open_offsets)?
-        .map_err(|e| format!("opening /proc/self/timens_offsets: {}", errno_text(e)))?;
-    std::fs::File::from(fd)
-        .write_all(lines.as_bytes())
-        .map_err(|e| format!("setting the clock offsets: {e}"))
-}
-
-/// Opens `/proc/self/timens_offsets` for writing. A worker that is not
-/// root on the host (a subspace worker) owns its `/proc/self` files only
-/// while it is dumpable, so on `EACCES` it is, for the `open` alone.
-fn open_offsets() -> Result<OwnedFd, Errno> {
-    let path = "/proc/self/timens_offsets";
-    let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-    match open(path, flags, Mode::empty()) {
-        Err(Errno::EACCES) => {
-            prctl::set_dumpable(true)?;
-            let fd = open(path, flags, Mode::empty());
-            // Failing to be non-dumpable again is fatal: the worker must not
-            // serve on in that state.
-            if prctl::set_dumpable(false).is_err() {
-                eprintln!("spacer-worker: cannot become non-dumpable again; exiting");
-                std::process::exit(1);
-            }
-            fd
-        }
-        other => other,
-    }
+    // The kernel takes each write at offset 0 and does not move the file
+    // position, so the preopened file serves every request.
+    let written = match preopened {
+        Some(mut file) => file.write_all(lines.as_bytes()),
+        None => with_cap(Capability::CAP_SYS_TIME, open_offsets_file)?
+            .map_err(|e| format!("opening /proc/self/timens_offsets: {}", errno_text(e)))?
+            .write_all(lines.as_bytes()),
+    };
+    written.map_err(|e| format!("setting the clock offsets: {e}"))
 }
 
 /// Runs `f` with `cap` in the effective set (raised from the permitted set

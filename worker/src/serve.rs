@@ -42,9 +42,10 @@ type Answer = (WorkerReply, Vec<OwnedFd>, bool);
 /// Rooms are answered at once. A subspace request starts a subspace worker
 /// and is answered when that worker is ready (or failed, or missed its
 /// deadline); meanwhile the loop serves on. The broker matches replies to
-/// requests by id.
-pub fn serve(channel: Channel, role: Role) -> i32 {
-    let mut maker = match Maker::new() {
+/// requests by id. `offsets_file`: a subspace worker's time offsets file,
+/// opened during its setup.
+pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) -> i32 {
+    let mut maker = match Maker::new(offsets_file) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("spacer-worker: cannot record own namespaces: {e}");
@@ -370,7 +371,7 @@ fn spawn_serving(workers: &mut Vec<(i32, OwnedFd)>) -> Result<(i32, OwnedFd, Own
                 if sys::close_fds_except(worker_end.as_raw_fd()).is_err() {
                     return 1;
                 }
-                serve(worker_end, Role::Host)
+                serve(worker_end, Role::Host, None)
             })
         }
         Cloned::Parent { pid, pidfd } => {

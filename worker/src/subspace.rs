@@ -7,8 +7,9 @@
 //!
 //! Started by the host worker for a requester (uid, gid): it takes the
 //! requester's ids as its *effective* ids only — its real and saved uid stay
-//! 0, so the requester can neither signal nor trace it while it sets up —
-//! and calls `unshare(CLONE_NEWUSER [| CLONE_NEWPID])`: the new user
+//! 0, so the requester can neither signal nor trace it while it sets up —,
+//! opens its time offsets file (dumpable for that `open`), and calls
+//! `unshare(CLONE_NEWUSER [| CLONE_NEWPID])`: the new user
 //! namespace is owned by the requester. It reports `Ready` with its
 //! namespace fds; the parent, which holds `CAP_SETUID`/`CAP_SETGID` (and
 //! `CAP_SETFCAP` for a root requester), writes the maps `0 <uid> 1` and
@@ -17,8 +18,9 @@
 //! [`SUBSPACE_CAPS`](crate::confine::SUBSPACE_CAPS) inside its namespace.
 //!
 //! Started by a subspace worker (nested) or a private worker, the child is
-//! already the requester: it writes its own maps, being dumpable for those
-//! three writes (a process's `/proc/self` files are its own only then).
+//! already the requester: it writes its own maps and opens its time offsets
+//! file, being dumpable for those (a process's `/proc/self` files are its
+//! own only then).
 //!
 //! A PID namespace without a user namespace is made only for root (a
 //! non-root requester could not enter one owned by the host's user
@@ -32,6 +34,7 @@
 //! arrives, or the child is killed at [`SETUP_DEADLINE`].
 
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -246,7 +249,7 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
         return 1;
     }
     match setup(spaces, ids) {
-        Ok((user, pidns)) => {
+        Ok((user, pidns, offsets_file)) => {
             let ready = SubspaceReady::Ready {
                 user: user.is_some(),
                 pid: pidns.is_some(),
@@ -269,7 +272,7 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
                     return 1;
                 }
             }
-            serve::serve(channel, serve::Role::Subspace)
+            serve::serve(channel, serve::Role::Subspace, offsets_file)
         }
         Err(reason) => {
             let _ = channel.send(&internal::encode(&SubspaceReady::Failed { reason }), &[]);
@@ -278,7 +281,8 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
     }
 }
 
-type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>), String>;
+/// The new user and PID namespaces, and the time offsets file.
+type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>, Option<File>), String>;
 
 fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
@@ -287,16 +291,20 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     } else {
         CloneFlags::empty()
     };
+    let mut offsets_file = None;
     if spaces.contains(Spaces::USER) {
         match ids {
-            Some((uid, gid)) => take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?,
+            Some((uid, gid)) => {
+                take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?;
+                offsets_file = open_offsets_as_requester()?;
+            }
             None => map_own_root_if_needed(),
         }
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
             .map_err(|e| fail("creating the user namespace", e))?;
         if ids.is_none() {
-            write_own_maps(outer_uid, outer_gid)?;
+            offsets_file = write_own_maps(outer_uid, outer_gid)?;
         }
     } else {
         unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
@@ -320,7 +328,7 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     } else {
         None
     };
-    Ok((user, pidns))
+    Ok((user, pidns, offsets_file))
 }
 
 /// Takes the requester's ids as the *effective* ids only (real and saved
@@ -369,17 +377,37 @@ fn map_own_root_if_needed() {
 /// Writes `0 <uid> 1` and `0 <gid> 1` (after `setgroups` `deny`) for this
 /// process's new user namespace. A process may map only its own ids; it
 /// must be dumpable for its `/proc/self` files to be its own, so it is for
-/// these three writes, while it holds no capability outside the new
-/// namespace.
-fn write_own_maps(uid: u32, gid: u32) -> Result<(), String> {
+/// these three writes (and to open its time offsets file, returned),
+/// while it holds no capability outside the new namespace.
+fn write_own_maps(uid: u32, gid: u32) -> Result<Option<File>, String> {
     prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
     let result = (|| {
         write_proc("/proc/self/setgroups", "deny")?;
         write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
         write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))
     })();
+    // Opened with all capabilities in the new namespace, which owns every
+    // time namespace this worker will make. If it fails, a request for
+    // offsets says why.
+    let offsets_file = crate::prepare::open_offsets_file().ok();
     prctl::set_dumpable(false).map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
-    result
+    result.map(|()| offsets_file)
+}
+
+/// Opens this process's time offsets file
+/// ([`open_offsets_file`](crate::prepare::open_offsets_file)) once its
+/// effective ids are the requester's, being dumpable for that one `open`
+/// (its `/proc/self` files are then the requester's, so the open needs no
+/// capability). Its real and saved uids are still 0: the requester can
+/// neither trace nor signal it meanwhile. The kernel lets the file set
+/// offsets of time namespaces owned by a user namespace the requester owns
+/// as a child of the host's, which is every one this worker will make. If
+/// the open fails, a request for offsets says why.
+fn open_offsets_as_requester() -> Result<Option<File>, String> {
+    prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
+    let file = crate::prepare::open_offsets_file().ok();
+    prctl::set_dumpable(false).map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
+    Ok(file)
 }
 
 fn write_proc(path: &str, content: &str) -> Result<(), String> {

@@ -227,14 +227,22 @@ pub fn kill_descendants() {
 
 /// Brings up `lo` in the calling process's network namespace: reads its
 /// flags (`SIOCGIFFLAGS`) and sets them again with `IFF_UP`
-/// (`SIOCSIFFLAGS`). The ioctls go through an `AF_UNIX` datagram socket
-/// made here, which belongs to this network namespace; interface ioctls on
-/// any socket reach the device layer, so no inet socket is needed (and the
-/// seccomp filter allows no other family). Needs `CAP_NET_ADMIN` over the
-/// namespace.
+/// (`SIOCSIFFLAGS`). The ioctls go through one end of an `AF_UNIX`
+/// `SOCK_SEQPACKET` pair made here, which belongs to this network
+/// namespace; interface ioctls on any socket reach the device layer, so no
+/// inet socket is needed. A connected pair is the only kind of socket the
+/// seccomp filter lets the worker make: it cannot be aimed at any address
+/// (a datagram socket could send to any socket file on the host). Needs
+/// `CAP_NET_ADMIN` over the namespace.
 pub fn loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let (sock, _other) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
     let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
     for (d, s) in name.iter_mut().zip(b"lo") {
         *d = *s as libc::c_char;

@@ -23,6 +23,10 @@
 //! abandoned.
 //! `spacer-probe clocks`: prints this process's `CLOCK_MONOTONIC` and
 //! `CLOCK_BOOTTIME`, in seconds.
+//! `spacer-probe time-rooms SECS... [nested SECS...]`: a user subspace,
+//! then one time room per offset through it (monotonic), each entered by
+//! `spacer-probe clocks`; after `nested`, through a subspace inside it;
+//! prints the monotonic clocks seen.
 //! `spacer-probe private-sh`: a private worker (no broker), a user+PID
 //! subspace, and `sh -c 'echo $$; id -u'` started inside it.
 //! `spacer-probe private-rooms`: a private worker: rooms directly, then a
@@ -427,6 +431,39 @@ fn main() {
             return;
         }
         Some("receive") => receive(args.get(1).expect("path")),
+        Some("time-rooms") => {
+            use spacer_client::{CommandExt, Join, Offset, RoomOptions};
+            let (mut inside, mut sub) = client().subspace(Spaces::USER).expect("subspace");
+            let me = std::env::current_exe().expect("own path");
+            let mut seen = Vec::new();
+            let mut outer = Vec::new();
+            for a in &args[1..] {
+                if a == "nested" {
+                    let nested = inside.subspace(Spaces::USER).expect("nested subspace");
+                    outer.push((
+                        std::mem::replace(&mut inside, nested.0),
+                        std::mem::replace(&mut sub, nested.1),
+                    ));
+                    continue;
+                }
+                let offset: Offset = a.parse().expect("an offset");
+                let rooms = inside
+                    .rooms_with(Spaces::TIME, &RoomOptions::new().monotonic_offset(offset))
+                    .expect("a time room");
+                let join = Join::new()
+                    .subspace(&sub)
+                    .and_then(|j| j.rooms(&rooms))
+                    .expect("join");
+                let out = std::process::Command::new(&me)
+                    .arg("clocks")
+                    .join(join)
+                    .output()
+                    .expect("clocks");
+                let v: Value = serde_json::from_slice(&out.stdout).expect("clocks output");
+                seen.push(v["monotonic"].clone());
+            }
+            json!({"monotonic": seen})
+        }
         Some("soak") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
