@@ -36,7 +36,7 @@ pub enum ListenError {
         source: io::Error,
     },
     /// The fd systemd passed is not what the unit should give.
-    #[error("the socket passed by systemd (LISTEN_FDS) is not a listening AF_UNIX SOCK_SEQPACKET socket")]
+    #[error("the socket passed by systemd (LISTEN_FDS) is not a listening AF_UNIX SOCK_SEQPACKET socket bound to a file")]
     BadInherited,
 }
 
@@ -79,9 +79,11 @@ pub fn inherited() -> Result<Option<Listener>, ListenError> {
         return Err(ListenError::BadInherited);
     }
     let fd = crate::sys::adopt_listen_fd().ok_or(ListenError::BadInherited)?;
+    // A socket file, so that its permissions apply: never an abstract or
+    // unnamed socket, which anyone in the network namespace could reach.
     let ok = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::SeqPacket))
         && matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(true))
-        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok();
+        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok_and(|a| a.path().is_some());
     if !ok {
         return Err(ListenError::BadInherited);
     }

@@ -166,7 +166,7 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
             })?;
         }
     }
-    let (sup_chan, sup_child, sup_pidfd) = start_supervisor(&worker_exe, args.seccomp)?;
+    let (sup_chan, sup_child, sup_pidfd, sup_stderr) = start_supervisor(&worker_exe, args.seccomp)?;
     privs::drop_to(&target)?;
     tracing::info!(target: "spacer::event", event = "privileges_dropped", user = %target.name, uid = target.uid, gid = target.gid, "privileges dropped: no capabilities, no_new_privs");
     if target.name == "nobody" {
@@ -180,7 +180,8 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
     let code = local.block_on(
         &runtime,
         serve(
-            args, health, policy, listener, sup_chan, sup_child, sup_pidfd, notifier, started,
+            args, health, policy, listener, sup_chan, sup_child, sup_pidfd, sup_stderr, notifier,
+            started,
         ),
     );
     Ok(code)
@@ -202,25 +203,83 @@ fn raise_fd_limit(max_connections: u32) {
     }
 }
 
+/// Starts the worker supervisor: its channel, the child, a pidfd of it, and
+/// the read end of the pipe that is the workers' stderr. The workers do not
+/// share the broker's stderr, which carries the audit log: what they write
+/// arrives as `worker_stderr` events ([`relay_worker_stderr`]).
 fn start_supervisor(
     exe: &Path,
     seccomp: SeccompArg,
-) -> Result<(Channel, Child, OwnedFd), StartError> {
+) -> Result<(Channel, Child, OwnedFd, OwnedFd), StartError> {
     let err = |source| StartError::Worker {
         path: exe.to_owned(),
         source,
     };
     let (mine, theirs) = Channel::pair().map_err(err)?;
     let theirs: OwnedFd = theirs.into();
+    let (stderr_read, stderr_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err(e.into()))?;
     let mut cmd = launch::worker_command(exe, &theirs);
+    cmd.stderr(std::process::Stdio::from(stderr_write));
     if seccomp == SeccompArg::Log {
         cmd.args(["--seccomp", "log"]);
     }
     let child = cmd.spawn().map_err(err)?;
+    // The command (and with it our copy of the pipe's write end) goes here.
+    drop(cmd);
     drop(theirs);
     // Our own child, not yet waited for: its pid cannot have been reused.
     let pidfd = fd::pidfd_open(child.id() as i32).map_err(err)?;
-    Ok((mine, child, pidfd))
+    Ok((mine, child, pidfd, stderr_read))
+}
+
+/// The longest worker stderr line logged whole; longer ones are split.
+const WORKER_LINE_MAX: usize = 1024;
+
+/// Logs each line the workers write to stderr as a `worker_stderr` event,
+/// with control characters and quotes escaped: a worker's words can never
+/// pass for an audit record or another event. Ends when every worker has
+/// closed the pipe.
+async fn relay_worker_stderr(read_end: OwnedFd) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(target: "spacer::event", event = "worker_stderr_lost", error = %e, "cannot read the workers' stderr");
+            return;
+        }
+    };
+    let emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line).escape_debug().to_string();
+        tracing::warn!(target: "spacer::event", event = "worker_stderr", line = %text, "a worker wrote to stderr");
+    };
+    let mut line = Vec::with_capacity(WORKER_LINE_MAX);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if pipe.readable().await.is_err() {
+            break;
+        }
+        let n = match pipe.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                emit(&line);
+                line.clear();
+                continue;
+            }
+            if line.len() == WORKER_LINE_MAX {
+                emit(&line);
+                line.clear();
+            }
+            line.push(b);
+        }
+    }
+    if !line.is_empty() {
+        emit(&line);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,9 +291,11 @@ async fn serve(
     sup_chan: Channel,
     mut sup_child: Child,
     sup_pidfd: OwnedFd,
+    sup_stderr: OwnedFd,
     notifier: Notifier,
     started: std::time::Instant,
 ) -> ExitCode {
+    tokio::task::spawn_local(relay_worker_stderr(sup_stderr));
     let notifier = Rc::new(notifier);
     let sup = match AsyncChannel::new(sup_chan) {
         Ok(s) => s,
@@ -396,7 +457,15 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
     let Ok(cred) = chan.peer_credentials() else {
         return;
     };
-    let groups = sys::peer_groups(chan.as_fd()).unwrap_or_default();
+    // Without its groups a peer could slip past a rule that matches one of
+    // them: refused, never treated as having none.
+    let groups = match sys::peer_groups(chan.as_fd()) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(target: "spacer::event", event = "peer_refused", uid = cred.uid(), error = %e, "cannot read the peer's groups (SO_PEERGROUPS); connection refused");
+            return;
+        }
+    };
     let pidfd = match getsockopt(&chan, sockopt::PeerPidfd) {
         Ok(p) => Some(p),
         // ESRCH: the peer is already gone; never authorize it.

@@ -109,9 +109,13 @@ pub fn load_file(
         path: shown.clone(),
         source,
     };
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    // One open: the owner and mode checked are those of the file read, not
+    // of whatever the path names a moment later.
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
     if check == FileCheck::Strict {
-        let meta = std::fs::metadata(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
         let problem = if meta.uid() != 0 {
             Some(format!("is owned by uid {}", meta.uid()))
         } else if meta.mode() & 0o022 != 0 {

@@ -10,7 +10,7 @@ pub const WORKER_CHANNEL_FD: i32 = 3;
 
 /// A command that starts the worker binary at `exe` with `channel` as its
 /// fd 3 (`--channel-fd 3`), stdin and stdout on `/dev/null` and stderr
-/// inherited. Only that one fd is passed: every other fd of the caller is
+/// inherited (the broker replaces it with a pipe of its own). Only that one fd is passed: every other fd of the caller is
 /// close-on-exec. Keep `channel` open until the command has been spawned.
 pub fn worker_command(exe: &Path, channel: &OwnedFd) -> Command {
     let mut cmd = Command::new(exe);

@@ -253,6 +253,13 @@ impl Broker {
 
     /// Starts the broker with `policy` and extra arguments.
     pub fn start_with(policy: &str, extra: &[&str]) -> Broker {
+        Broker::start_wrapped(policy, extra, &[])
+    }
+
+    /// Starts the broker with `policy` and extra arguments through
+    /// `wrapper` (a command that execs the rest of its arguments, such as
+    /// `unshare --mount --`); its pid is then the broker's.
+    pub fn start_wrapped(policy: &str, extra: &[&str], wrapper: &[&str]) -> Broker {
         need_root();
         let dir = tempfile::Builder::new()
             .prefix("spacer-test")
@@ -264,7 +271,15 @@ impl Broker {
         fs::set_permissions(&policy_path, fs::Permissions::from_mode(0o644)).expect("chmod");
         let socket = dir.path().join("spacer.sock");
         let log = dir.path().join("broker.log");
-        let child = Command::new(bin("spacer-broker"))
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("spacer-broker"));
+                c
+            }
+            None => Command::new(bin("spacer-broker")),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("--policy")

@@ -239,3 +239,65 @@ fn journal_gets_each_audit_field_as_a_field() {
     sig(&child, Signal::SIGTERM);
     assert_eq!(exit_of(&mut child).0, Some(0));
 }
+
+#[test]
+fn an_abstract_socket_from_systemd_is_refused() {
+    // Abstract sockets have no file, so no permissions: anyone in the
+    // network namespace could reach one. The broker refuses to serve on it.
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    need_root();
+    let dir = open_dir();
+    let name = format!("spacer-test-{}", std::process::id());
+    let log = dir.path().join("broker.log");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("--seqpacket")
+        .arg("-l")
+        .arg(format!("@{name}"))
+        .arg(bin("spacer-broker"))
+        .arg("--policy")
+        .arg(write_policy(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd)");
+    // The first connection starts the broker on the passed socket.
+    let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+    let connected = eventually(Duration::from_secs(5), || {
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        use std::os::fd::AsRawFd;
+        connect(s.as_raw_fd(), &addr).is_ok()
+    });
+    assert!(connected, "{}", std::fs::read_to_string(&log).unwrap());
+    let (code, _) = exit_of(&mut child);
+    assert_ne!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("bound to a file"), "{text}");
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_never_replaced() {
+    need_root();
+    let dir = open_dir();
+    let path = dir.path().join("spacer.sock");
+    std::fs::write(&path, "precious").unwrap();
+    let out = Command::new(bin("spacer-broker"))
+        .arg("--socket")
+        .arg(&path)
+        .arg("--policy")
+        .arg(write_policy(dir.path()))
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not a socket; refusing to replace it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+}

@@ -411,7 +411,7 @@ fn client_that_never_reads_holds_one_answer_and_gets_the_rest_in_order_later() {
     // Past the write deadline it holds exactly one answer (so at most six
     // fds in flight), and its connection is kept, not dropped with them.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(spacer_broker_unread(&greedy), 1);
+    assert!(exactly_one_unread(&greedy));
     greedy.set_nonblocking(false).unwrap();
     // Reading, it gets every answer, in order: nothing lost.
     for i in 0..sent {
@@ -424,26 +424,19 @@ fn client_that_never_reads_holds_one_answer_and_gets_the_rest_in_order_later() {
     still_serving_without_leaks(&b, &base);
 }
 
-/// Datagrams waiting in a socket's receive queue.
-fn spacer_broker_unread(chan: &Channel) -> usize {
-    let mut n = 0;
+/// Whether exactly one datagram waits in a socket's receive queue: on
+/// `SOCK_SEQPACKET`, `FIONREAD` counts the bytes of every queued datagram,
+/// and a peek the first one's.
+fn exactly_one_unread(chan: &Channel) -> bool {
+    let queued = rustix::io::ioctl_fionread(chan).unwrap();
     let mut buf = [0u8; 4096];
-    // Peek without taking: count by draining into a throwaway clone is not
-    // possible, so ask the kernel how many bytes wait (FIONREAD counts the
-    // first datagram only on SOCK_SEQPACKET: non-zero means one or more).
-    let _ = &mut buf;
-    let bytes = nix::sys::socket::recv(
+    let first = nix::sys::socket::recv(
         std::os::fd::AsRawFd::as_raw_fd(chan),
         &mut buf,
         nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-    );
-    if let Ok(len) = bytes {
-        if len > 0 {
-            n += 1;
-        }
-    }
-    // A second answer would only be sent after the first is read.
-    n
+    )
+    .unwrap_or(0);
+    first > 0 && queued == first as u64
 }
 
 #[test]
@@ -580,4 +573,47 @@ fn soak_of_mixed_traffic_leaves_fds_and_memory_at_baseline() {
         after.1 <= rss.1 + 256,
         "worker RSS grew: {rss:?} -> {after:?}"
     );
+}
+
+#[test]
+fn a_worker_writing_to_stderr_cannot_forge_audit_records() {
+    // The workers' stderr is a pipe the broker reads, not the broker's own
+    // stderr (the audit log): what a subverted worker writes there arrives
+    // as escaped `worker_stderr` events, never as a decision.
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let before = b.decisions().len();
+    let log = std::fs::read_link(format!("/proc/{}/fd/2", b.pid())).unwrap();
+    for pid in [b.supervisor_pid(), b.worker_pid()] {
+        let err = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap();
+        assert!(err.to_string_lossy().starts_with("pipe:"), "{err:?}");
+        assert_ne!(err, log);
+    }
+    let forged = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","audit":{"uid":0,"decision":"allow"},"message":"decision","target":"spacer::audit"}"#;
+    let mut stderr = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/2", b.worker_pid()))
+        .unwrap();
+    use std::io::Write;
+    write!(stderr, "spacer-worker: hello\n{forged}\r\nunfinished").unwrap();
+    drop(stderr);
+    let relayed = || -> Vec<String> {
+        b.events()
+            .into_iter()
+            .filter(|e| e["event"] == "worker_stderr")
+            .map(|e| e["line"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || relayed().len() == 2),
+        "{:?}\n{}",
+        relayed(),
+        b.log_text()
+    );
+    let lines = relayed();
+    assert_eq!(lines[0], "spacer-worker: hello");
+    assert!(lines[1].starts_with(r#"{\"timestamp\""#), "{}", lines[1]);
+    assert!(lines[1].ends_with("\\r"), "{}", lines[1]);
+    assert_eq!(b.decisions().len(), before, "no forged decision");
+    still_serving_without_leaks(&b, &base);
 }

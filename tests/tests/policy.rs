@@ -302,3 +302,55 @@ fn each_kind_of_bad_file_stops_the_broker_at_its_line() {
         assert!(log.contains(want), "{text:?}: {log}");
     }
 }
+
+#[test]
+fn a_group_rule_matches_a_supplementary_group_of_the_peer() {
+    // Groups come from SO_PEERGROUPS at connect: a rule for a supplementary
+    // group decides for its members, first match wins, and the same uid
+    // without that group falls to the next rule.
+    let b = Broker::start(
+        r#"
+[[rule]]
+name = "quarantine"
+gid = 4545
+allow = []
+
+[[rule]]
+name = "users"
+uid = 4646
+allow = ["net"]
+"#,
+    );
+    let spacer = b.copy_bin("spacer");
+    let run = |groups: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "4646", "--regid", "4646"])
+            .args(if groups.is_empty() {
+                vec!["--clear-groups".to_owned()]
+            } else {
+                vec!["--groups".to_owned(), groups.to_owned()]
+            })
+            .arg(&spacer)
+            .args(["rooms", "--net"])
+            .env("SPACER_SOCKET", &b.socket)
+            .current_dir(b.dir())
+            .output()
+            .expect("setpriv (util-linux)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("4545");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("rule 1 (\"quarantine\")"), "{err}");
+    let (code, err) = run("");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run("45450,454");
+    assert_eq!(code, Some(0), "lookalike gids never match: {err}");
+    assert!(eventually(Duration::from_secs(3), || b.decisions().len() == 3));
+    let d = b.decisions();
+    assert_eq!(d[0]["groups"], serde_json::json!([4545]), "{}", d[0]);
+    assert_eq!(d[0]["rule_name"], "quarantine");
+    assert_eq!(d[1]["rule_name"], "users");
+}

@@ -45,7 +45,15 @@ fn root_gets_all_six_namespaces_each_new() {
 
 #[test]
 fn new_mount_namespace_is_private() {
-    let b = Broker::start(TEST_POLICY);
+    // Started where every mount is shared, as on a systemd host: a copy of
+    // that would join the same peer groups unless made private.
+    let b = Broker::start_wrapped(
+        TEST_POLICY,
+        &[],
+        &["unshare", "--mount", "--propagation", "shared", "--"],
+    );
+    let home = std::fs::read_to_string(format!("/proc/{}/mountinfo", b.pid())).unwrap();
+    assert!(home.contains("shared:"), "{home}");
     let out = b.spacer_as(0, 0, &["run", "--mnt", "--", "cat", "/proc/self/mountinfo"]);
     assert!(
         out.status.success(),
@@ -349,4 +357,41 @@ fn namespace_types_are_named_in_order() {
             NsType::Uts
         ]
     );
+}
+
+#[test]
+fn a_command_run_in_rooms_or_a_subspace_inherits_no_fd_from_spacer() {
+    // Every fd the library holds (the connection, namespace fds, pidfds) is
+    // close-on-exec: the command sees what it would see started directly.
+    let b = Broker::start(TEST_POLICY);
+    let fds_of = |out: std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let direct = fds_of(
+        std::process::Command::new("ls")
+            .arg("/proc/self/fd")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    for rooms in [
+        &["--net", "--uts"][..],
+        &["--time", "--mnt", "--ipc", "--cgroup"],
+        &["--user", "--pid", "--net"],
+    ] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(rooms);
+        args.extend_from_slice(&["--", "ls", "/proc/self/fd"]);
+        assert_eq!(fds_of(b.spacer_as(0, 0, &args)), direct, "{rooms:?}");
+    }
 }

@@ -98,6 +98,10 @@ fn subspace_is_owned_by_the_requester_and_so_are_its_rooms() {
     assert_eq!(gid_map, vec!["0", &TENANT.to_string(), "1"]);
     assert_eq!(v["setgroups"], "deny");
     assert!(v["pid_ino"].as_u64().is_some());
+    assert_eq!(
+        v["pid_owner_userns"], v["user_ino"],
+        "the PID namespace is owned by the subspace's user namespace"
+    );
     for t in ["net", "uts"] {
         assert_eq!(
             v["rooms"][t]["owner_userns"], v["user_ino"],

@@ -279,6 +279,9 @@ fn main() {
                 "owner_uid": fd::user_namespace_owner(user.as_fd()).expect("owner uid"),
                 "user_ino": ino(user),
                 "pid_ino": sub.pid.as_ref().map(ino),
+                "pid_owner_userns": sub.pid.as_ref().map(|p| {
+                    ino(&fd::owning_user_namespace(p.as_fd()).expect("pid owner"))
+                }),
                 "worker_pid": worker,
                 "uid_map": read("uid_map").trim(),
                 "gid_map": read("gid_map").trim(),
