@@ -193,23 +193,26 @@ impl Channel {
                 Ok(m) => break m,
             }
         };
+        let len = msg.bytes;
+        let flags = msg.flags;
         let mut fds = Vec::new();
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
+            // More fds than fit (or than the fd limit allows): the kernel
+            // installed what fit, and nix does not parse a truncated control
+            // buffer, so read the headers here and close those fds.
+            drop(sys::adopt_received(&rights_in(&cmsg_buf)));
+            return Err(if max_fds == 0 {
+                RecvError::UnexpectedFds
+            } else {
+                RecvError::TooManyFds { max: max_fds }
+            });
+        }
         if let Ok(cmsgs) = msg.cmsgs() {
             for cmsg in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = cmsg {
                     fds.extend(sys::adopt_received(&raw));
                 }
             }
-        }
-        let len = msg.bytes;
-        let flags = msg.flags;
-        if flags.contains(MsgFlags::MSG_CTRUNC) {
-            drop(fds);
-            return Err(if max_fds == 0 {
-                RecvError::UnexpectedFds
-            } else {
-                RecvError::TooManyFds { max: max_fds }
-            });
         }
         if fds.len() > max_fds {
             drop(fds);
@@ -256,6 +259,38 @@ impl From<Channel> for OwnedFd {
     fn from(c: Channel) -> OwnedFd {
         c.fd
     }
+}
+
+/// The fds in every `SCM_RIGHTS` header of a control buffer the kernel
+/// filled, read by hand (used when it was truncated). The buffer was zeroed
+/// before the call, so a zero length ends the headers; lengths are clamped to
+/// the buffer. The kernel writes its own layout: `cmsg_len` is a `size_t`.
+fn rights_in(control: &[u8]) -> Vec<RawFd> {
+    let word = std::mem::size_of::<usize>();
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let int = |at: usize| i32::from_ne_bytes(control[at..at + 4].try_into().expect("4 bytes"));
+    let mut fds = Vec::new();
+    let mut at = 0;
+    while at + header <= control.len() {
+        let len = usize::from_ne_bytes(control[at..at + word].try_into().expect("a word"));
+        if len < header {
+            break;
+        }
+        let (level, kind) = (int(at + word), int(at + word + 4));
+        let end = at.saturating_add(len).min(control.len());
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            fds.extend(
+                control[at + header..end]
+                    .chunks_exact(4)
+                    .map(|c| i32::from_ne_bytes(c.try_into().expect("4 bytes"))),
+            );
+        }
+        match len.checked_next_multiple_of(word) {
+            Some(step) => at = at.saturating_add(step),
+            None => break,
+        }
+    }
+    fds
 }
 
 /// `CMSG_SPACE` for `n` fds: the aligned header plus the aligned fd array.
@@ -306,25 +341,79 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn fds_where_none_are_taken_are_refused() {
-        let (a, b) = Channel::pair().unwrap();
-        a.send(b"x", &[ns("net").as_fd()]).unwrap();
-        let mut buf = [0u8; 10];
-        assert!(matches!(b.recv(&mut buf, 0), Err(RecvError::UnexpectedFds)));
+    /// Open fds of this process on `pipe` (either end; a pipe of one test,
+    /// so tests running beside it do not count).
+    fn copies_of(pipe: &std::io::PipeReader) -> usize {
+        let me = std::fs::read_link(format!("/proc/self/fd/{}", pipe.as_raw_fd())).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| *l == me)
+            .count()
     }
 
     #[test]
-    fn too_many_fds_are_refused() {
+    fn rights_are_read_from_a_control_buffer_by_hand() {
+        let word = std::mem::size_of::<usize>();
+        let header = std::mem::size_of::<libc::cmsghdr>();
+        let mut buf = vec![0u8; 64];
+        let mut put = |at: usize, level: i32, kind: i32, fds: &[i32]| {
+            buf[at..at + word].copy_from_slice(&(header + 4 * fds.len()).to_ne_bytes());
+            buf[at + word..at + word + 4].copy_from_slice(&level.to_ne_bytes());
+            buf[at + word + 4..at + word + 8].copy_from_slice(&kind.to_ne_bytes());
+            for (i, fd) in fds.iter().enumerate() {
+                buf[at + header + 4 * i..at + header + 4 * i + 4]
+                    .copy_from_slice(&fd.to_ne_bytes());
+            }
+        };
+        put(0, libc::SOL_SOCKET, libc::SCM_RIGHTS, &[7, 8, 9]);
+        let second = (header + 12).div_ceil(word) * word;
+        put(second, libc::SOL_SOCKET, libc::SCM_RIGHTS, &[10]);
+        assert_eq!(rights_in(&buf), vec![7, 8, 9, 10]);
+        // A length past the end is clamped; other kinds are skipped.
+        assert_eq!(rights_in(&buf[..header + 8]), vec![7, 8]);
+        let mut other = buf.clone();
+        other[word..word + 4].copy_from_slice(&(libc::SOL_IP).to_ne_bytes());
+        assert_eq!(rights_in(&other), vec![10]);
+        assert!(rights_in(&[0u8; 64]).is_empty());
+        // Any bytes: no panic.
+        let _ = rights_in(&[0xffu8; 64]);
+        let mut huge = buf.clone();
+        huge[..word].copy_from_slice(&usize::MAX.to_ne_bytes());
+        // A length past the end of the buffer reads up to the end, no further.
+        assert_eq!(rights_in(&huge).len(), (64 - header) / 4);
+    }
+
+    #[test]
+    fn fds_where_none_are_taken_are_refused_and_closed() {
         let (a, b) = Channel::pair().unwrap();
-        let fds: Vec<OwnedFd> = (0..10).map(|_| ns("uts")).collect();
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let (pipe, _w) = std::io::pipe().unwrap();
+        let before = copies_of(&pipe);
+        a.send(b"x", &[pipe.as_fd(), pipe.as_fd()]).unwrap();
+        let mut buf = [0u8; 10];
+        assert!(matches!(b.recv(&mut buf, 0), Err(RecvError::UnexpectedFds)));
+        assert_eq!(copies_of(&pipe), before, "the received copies are closed");
+    }
+
+    #[test]
+    fn too_many_fds_are_refused_and_every_one_that_arrived_closed() {
+        let (a, b) = Channel::pair().unwrap();
+        let (pipe, _w) = std::io::pipe().unwrap();
+        let before = copies_of(&pipe);
+        let borrowed: Vec<BorrowedFd<'_>> = (0..10).map(|_| pipe.as_fd()).collect();
         a.send(b"x", &borrowed).unwrap();
         let mut buf = [0u8; 10];
         assert!(matches!(
             b.recv(&mut buf, 3),
             Err(RecvError::TooManyFds { max: 3 })
         ));
+        assert_eq!(copies_of(&pipe), before, "the received copies are closed");
+        // The same datagram taken whole would have installed them.
+        a.send(b"y", &borrowed[..3]).unwrap();
+        let got = b.recv(&mut buf, 3).unwrap().unwrap();
+        assert_eq!(copies_of(&pipe), before + 3);
+        drop(got);
+        assert_eq!(copies_of(&pipe), before);
     }
 
     #[test]

@@ -512,9 +512,21 @@ fn peer_that_has_exited_is_denied() {
 
 #[test]
 fn subspace_worker_killed_closes_its_conn_and_releases_the_count() {
-    let b = Broker::start(TEST_POLICY);
+    let b = Broker::start(
+        r#"
+[[rule]]
+uid = 0
+allow = ["uts", "user"]
+max_subspaces = 1
+"#,
+    );
     let c = b.client();
     let (inner, sub) = c.subspace(Spaces::USER).unwrap();
+    // The limit holds while it lives.
+    match c.subspace(Spaces::USER) {
+        Err(Error::Denied(r)) => assert!(r.contains("max_subspaces 1"), "{r}"),
+        other => panic!("{other:?}"),
+    }
     let pid = {
         let info = std::fs::read_to_string(format!(
             "/proc/self/fdinfo/{}",
@@ -537,6 +549,14 @@ fn subspace_worker_killed_closes_its_conn_and_releases_the_count() {
         .events()
         .iter()
         .any(|e| e["event"] == "subspace_closed")));
+    // Reaped (no zombie left), and its place is free again.
+    assert!(eventually(Duration::from_secs(3), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
+    }));
+    drop((inner, sub));
+    assert!(eventually(Duration::from_secs(3), || c
+        .subspace(Spaces::USER)
+        .is_ok()));
 }
 
 #[test]

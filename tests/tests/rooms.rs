@@ -395,3 +395,27 @@ fn a_command_run_in_rooms_or_a_subspace_inherits_no_fd_from_spacer() {
         assert_eq!(fds_of(b.spacer_as(0, 0, &args)), direct, "{rooms:?}");
     }
 }
+
+#[test]
+fn rooms_from_the_pool_never_land_in_a_tenants_subspace() {
+    // A tenant's subspace worker serves only that tenant's subspace
+    // connection: rooms asked for on the broker's own socket, while such
+    // subspaces live, are made by the host worker and owned by the host's
+    // user namespace.
+    let b = Broker::start(TEST_POLICY);
+    let host_user = my_ns_inode("user");
+    let holder = b.client();
+    let (_inside, sub) = holder.subspace(Spaces::USER).unwrap();
+    let sub_user = fd::namespace_inode(sub.user.as_ref().unwrap().as_fd()).unwrap();
+    assert_ne!(sub_user, host_user);
+    let other = b.client();
+    for _ in 0..20 {
+        for c in [&holder, &other] {
+            let rooms = c.rooms(Spaces::NET | Spaces::UTS).unwrap();
+            for f in [rooms.net.as_ref().unwrap(), rooms.uts.as_ref().unwrap()] {
+                let owner = fd::owning_user_namespace(f.as_fd()).unwrap();
+                assert_eq!(fd::namespace_inode(owner.as_fd()).unwrap(), host_user);
+            }
+        }
+    }
+}

@@ -218,6 +218,62 @@ fn rechecks_spaces_itself() {
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
+    // "-1" means "leave unchanged" to setresuid: never taken as an id.
+    let (reply, fds) = call(
+        &chan,
+        &WorkerRequest::Subspace {
+            id: 3,
+            spaces: Spaces::USER.bits(),
+            uid: u32::MAX,
+            gid: 0,
+        },
+    );
+    assert!(
+        matches!(reply, WorkerReply::Invalid { id: 3, .. }),
+        "{reply:?}"
+    );
+    assert!(fds.is_empty());
+}
+
+#[test]
+fn rechecks_room_options_itself() {
+    use spacer_proto::{Offset, RoomOptions};
+    need_root();
+    let sup = Supervisor::start(&[]);
+    let (pid, chan, _pidfd) = sup.spawn_worker();
+    let home = ns_links(pid);
+    for (spaces, options, reason) in [
+        (
+            Spaces::UTS,
+            RoomOptions::new().hostname("-bad"),
+            "invalid hostname",
+        ),
+        (
+            Spaces::NET,
+            RoomOptions::new().hostname("box"),
+            "needs a new uts namespace",
+        ),
+        (
+            Spaces::TIME,
+            RoomOptions::new().boottime_offset(Offset::from_secs(i64::MAX)),
+            "invalid boottime offset",
+        ),
+    ] {
+        let (reply, fds) = call(
+            &chan,
+            &WorkerRequest::Rooms {
+                id: 4,
+                spaces: spaces.bits(),
+                options,
+            },
+        );
+        match reply {
+            WorkerReply::Invalid { id: 4, reason: r } => assert!(r.contains(reason), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(fds.is_empty());
+    }
+    assert_eq!(ns_links(pid), home);
 }
 
 #[test]
