@@ -70,10 +70,17 @@ pub struct Args {
     /// Seconds an idle client connection stays open.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub idle_timeout: u64,
-    /// Seconds a client has to take a response before its connection is
-    /// closed.
+    /// Seconds a response may wait to be sent. A client that does not read
+    /// its answers is not cut off: it gets the next one only after taking
+    /// the last, and its connection, holding that one answer (whose fds the
+    /// kernel charges to the broker until read), counts against its uid's
+    /// connection cap.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub write_timeout: u64,
+    /// Seconds between attempts to start a worker while the breaker is open
+    /// (after 5 worker deaths within a minute).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub breaker_retry: u64,
     /// Open connections in all.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: u32,

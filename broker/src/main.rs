@@ -304,7 +304,12 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let pool = pool::Pool::new(sup, args.workers, Duration::from_secs(args.request_timeout));
+    let pool = pool::Pool::new(
+        sup,
+        args.workers,
+        Duration::from_secs(args.request_timeout),
+        Duration::from_secs(args.breaker_retry.max(1)),
+    );
     tokio::task::spawn_local(pool.clone().manage());
     let ctx = Rc::new(Ctx {
         policy: RefCell::new(Rc::new(policy)),

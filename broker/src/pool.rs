@@ -52,8 +52,6 @@ impl Link {
 const DEATH_WINDOW: Duration = Duration::from_secs(60);
 /// This many deaths within the window open the breaker.
 const BREAKER_DEATHS: usize = 5;
-/// While the breaker is open, one restart is tried this often.
-const BREAKER_RETRY: Duration = Duration::from_secs(30);
 /// How long a request waits for a worker that is being restarted.
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(2);
 
@@ -71,11 +69,18 @@ pub struct Pool {
     down: Notify,
     deaths: RefCell<VecDeque<Instant>>,
     breaker_open: Cell<bool>,
+    /// While the breaker is open, one start is tried this often.
+    breaker_retry: Duration,
 }
 
 impl Pool {
     /// A pool of `desired` serving workers behind supervisor channel `sup`.
-    pub fn new(sup: AsyncChannel, desired: usize, timeout: Duration) -> Rc<Pool> {
+    pub fn new(
+        sup: AsyncChannel,
+        desired: usize,
+        timeout: Duration,
+        breaker_retry: Duration,
+    ) -> Rc<Pool> {
         Rc::new(Pool {
             sup,
             sup_busy: tokio::sync::Mutex::new(()),
@@ -87,6 +92,7 @@ impl Pool {
             down: Notify::new(),
             deaths: RefCell::new(VecDeque::new()),
             breaker_open: Cell::new(false),
+            breaker_retry,
         })
     }
 
@@ -220,11 +226,11 @@ impl Pool {
         let n = deaths.len();
         if n >= BREAKER_DEATHS {
             if !self.breaker_open.replace(true) {
-                tracing::error!(target: "spacer::event", event = "breaker_open", deaths = n, "worker crash loop: failing closed, retrying every 30 s");
+                tracing::error!(target: "spacer::event", event = "breaker_open", deaths = n, retry_s = self.breaker_retry.as_secs(), "worker crash loop: failing closed, retrying slowly");
                 // Requests waiting for a worker learn now.
                 self.up.notify_waiters();
             }
-            return Some(BREAKER_RETRY);
+            return Some(self.breaker_retry);
         }
         match n {
             0 | 1 => None,

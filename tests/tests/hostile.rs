@@ -198,6 +198,32 @@ fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
 }
 
 #[test]
+fn an_open_breaker_closes_once_a_retry_brings_a_worker_up() {
+    let b = Broker::start_with(TEST_POLICY, &["--breaker-retry", "1"]);
+    let mut last = 0;
+    for _ in 0..5 {
+        let mut pid = 0;
+        assert!(eventually(Duration::from_secs(3), || {
+            pid = b.worker_pids().first().copied().unwrap_or(0);
+            pid != 0 && pid != last
+        }));
+        signal(pid, Signal::SIGKILL);
+        last = pid;
+    }
+    assert!(eventually(Duration::from_secs(3), || b
+        .events()
+        .iter()
+        .any(|e| e["event"] == "breaker_open" && e["retry_s"] == 1)));
+    // One retry a second later: a worker that stays up closes it.
+    assert!(eventually(Duration::from_secs(5), || b
+        .events()
+        .iter()
+        .any(|e| e["event"] == "breaker_closed")));
+    let base = baseline(&b);
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
 fn garbage_of_every_size_is_answered_and_nothing_breaks() {
     let b = Broker::start(TEST_POLICY);
     let base = baseline(&b);
