@@ -170,9 +170,9 @@ fn hung_worker_is_killed_at_the_deadline_and_replaced() {
     still_serving_without_leaks(&b, &base);
 }
 
-#[test]
-fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
-    let b = Broker::start(TEST_POLICY);
+/// Five worker deaths within the breaker's window: each new worker is
+/// killed as soon as it is up.
+fn kill_five_workers_in_a_row(b: &Broker) {
     let mut last = 0;
     for _ in 0..5 {
         let mut pid = 0;
@@ -183,6 +183,12 @@ fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
         signal(pid, Signal::SIGKILL);
         last = pid;
     }
+}
+
+#[test]
+fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
+    let b = Broker::start(TEST_POLICY);
+    kill_five_workers_in_a_row(&b);
     assert!(eventually(Duration::from_secs(3), || b
         .events()
         .iter()
@@ -200,16 +206,7 @@ fn crash_loop_trips_the_breaker_and_the_service_fails_closed() {
 #[test]
 fn an_open_breaker_closes_once_a_retry_brings_a_worker_up() {
     let b = Broker::start_with(TEST_POLICY, &["--breaker-retry", "1"]);
-    let mut last = 0;
-    for _ in 0..5 {
-        let mut pid = 0;
-        assert!(eventually(Duration::from_secs(3), || {
-            pid = b.worker_pids().first().copied().unwrap_or(0);
-            pid != 0 && pid != last
-        }));
-        signal(pid, Signal::SIGKILL);
-        last = pid;
-    }
+    kill_five_workers_in_a_row(&b);
     assert!(eventually(Duration::from_secs(3), || b
         .events()
         .iter()
