@@ -208,11 +208,12 @@ pub fn probe_in(
     serde_json::from_str(stdout.trim()).map_err(|e| format!("probe output {stdout:?}: {e}"))
 }
 
-/// Spawns a command, retrying while its freshly copied binary is still
-/// open for writing in a child another test thread forked (`ETXTBSY`).
-pub fn spawn_retrying(cmd: &mut Command) -> Child {
+/// Runs `start` (a spawn or a run of a command), retrying while its freshly
+/// copied binary is still open for writing in a child that another test
+/// thread forked (`ETXTBSY`).
+fn retrying<T>(mut start: impl FnMut() -> std::io::Result<T>) -> T {
     for _ in 0..50 {
-        match cmd.spawn() {
+        match start() {
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -222,18 +223,27 @@ pub fn spawn_retrying(cmd: &mut Command) -> Child {
     panic!("binary stayed busy");
 }
 
-/// Runs a command, retrying while its freshly copied binary is still open
-/// for writing in a child that another test thread forked (`ETXTBSY`).
+/// Spawns a command, retrying while its binary is busy (see [`retrying`]).
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    retrying(|| cmd.spawn())
+}
+
+/// Runs a command, retrying while its binary is busy (see [`retrying`]).
 pub fn output_retrying(cmd: &mut Command) -> Output {
-    for _ in 0..50 {
-        match cmd.output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r.expect("run a test binary"),
-        }
+    retrying(|| cmd.output())
+}
+
+/// `uid` and `gid` of a command in one call, both `id`.
+pub trait UidGid {
+    /// Runs the command as uid and gid `id`.
+    fn uid_gid(&mut self, id: u32) -> &mut Self;
+}
+
+impl UidGid for Command {
+    fn uid_gid(&mut self, id: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        self.uid(id).gid(id)
     }
-    panic!("binary stayed busy");
 }
 
 /// A running broker on a temporary socket.

@@ -103,14 +103,3 @@ fn broken_audit_sink_fails_grants_closed_and_says_why() {
     let _ = child.kill();
     let _ = child.wait();
 }
-
-trait UidGid {
-    fn uid_gid(&mut self, id: u32) -> &mut Self;
-}
-
-impl UidGid for std::process::Command {
-    fn uid_gid(&mut self, id: u32) -> &mut Self {
-        use std::os::unix::process::CommandExt;
-        self.uid(id).gid(id)
-    }
-}

@@ -160,17 +160,6 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     let _ = child.wait();
 }
 
-trait UidGid {
-    fn uid_gid(&mut self, id: u32) -> &mut Self;
-}
-
-impl UidGid for std::process::Command {
-    fn uid_gid(&mut self, id: u32) -> &mut Self {
-        use std::os::unix::process::CommandExt;
-        self.uid(id).gid(id)
-    }
-}
-
 #[test]
 fn nested_subspaces_survive_the_middle_closing() {
     let b = Broker::start(TEST_POLICY);
