@@ -41,8 +41,13 @@ pub struct Timeouts {
 pub struct Ctx {
     /// The policy in force; a reload swaps it, each request reads it once.
     pub policy: RefCell<Rc<Policy>>,
-    /// The serving workers.
+    /// The serving workers that make rooms.
     pub pool: Rc<Pool>,
+    /// The worker that starts every subspace worker.
+    pub spawner: Rc<Pool>,
+    /// The inode of the broker's own user namespace: the host's, where a
+    /// root PID-only subspace makes its rooms.
+    pub host_user_ns: u64,
     /// Limits' counters.
     pub counters: Counters,
     /// Whether the audit log is writable.
@@ -105,12 +110,102 @@ pub struct SubLink {
     depth: u32,
     pid: i32,
     next_id: Cell<u64>,
+    /// The worker's pidfd: its slot is free once this says it has exited.
+    pidfd: OwnedFd,
+    /// The user namespace the worker serves in (its own, or its parent
+    /// subspace's for a PID-only one; `None`: the host's). Held, so its
+    /// inode cannot be reused while the subspace lives.
+    user_ns: Option<OwnedFd>,
+    /// Ids of the namespaces this worker handed out lately.
+    seen: RefCell<Seen>,
+}
+
+/// The ids (see [`fd::namespace_id`]) of the last [`Seen::CAP`] namespaces
+/// a subspace worker handed out: one it hands out again is refused.
+#[derive(Default)]
+struct Seen {
+    order: std::collections::VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl Seen {
+    const CAP: usize = 4096;
+
+    /// Records `id`; false if it was there already.
+    fn insert(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The longest reason text of a subspace worker passed on (the rest is cut).
+const WORKER_REASON_MAX: usize = 200;
+
+/// A subspace worker's own words, as the client and the audit log see
+/// them: marked as the worker's, bounded, and escaped.
+fn worker_text(reason: &str) -> String {
+    let mut text: String = reason.chars().take(WORKER_REASON_MAX).collect();
+    if text.len() < reason.len() {
+        text.push('…');
+    }
+    format!("subspace worker says: {}", text.escape_debug())
+}
+
+impl SubLink {
+    /// The inode of the user namespace this worker's rooms must belong to.
+    fn owner_inode(&self, ctx: &Ctx) -> Option<u64> {
+        match &self.user_ns {
+            Some(ns) => fd::namespace_inode(ns.as_fd()).ok(),
+            None => Some(ctx.host_user_ns),
+        }
+    }
+
+    /// Checks room fds this (untrusted) worker returned: each new, never
+    /// handed out before, and owned by the user namespace it serves in.
+    fn check_rooms(&self, ctx: &Ctx, fds: &[OwnedFd]) -> Result<(), String> {
+        let want = self
+            .owner_inode(ctx)
+            .ok_or("cannot read the subspace's user namespace")?;
+        let mut ids = Vec::with_capacity(fds.len());
+        for f in fds {
+            let owner = fd::owning_user_namespace(f.as_fd())
+                .and_then(|o| fd::namespace_inode(o.as_fd()))
+                .map_err(|e| format!("reading the owner of a namespace it returned: {e}"))?;
+            if owner != want {
+                return Err(
+                    "the subspace worker returned a namespace that is not its subspace's".into(),
+                );
+            }
+            let id = fd::namespace_id(f.as_fd())
+                .map_err(|e| format!("reading the id of a namespace it returned: {e}"))?;
+            if ids.contains(&id) {
+                return Err("the subspace worker returned one namespace twice".into());
+            }
+            ids.push(id);
+        }
+        let mut seen = self.seen.borrow_mut();
+        if ids.iter().any(|id| seen.set.contains(id)) {
+            return Err("the subspace worker returned a namespace it had handed out before".into());
+        }
+        for id in ids {
+            seen.insert(id);
+        }
+        Ok(())
+    }
 }
 
 /// Serves one connection until it ends. `depth` is 0 for a client's own
 /// connection.
-pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend: Backend) {
-    let (depth, sub_ref) = match &backend {
+pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend: &Backend) {
+    let (depth, sub_ref) = match backend {
         Backend::Pool => (0, None),
         Backend::Subspace(l) => (
             l.depth,
@@ -123,14 +218,14 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
     let mut buf = vec![0u8; wire::MAX_REQUEST_BYTES];
     let mut first = true;
     loop {
-        let wait = match (&backend, first) {
+        let wait = match (backend, first) {
             (Backend::Pool, true) => Some(ctx.timeouts.first_request),
             (Backend::Pool, false) => Some(ctx.timeouts.idle),
             (Backend::Subspace(_), _) => None,
         };
         let received = tokio::select! {
             r = with_timeout(wait, chan.recv(&mut buf, 0)) => r,
-            _ = subspace_gone(&backend) => break,
+            _ = subspace_gone(backend) => break,
             _ = ctx.stop.notified() => break,
         };
         if ctx.stopping.get() {
@@ -179,7 +274,7 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
             &ctx,
             &chan,
             &peer,
-            &backend,
+            backend,
             depth,
             sub_ref,
             &buf[..bytes_len],
@@ -379,10 +474,11 @@ async fn handle(
         )
         .await;
     }
-    // A subspace worker is the requester already: it gets no ids to use.
-    let (uid, gid) = match backend {
-        Backend::Pool => (peer.uid, peer.gid),
-        Backend::Subspace(_) => (u32::MAX, u32::MAX),
+    // Every subspace, at any depth, is started by the spawner; a nested one
+    // in the user namespace its parent subspace serves in.
+    let parent = match backend {
+        Backend::Subspace(link) => link.user_ns.as_ref().map(|ns| ns.as_fd()),
+        Backend::Pool => None,
     };
     let request = |id| match op {
         Op::Rooms => WorkerRequest::Rooms {
@@ -393,13 +489,18 @@ async fn handle(
         Op::Subspace => WorkerRequest::Subspace {
             id,
             spaces: spaces.bits(),
-            uid,
-            gid,
+            uid: peer.uid,
+            gid: peer.gid,
+            parent: parent.is_some(),
         },
     };
-    let result = match backend {
-        Backend::Pool => ctx.pool.call(request).await,
-        Backend::Subspace(link) => link.call(request, ctx.pool_timeout()).await,
+    let result = match (op, backend) {
+        (Op::Subspace, _) => {
+            let fds: Vec<BorrowedFd<'_>> = parent.into_iter().collect();
+            ctx.spawner.call(request, &fds).await
+        }
+        (Op::Rooms, Backend::Pool) => ctx.pool.call(request, &[]).await,
+        (Op::Rooms, Backend::Subspace(link)) => link.call(request, ctx.pool_timeout()).await,
     };
     let (reply, fds) = match result {
         Ok(r) => r,
@@ -424,6 +525,15 @@ async fn handle(
                     "the worker made other namespaces than asked".into(),
                 )
                 .await;
+            }
+            if let Backend::Subspace(link) = backend {
+                if let Err(reason) = link.check_rooms(ctx, &fds) {
+                    ctx.counters.refund(charge);
+                    tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = %reason, "subspace worker misbehaved; closing it");
+                    drop(fds);
+                    fail(rec, ErrorKind::Failed, reason).await;
+                    return false;
+                }
             }
             for ((t, f), ino) in types.iter().zip(&fds).zip(inodes) {
                 // The host worker's word; a subspace worker's is not taken.
@@ -480,10 +590,39 @@ async fn handle(
                     .await;
                 }
             };
+            // The user namespace the new worker serves in: its own, else its
+            // parent's.
+            let user_ns = match (ns.iter().find(|(t, _)| *t == NsType::User), backend) {
+                (Some((_, f)), _) => f.try_clone().map(Some),
+                (None, Backend::Subspace(l)) => {
+                    l.user_ns.as_ref().map(|f| f.try_clone()).transpose()
+                }
+                (None, Backend::Pool) => Ok(None),
+            };
+            let kept = user_ns.and_then(|u| Ok((u, pidfd.try_clone()?)));
+            let (user_ns, kept_pidfd) = match kept {
+                Ok(k) => k,
+                Err(e) => {
+                    ctx.counters.refund(charge);
+                    return fail(
+                        rec,
+                        ErrorKind::Failed,
+                        format!("keeping the subspace's fds: {e}"),
+                    )
+                    .await;
+                }
+            };
             let id = ctx.next_subspace.get();
             ctx.next_subspace.set(id + 1);
-            let started =
-                start_subspace(ctx, peer, broker_end, sub_chan, id, depth + 1, worker_pid);
+            let link = SubLinkParts {
+                worker_chan: sub_chan,
+                id,
+                depth: depth + 1,
+                pid: worker_pid,
+                pidfd: kept_pidfd,
+                user_ns,
+            };
+            let started = start_subspace(ctx, peer, broker_end, link);
             if let Err(e) = started {
                 ctx.counters.refund(charge);
                 return fail(rec, ErrorKind::Failed, format!("serving the subspace: {e}")).await;
@@ -504,13 +643,41 @@ async fn handle(
         }
         WorkerReply::Invalid { reason, .. } => {
             ctx.counters.refund(charge);
-            fail(rec, ErrorKind::Invalid, reason).await
+            fail(rec, ErrorKind::Invalid, reason_from(backend, op, reason)).await
         }
         WorkerReply::Failed { reason, .. } => {
             ctx.counters.refund(charge);
-            fail(rec, ErrorKind::Failed, reason).await
+            fail(rec, ErrorKind::Failed, reason_from(backend, op, reason)).await
+        }
+        WorkerReply::Ended { .. } => {
+            ctx.counters.refund(charge);
+            fail(
+                rec,
+                ErrorKind::Failed,
+                "the worker answered another request".into(),
+            )
+            .await
         }
     }
+}
+
+/// A worker's reason as passed on: a subspace worker's (rooms made through
+/// a subspace) is marked as its own words and bounded.
+fn reason_from(backend: &Backend, op: Op, reason: String) -> String {
+    match (backend, op) {
+        (Backend::Subspace(_), Op::Rooms) => worker_text(&reason),
+        _ => reason,
+    }
+}
+
+/// What a new [`SubLink`] is made of.
+struct SubLinkParts {
+    worker_chan: OwnedFd,
+    id: u64,
+    depth: u32,
+    pid: i32,
+    pidfd: OwnedFd,
+    user_ns: Option<OwnedFd>,
 }
 
 impl Ctx {
@@ -520,35 +687,64 @@ impl Ctx {
 }
 
 /// Starts serving a new subspace on `broker_end`, linked to its worker.
+/// When the connection ends, the spawner kills the worker (whatever the
+/// tenant did to it: stopped, traced, hung), and the uid's slot is freed
+/// once the process is really gone.
 fn start_subspace(
     ctx: &Rc<Ctx>,
     peer: &Rc<PeerInfo>,
     broker_end: Channel,
-    worker_chan: OwnedFd,
-    id: u64,
-    depth: u32,
-    worker_pid: i32,
+    parts: SubLinkParts,
 ) -> std::io::Result<()> {
     let conn = AsyncChannel::new(broker_end)?;
     let link = SubLink {
-        chan: AsyncChannel::new(Channel::from_fd(worker_chan)?)?,
-        id,
-        depth,
-        pid: worker_pid,
+        chan: AsyncChannel::new(Channel::from_fd(parts.worker_chan)?)?,
+        id: parts.id,
+        depth: parts.depth,
+        pid: parts.pid,
         next_id: Cell::new(1),
+        pidfd: parts.pidfd,
+        user_ns: parts.user_ns,
+        seen: RefCell::new(Seen::default()),
     };
-    tracing::info!(target: "spacer::event", event = "subspace_opened", subspace = id, depth, pid = worker_pid, uid = peer.uid, "subspace opened");
+    let (id, depth, pid) = (link.id, link.depth, link.pid);
+    tracing::info!(target: "spacer::event", event = "subspace_opened", subspace = id, depth, pid, uid = peer.uid, "subspace opened");
     let ctx = ctx.clone();
     let peer = peer.clone();
     tokio::task::spawn_local(async move {
         let uid = peer.uid;
-        let pid = link.pid;
-        serve(ctx.clone(), conn, peer, Backend::Subspace(link)).await;
-        // Dropping the link closed the worker's channel: it exits.
+        let backend = Backend::Subspace(link);
+        serve(ctx.clone(), conn, peer, &backend).await;
+        let Backend::Subspace(link) = backend else {
+            unreachable!("a subspace backend")
+        };
+        end_subspace(&ctx, link).await;
         ctx.counters.subspace_closed(uid);
         tracing::info!(target: "spacer::event", event = "subspace_closed", subspace = id, pid, uid, "subspace closed");
     });
     Ok(())
+}
+
+/// Ends a subspace whose connection has closed: its channel closes, the
+/// spawner kills its worker, and this returns once the process is gone.
+async fn end_subspace(ctx: &Rc<Ctx>, link: SubLink) {
+    let SubLink {
+        chan, pidfd, pid, ..
+    } = link;
+    drop(chan);
+    let _ = ctx
+        .spawner
+        .call(|id| WorkerRequest::End { id, pid }, &[])
+        .await;
+    // A pidfd polls readable once its process has exited.
+    match crate::sys::register_fd(pidfd) {
+        Ok(watch) => {
+            let _ = watch.readable().await;
+        }
+        Err(e) => {
+            tracing::warn!(target: "spacer::event", event = "subspace_watch_failed", pid, error = %e, "cannot watch a subspace worker; freeing its slot now");
+        }
+    }
 }
 
 impl SubLink {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use clap::Parser;
 use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
 use spacer_policy::{FileCheck, Limits, Policy, SystemResolver};
+use spacer_proto::internal::WorkerKind;
 use spacer_proto::wire::{ErrorKind, Response};
 use spacer_proto::{fd, launch, Channel};
 use tokio::signal::unix::{signal, SignalKind};
@@ -304,16 +305,34 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let pool = pool::Pool::new(
-        sup,
-        args.workers,
-        Duration::from_secs(args.request_timeout),
-        Duration::from_secs(args.breaker_retry.max(1)),
-    );
+    let sup = pool::Supervisor::new(sup);
+    let new_pool = |kind, n| {
+        pool::Pool::new(
+            sup.clone(),
+            kind,
+            n,
+            Duration::from_secs(args.request_timeout),
+            Duration::from_secs(args.breaker_retry.max(1)),
+        )
+    };
+    let pool = new_pool(WorkerKind::Rooms, args.workers);
+    let spawner = new_pool(WorkerKind::Subspaces, 1);
     tokio::task::spawn_local(pool.clone().manage());
+    tokio::task::spawn_local(spawner.clone().manage());
+    let host_user_ns = match std::fs::File::open("/proc/self/ns/user")
+        .and_then(|f| fd::namespace_inode(f.as_fd()))
+    {
+        Ok(ino) => ino,
+        Err(e) => {
+            tracing::error!(target: "spacer::event", event = "fatal", error = %e, "cannot read the broker's own user namespace");
+            return ExitCode::FAILURE;
+        }
+    };
     let ctx = Rc::new(Ctx {
         policy: RefCell::new(Rc::new(policy)),
         pool: pool.clone(),
+        spawner: spawner.clone(),
+        host_user_ns,
         counters: usage::Counters::new(),
         audit: health,
         timeouts: Timeouts {
@@ -326,9 +345,9 @@ async fn serve(
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
     });
-    // Ready once the first worker is up (or has failed to come up).
+    // Ready once the first workers are up (or have failed to come up).
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while pool.pids().is_empty() {
+        while pool.pids().is_empty() || spawner.pids().is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
@@ -343,6 +362,7 @@ async fn serve(
             policy = p.source(),
             policy_sha256 = p.digest(),
             workers = ?pool.pids(),
+            spawner = ?spawner.pids(),
             startup_us = started.elapsed().as_micros() as u64,
             "broker started"
         );
@@ -415,7 +435,7 @@ async fn serve(
     }
     // The supervisor is root: the broker cannot signal it, but closing its
     // channel makes it exit.
-    pool.close_supervisor();
+    sup.close();
     if tokio::time::timeout(Duration::from_secs(1), sup_exit.readable())
         .await
         .is_ok()
@@ -502,7 +522,7 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
         let uid = peer.uid;
-        conn::serve(ctx.clone(), chan, peer, Backend::Pool).await;
+        conn::serve(ctx.clone(), chan, peer, &Backend::Pool).await;
         ctx.counters.close_connection(uid);
     });
 }

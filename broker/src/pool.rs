@@ -4,12 +4,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use spacer_proto::internal::{
-    self, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest,
+    self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
 };
 use spacer_proto::{fd, Channel};
 use tokio::sync::{oneshot, Notify};
@@ -55,10 +55,36 @@ const BREAKER_DEATHS: usize = 5;
 /// How long a request waits for a worker that is being restarted.
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(2);
 
-/// The pool.
+/// The channel to the worker supervisor, shared by the pools it starts
+/// workers for (one exchange at a time).
+pub struct Supervisor {
+    chan: AsyncChannel,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Supervisor {
+    /// The supervisor behind `chan`.
+    pub fn new(chan: AsyncChannel) -> Rc<Supervisor> {
+        Rc::new(Supervisor {
+            chan,
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Closes the channel to the supervisor: it exits, and so does every
+    /// serving worker once the broker's ends of their channels close.
+    pub fn close(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.chan.as_fd().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+}
+
+/// A pool of serving workers of one kind.
 pub struct Pool {
-    sup: AsyncChannel,
-    sup_busy: tokio::sync::Mutex<()>,
+    sup: Rc<Supervisor>,
+    kind: WorkerKind,
     links: RefCell<Vec<Rc<Link>>>,
     desired: usize,
     timeout: Duration,
@@ -74,16 +100,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `desired` serving workers behind supervisor channel `sup`.
+    /// A pool of `desired` serving workers of `kind`, started by `sup`.
     pub fn new(
-        sup: AsyncChannel,
+        sup: Rc<Supervisor>,
+        kind: WorkerKind,
         desired: usize,
         timeout: Duration,
         breaker_retry: Duration,
     ) -> Rc<Pool> {
         Rc::new(Pool {
             sup,
-            sup_busy: tokio::sync::Mutex::new(()),
+            kind,
             links: RefCell::new(Vec::new()),
             desired: desired.max(1),
             timeout,
@@ -96,15 +123,6 @@ impl Pool {
         })
     }
 
-    /// Closes the channel to the supervisor: it exits, and so does every
-    /// serving worker once the broker's ends of their channels close.
-    pub fn close_supervisor(&self) {
-        let _ = nix::sys::socket::shutdown(
-            self.sup.as_fd().as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
-        );
-    }
-
     /// The per-request deadline.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -115,12 +133,13 @@ impl Pool {
         self.links.borrow().iter().map(|l| l.pid).collect()
     }
 
-    /// Sends a request built from a fresh id to the least loaded worker and
-    /// waits for its reply (at most the request timeout; a worker that
-    /// misses it is killed and replaced).
+    /// Sends a request built from a fresh id, with `fds`, to the least
+    /// loaded worker and waits for its reply (at most the request timeout; a
+    /// worker that misses it is killed and replaced).
     pub async fn call(
         self: &Rc<Self>,
         make: impl Fn(u64) -> WorkerRequest,
+        fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, CallError> {
         // A request whose send fails never reached a worker (it had died and
         // the broker had not noticed yet): safe to send once more, to a
@@ -135,7 +154,7 @@ impl Pool {
             link.pending.borrow_mut().insert(id, tx);
             if link
                 .chan
-                .send(&internal::encode(&make(id)), &[])
+                .send(&internal::encode(&make(id)), fds)
                 .await
                 .is_err()
             {
@@ -243,13 +262,17 @@ impl Pool {
     }
 
     async fn spawn_one(&self) -> Result<Rc<Link>, String> {
-        let _guard = self.sup_busy.lock().await;
+        let _guard = self.sup.busy.lock().await;
         self.sup
-            .send(&internal::encode(&SupervisorRequest::Spawn), &[])
+            .chan
+            .send(
+                &internal::encode(&SupervisorRequest::Spawn { kind: self.kind }),
+                &[],
+            )
             .await
             .map_err(|e| format!("asking the supervisor: {e}"))?;
         let mut buf = [0u8; 512];
-        let got = tokio::time::timeout(Duration::from_secs(5), self.sup.recv(&mut buf, 2))
+        let got = tokio::time::timeout(Duration::from_secs(5), self.sup.chan.recv(&mut buf, 2))
             .await
             .map_err(|_| "the supervisor did not answer".to_owned())?
             .map_err(|e| format!("reading the supervisor's answer: {e}"))?
@@ -281,9 +304,10 @@ impl Pool {
     /// no-op for one already dead) and forget it.
     async fn retire(&self, link: &Rc<Link>, reason: &'static str) {
         self.mark_dead(link, reason);
-        let _guard = self.sup_busy.lock().await;
+        let _guard = self.sup.busy.lock().await;
         let _ = self
             .sup
+            .chan
             .send(
                 &internal::encode(&SupervisorRequest::Kill { pid: link.pid }),
                 &[],

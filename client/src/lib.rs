@@ -362,6 +362,7 @@ impl Client {
                 spaces,
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
+                parent: false,
             },
         };
         self.chan
@@ -410,6 +411,9 @@ impl Client {
             }
             WorkerReply::Invalid { reason, .. } => Err(Error::Invalid(reason)),
             WorkerReply::Failed { reason, .. } => Err(Error::Failed(reason)),
+            WorkerReply::Ended { .. } => Err(Error::Protocol(ProtocolError::Response(
+                ResponseError::FdMismatch,
+            ))),
         }
     }
 

@@ -39,6 +39,20 @@ pub fn user_namespace_owner(fd: BorrowedFd<'_>) -> io::Result<u32> {
     sys::ns_get_owner_uid(fd)
 }
 
+/// The 64-bit id of the namespace behind `fd`, which the kernel never gives
+/// to another namespace while the machine runs (unlike the inode number,
+/// reused once a namespace is gone): from its file handle (Linux 6.18).
+pub fn namespace_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    const FILEID_NSFS: i32 = 241;
+    let (kind, bytes) = sys::ns_file_handle(fd)?;
+    if kind != FILEID_NSFS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&bytes[..8]);
+    Ok(u64::from_ne_bytes(id))
+}
+
 /// Whether `fd` is a pidfd: `pidfd_send_signal(fd, 0)` succeeds, or fails
 /// only for lack of permission or because the process has exited.
 pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
@@ -107,6 +121,18 @@ mod tests {
             let ino = namespace_inode(f.as_fd()).unwrap();
             assert_eq!(link.to_str().unwrap(), format!("{}:[{}]", t.name(), ino));
         }
+    }
+
+    #[test]
+    fn namespace_ids_differ_where_inodes_repeat() {
+        let own = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let a = namespace_id(own.as_fd()).unwrap();
+        let again = std::fs::File::open("/proc/self/ns/net").unwrap();
+        assert_eq!(namespace_id(again.as_fd()).unwrap(), a);
+        let uts = std::fs::File::open("/proc/self/ns/uts").unwrap();
+        assert_ne!(namespace_id(uts.as_fd()).unwrap(), a);
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(namespace_id(f.as_fd()).is_err());
     }
 
     #[test]

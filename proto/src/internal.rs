@@ -31,8 +31,8 @@ pub enum WorkerRequest {
         options: RoomOptions,
     },
     /// Create a subspace owned by `uid`/`gid` (the peer's ids on the host;
-    /// a subspace worker ignores them and uses its own, which are the same
-    /// requester's).
+    /// a private or subspace worker ignores them and uses its own, which
+    /// are the same requester's).
     Subspace {
         /// Matches the reply to the request.
         id: u64,
@@ -42,6 +42,18 @@ pub enum WorkerRequest {
         uid: u32,
         /// The requester's gid.
         gid: u32,
+        /// To the broker's spawner only: an fd is attached, the user
+        /// namespace the new subspace is made in (the one its parent
+        /// subspace serves in); without it, the host's.
+        parent: bool,
+    },
+    /// To the broker's spawner: the subspace worker `pid` it started is to
+    /// end (its connection closed): killed, whatever state it is in.
+    End {
+        /// Matches the reply to the request.
+        id: u64,
+        /// As reported in [`WorkerReply::Subspace`].
+        pid: i32,
     },
 }
 
@@ -49,7 +61,9 @@ impl WorkerRequest {
     /// The request id.
     pub fn id(&self) -> u64 {
         match *self {
-            WorkerRequest::Rooms { id, .. } | WorkerRequest::Subspace { id, .. } => id,
+            WorkerRequest::Rooms { id, .. }
+            | WorkerRequest::Subspace { id, .. }
+            | WorkerRequest::End { id, .. } => id,
         }
     }
 }
@@ -80,6 +94,11 @@ pub enum WorkerReply {
         /// the worker (for logs only; the pidfd is the reference).
         worker_pid: i32,
     },
+    /// The subspace worker asked to end was killed (or had gone).
+    Ended {
+        /// Matches the request.
+        id: u64,
+    },
     /// The worker refused the request itself (its own validation).
     Invalid {
         /// Matches the request.
@@ -102,6 +121,7 @@ impl WorkerReply {
         match *self {
             WorkerReply::Rooms { id, .. }
             | WorkerReply::Subspace { id, .. }
+            | WorkerReply::Ended { id }
             | WorkerReply::Invalid { id, .. }
             | WorkerReply::Failed { id, .. } => id,
         }
@@ -123,7 +143,9 @@ impl WorkerReply {
             WorkerReply::Subspace { user, pid, .. } => {
                 (*user || *pid) && fds.len() == 2 + usize::from(*user) + usize::from(*pid)
             }
-            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => fds.is_empty(),
+            WorkerReply::Ended { .. }
+            | WorkerReply::Invalid { .. }
+            | WorkerReply::Failed { .. } => fds.is_empty(),
         };
         if ok {
             Ok(())
@@ -161,16 +183,32 @@ impl WorkerReply {
                 }
                 Ok(())
             }
-            WorkerReply::Invalid { .. } | WorkerReply::Failed { .. } => Ok(()),
+            WorkerReply::Ended { .. }
+            | WorkerReply::Invalid { .. }
+            | WorkerReply::Failed { .. } => Ok(()),
         }
     }
+}
+
+/// What a serving worker started by the supervisor does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerKind {
+    /// Makes rooms in the host's namespaces.
+    Rooms,
+    /// Starts every subspace worker, at any depth (the *spawner*): a
+    /// process that never sees a room request or its options, so no
+    /// subspace worker carries another request's data.
+    Subspaces,
 }
 
 /// Broker → worker supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SupervisorRequest {
-    /// Start one more serving worker.
-    Spawn,
+    /// Start one more serving worker of this kind.
+    Spawn {
+        /// What it serves.
+        kind: WorkerKind,
+    },
     /// Kill the serving worker with this pid (a hung one).
     Kill {
         /// As reported in [`SupervisorReply::Spawned`].
@@ -209,14 +247,6 @@ pub enum SubspaceReady {
         /// The operation and errno.
         reason: String,
     },
-}
-
-/// A new subspace worker's parent → the new subspace worker, once, after
-/// `Ready`: its id maps are written (when the parent writes them), go on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SubspaceGo {
-    /// Finish setting up and serve.
-    Go,
 }
 
 /// Why an internal message was refused.
@@ -259,7 +289,9 @@ mod tests {
                 spaces: 7,
                 uid: 1000,
                 gid: 100,
+                parent: true,
             },
+            WorkerRequest::End { id: 2, pid: 77 },
         ];
         for r in reqs {
             assert_eq!(decode::<WorkerRequest>(&encode(&r)), Ok(r));

@@ -74,6 +74,44 @@ pub(crate) fn ns_get_owner_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     }
 }
 
+/// The namespace file handle of `fd` (`name_to_handle_at(fd, "",
+/// AT_EMPTY_PATH)`): Linux 6.18 answers for nsfs with a 16-byte handle of
+/// type `FILEID_NSFS` (241) whose first 8 bytes are the namespace's 64-bit
+/// id (never reused while the machine runs), then its type and inode.
+pub(crate) fn ns_file_handle(fd: BorrowedFd<'_>) -> io::Result<(i32, [u8; 16])> {
+    #[repr(C)]
+    struct Handle {
+        head: libc::file_handle,
+        bytes: [u8; 16],
+    }
+    let mut h = Handle {
+        head: libc::file_handle {
+            handle_bytes: 16,
+            handle_type: 0,
+            f_handle: [],
+        },
+        bytes: [0; 16],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the path is an empty NUL-terminated literal; `h` is a live,
+    // aligned `struct file_handle` followed by the 16 bytes its
+    // `handle_bytes` announces, so the kernel writes within it (a larger
+    // handle fails with EOVERFLOW instead); `mount_id` is a live local.
+    let ret = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h.head,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((h.head.handle_type, h.bytes))
+}
+
 /// `PIDFD_GET_<TYPE>_NAMESPACE` number `nr` on a pidfd.
 pub(crate) fn pidfd_get_namespace(pidfd: BorrowedFd<'_>, nr: u8) -> io::Result<OwnedFd> {
     ioctl_new_fd(pidfd, PIDFD_GET_NAMESPACE_BASE | libc::c_ulong::from(nr))

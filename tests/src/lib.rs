@@ -131,6 +131,11 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether a process is the spawner (by its name).
+pub fn is_spawner(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "spacer-spawner")
+}
+
 /// `type -> target` of `/proc/PID/ns/*`, sorted.
 pub fn ns_links(pid: i32) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/ns"))
@@ -363,9 +368,31 @@ impl Broker {
         kids[0]
     }
 
-    /// The serving workers' pids.
+    /// The serving workers' pids (those that make rooms).
     pub fn worker_pids(&self) -> Vec<i32> {
         children(self.supervisor_pid())
+            .into_iter()
+            .filter(|&p| !is_spawner(p))
+            .collect()
+    }
+
+    /// The spawner's pid: the worker that starts every subspace worker.
+    pub fn spawner_pid(&self) -> i32 {
+        let mut pids = Vec::new();
+        eventually(Duration::from_secs(5), || {
+            pids = children(self.supervisor_pid())
+                .into_iter()
+                .filter(|&p| is_spawner(p))
+                .collect();
+            pids.len() == 1
+        });
+        assert_eq!(pids.len(), 1, "one spawner: {pids:?}");
+        pids[0]
+    }
+
+    /// The live subspace workers (children of the spawner).
+    pub fn subspace_workers(&self) -> Vec<i32> {
+        children(self.spawner_pid())
     }
 
     /// The one serving worker (for tests that run with one).

@@ -17,9 +17,13 @@ fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
 }
 
-/// fd counts of broker, supervisor and serving workers.
+/// fd counts of broker, supervisor, spawner and serving workers.
 fn fds(b: &Broker) -> Vec<usize> {
-    let mut v = vec![fd_count(b.pid()), fd_count(b.supervisor_pid())];
+    let mut v = vec![
+        fd_count(b.pid()),
+        fd_count(b.supervisor_pid()),
+        fd_count(b.spawner_pid()),
+    ];
     v.extend(b.worker_pids().into_iter().map(fd_count));
     v
 }

@@ -29,13 +29,11 @@ fn stopping_new_subspace_workers_cannot_stall_the_worker() {
     });
     let v = b.probe_as(STORM, STORM, &["stop-storm", "4"]);
     let worst = root.join().unwrap();
-    let ok = v["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| *o == "ok")
-        .count();
-    assert!(ok > 0, "{v}");
+    // During the storm a new subspace worker may be stopped before it is
+    // ready (it is the requester's from its `unshare` on) and then fails at
+    // its setup deadline; whether any got through is a matter of timing.
+    // After the storm the uid is served again.
+    assert_eq!(v["after"], "ok", "{v}");
     // Not the 10 s request deadline: nothing waited on a stopped process.
     assert!(worst < Duration::from_secs(2), "root waited {worst:?}");
     assert!(!b

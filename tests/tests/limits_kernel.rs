@@ -24,7 +24,7 @@ fn namespace_limit_fails_the_whole_request_and_charges_nothing() {
     // cgroup, ipc and mnt are made first; net then fails, and they are closed.
     assert_eq!(
         outcomes[0],
-        "failed: creating net namespace: ENOSPC (No space left on device)"
+        "failed: subspace worker says: creating net namespace: ENOSPC (No space left on device)"
     );
     assert_eq!(v["worker_fds_before"], v["worker_fds_after"], "{v}");
     // Nothing charged for it: the subspace (1) and three more (2, 3, 4) are

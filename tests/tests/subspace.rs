@@ -123,10 +123,10 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     );
     let mut sub = Vec::new();
     let found = eventually(Duration::from_secs(5), || {
-        sub = b.worker_pids().into_iter().flat_map(children).collect();
+        sub = b.subspace_workers();
         !sub.is_empty()
     });
-    assert!(found, "no subspace worker under the serving worker");
+    assert!(found, "no subspace worker under the spawner");
     let pid = sub[0];
     let want = format!("{TENANT}\t{TENANT}\t{TENANT}\t{TENANT}");
     // It finishes setting up (becomes the requester in all ids) right after

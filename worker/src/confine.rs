@@ -38,7 +38,13 @@ use crate::sys;
 ///   option; the kernel checks it when `/proc/self/timens_offsets` is
 ///   opened. Raised for that `open` only. (The seccomp filter allows no
 ///   call that sets a clock.)
-pub const WORKER_CAPS: [Capability; 7] = [
+/// * `CAP_KILL`, permitted but **not effective**: the spawner ends a
+///   subspace worker whose connection closed (it runs as the requester, so
+///   a root process needs CAP_KILL to signal it). Raised around that one
+///   `pidfd_send_signal(SIGKILL)` ([`kill`]); the filter allows no other
+///   signal but the null one.
+pub const WORKER_CAPS: [Capability; 8] = [
+    Capability::CAP_KILL,
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETUID,
@@ -78,6 +84,20 @@ pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETFCAP,
 ];
+
+/// Sends `SIGKILL` through a pidfd, with `CAP_KILL` raised for the call if
+/// it is permitted (the target may run as another uid). ESRCH (gone
+/// already) and every other error are ignored: the caller waits for the
+/// process's end by other means.
+pub fn kill(pidfd: std::os::fd::BorrowedFd<'_>) {
+    let raised = caps::has_cap(None, CapSet::Permitted, Capability::CAP_KILL).unwrap_or(false)
+        && caps::raise(None, CapSet::Effective, Capability::CAP_KILL).is_ok();
+    let _ = spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
+    if raised && caps::drop(None, CapSet::Effective, Capability::CAP_KILL).is_err() {
+        eprintln!("spacer-worker: cannot lower CAP_KILL; exiting");
+        std::process::exit(1);
+    }
+}
 
 /// A failed step of the confinement sequence.
 #[derive(Debug)]
@@ -137,7 +157,7 @@ pub fn confine(
     // 2. No fd but stdio and the channel.
     step(
         "closing inherited fds",
-        sys::close_fds_except(channel.as_raw_fd()),
+        sys::close_fds_except(&[channel.as_raw_fd()]),
     )?;
     step("changing to /", nix::unistd::chdir("/"))?;
     // 3. No supplementary groups (a subspace worker inherits them, and with

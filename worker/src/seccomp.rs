@@ -126,9 +126,16 @@ fn entries() -> Vec<Entry> {
         always(libc::SYS_setdomainname),
         // Maker::rooms (one type at a time) and subspace setup (user+pid).
         arg_within(libc::SYS_unshare, 0, unshare_allowed),
-        // Maker::go_home: back into the worker's own namespace of one type.
-        // setns(fd, 0) would join any type: only single room flags pass.
-        arg_in(libc::SYS_setns, 1, &ROOM_FLAGS),
+        // Maker::go_home: back into the worker's own namespace of one type;
+        // subspace::setup: a nested subspace worker joins its parent
+        // subspace's user namespace (less privilege than the host's, which
+        // it leaves for good). setns(fd, 0) would join any type: only
+        // single flags pass.
+        arg_in(
+            libc::SYS_setns,
+            1,
+            &[&ROOM_FLAGS[..], &[libc::CLONE_NEWUSER as u64]].concat(),
+        ),
         // maker::make_root_private: MS_REC|MS_PRIVATE changes propagation
         // only; no bind, move, remount or new filesystem can pass.
         long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
@@ -165,6 +172,9 @@ fn entries() -> Vec<Entry> {
         always(libc::SYS_setresuid),
         always(libc::SYS_setresgid),
         always(libc::SYS_setgroups),
+        // subspace::take_effective_ids: filesystem uid back to 0 (the real
+        // uid), so a never-dumpable new worker can open its own /proc files.
+        always(libc::SYS_setfsuid),
         always(libc::SYS_getuid),
         always(libc::SYS_geteuid),
         always(libc::SYS_getgid),
@@ -186,6 +196,8 @@ fn entries() -> Vec<Entry> {
                 libc::PR_CAPBSET_READ as u64,
                 libc::PR_CAPBSET_DROP as u64,
                 libc::PR_CAP_AMBIENT as u64,
+                // serve::spawn_serving: the spawner's name.
+                libc::PR_SET_NAME as u64,
             ],
         ),
         // Memory for the allocator; never executable.

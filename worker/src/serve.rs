@@ -5,32 +5,41 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use spacer_proto::internal::{
-    self, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest,
+    self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
 };
-use spacer_proto::{check_spaces, fd, Channel, RecvError, Spaces};
+use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, Spaces};
 
 use crate::maker::Maker;
-use crate::subspace::{self, SpawnError};
+use crate::subspace::{self, Requester, SpawnError};
 use crate::sys::{self, Cloned};
 
 /// Which worker this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Serving in the host's namespaces for the broker: may hand a new user
-    /// namespace to the requester's ids.
+    /// Making rooms in the host's namespaces for the broker.
     Host,
+    /// Starting every subspace worker for the broker, at any depth (the
+    /// *spawner*); it sees no room request, and ends the subspace workers
+    /// it started when asked to or when the broker goes.
+    Spawner,
     /// Serving a client library directly (private mode), with that
     /// process's own privileges: never switches ids; when its client goes,
     /// it ends every subspace worker below it.
     Private,
-    /// Serving inside a subspace: already the requester.
+    /// Serving inside a subspace of a private worker: already the
+    /// requester; starts nested subspaces itself.
     Subspace,
+    /// Serving inside a subspace the spawner started: already the
+    /// requester; nested subspaces are the spawner's job.
+    HostSubspace,
 }
 
 /// A subspace being set up, and the request it answers.
 struct Pending {
     id: u64,
     starting: subspace::Starting,
+    /// Whether to keep its pidfd (the spawner does).
+    keep: bool,
 }
 
 /// What a reply carries.
@@ -54,6 +63,10 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
     };
     let mut buf = vec![0u8; internal::MAX_BYTES];
     let mut pending: Vec<Pending> = Vec::new();
+    // The spawner's subspace workers, by pid, until the broker ends them.
+    let mut started: Vec<(i32, OwnedFd)> = Vec::new();
+    // Only the spawner takes an fd with a request (a parent user namespace).
+    let max_fds = usize::from(role == Role::Spawner);
     loop {
         // With nothing pending, block in recv (no extra syscall per request).
         let request_ready = pending.is_empty() || wait(&channel, &pending);
@@ -63,9 +76,9 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
                 None => i += 1,
                 Some(done) => {
                     let p = pending.swap_remove(i);
-                    let answer = finish(p, done);
+                    let answer = finish(p, done, &mut started);
                     if !send(&channel, answer) {
-                        return end(role, 0);
+                        return end(role, 0, &started);
                     }
                 }
             }
@@ -73,12 +86,12 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
         if !request_ready {
             continue;
         }
-        let got = match channel.recv(&mut buf, 0) {
+        let got = match channel.recv(&mut buf, max_fds) {
             Ok(Some(got)) => got,
-            Ok(None) => return end(role, 0),
+            Ok(None) => return end(role, 0, &started),
             Err(RecvError::Io(e)) => {
                 eprintln!("spacer-worker: receiving: {e}");
-                return end(role, 1);
+                return end(role, 1, &started);
             }
             // A datagram the broker should never send: refuse it, keep serving.
             Err(e) => {
@@ -87,13 +100,17 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
                     reason: e.to_string(),
                 };
                 if !send(&channel, (reply, Vec::new(), false)) {
-                    return end(role, 0);
+                    return end(role, 0, &started);
                 }
                 continue;
             }
         };
-        let answer = match internal::decode::<WorkerRequest>(&buf[..got.len]) {
-            Ok(req) => match handle(&mut maker, role, req) {
+        let decoded = internal::decode::<WorkerRequest>(&buf[..got.len]);
+        // Nothing of a request stays in this buffer, which the next fork
+        // would copy.
+        buf[..got.len].fill(0);
+        let answer = match decoded {
+            Ok(req) => match handle(&mut maker, role, req, got.fds, &mut started) {
                 Handled::Now(answer) => answer,
                 Handled::Later(p) => {
                     pending.push(p);
@@ -111,11 +128,11 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
         };
         let fatal = answer.2;
         if !send(&channel, answer) {
-            return end(role, 0);
+            return end(role, 0, &started);
         }
         if fatal {
             eprintln!("spacer-worker: own namespaces may have changed; exiting");
-            return end(role, 1);
+            return end(role, 1, &started);
         }
     }
 }
@@ -184,11 +201,22 @@ fn poll_pending(p: &Pending) -> Option<Done> {
     }
 }
 
-fn finish(p: Pending, done: Done) -> Answer {
+fn finish(p: Pending, done: Done, started: &mut Vec<(i32, OwnedFd)>) -> Answer {
     let failed = |reason: String| (WorkerReply::Failed { id: p.id, reason }, Vec::new(), false);
+    let keep = p.keep;
     match done {
         Done::Readable => match p.starting.finish() {
             Ok(s) => {
+                if keep {
+                    // The spawner keeps a pidfd to end it with.
+                    match s.pidfd.try_clone() {
+                        Ok(dup) => started.push((s.pid, dup)),
+                        Err(e) => {
+                            crate::confine::kill(s.pidfd.as_fd());
+                            return failed(format!("keeping the subspace worker's pidfd: {e}"));
+                        }
+                    }
+                }
                 let reply = WorkerReply::Subspace {
                     id: p.id,
                     user: s.user.is_some(),
@@ -214,10 +242,17 @@ fn finish(p: Pending, done: Done) -> Answer {
 }
 
 /// Leaving: a private worker takes its subspace workers, at any depth, with
-/// it (and reaps them: nothing is left for init).
-fn end(role: Role, code: i32) -> i32 {
-    if role == Role::Private {
-        sys::kill_descendants();
+/// it (and reaps them: nothing is left for init); the spawner ends every
+/// subspace worker it started (the broker has gone).
+fn end(role: Role, code: i32, started: &[(i32, OwnedFd)]) -> i32 {
+    match role {
+        Role::Private => sys::kill_descendants(),
+        Role::Spawner => {
+            for (_, pidfd) in started {
+                crate::confine::kill(pidfd.as_fd());
+            }
+        }
+        _ => {}
     }
     code
 }
@@ -230,9 +265,24 @@ enum Handled {
     Later(Pending),
 }
 
-/// Answers one request, or starts a subspace.
-fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> Handled {
+/// Answers one request, or starts a subspace. `fds`: what came with the
+/// request (the spawner takes one, a parent user namespace).
+fn handle(
+    maker: &mut Maker,
+    role: Role,
+    req: WorkerRequest,
+    fds: Vec<OwnedFd>,
+    started: &mut Vec<(i32, OwnedFd)>,
+) -> Handled {
+    let id = req.id();
+    let wants_fd = matches!(req, WorkerRequest::Subspace { parent: true, .. });
+    if fds.len() != usize::from(wants_fd && role == Role::Spawner) {
+        return Handled::Now(invalid(id, "unexpected fds with the request".into()));
+    }
     match req {
+        WorkerRequest::Rooms { .. } if role == Role::Spawner => {
+            Handled::Now(invalid(id, "the spawner makes no rooms".into()))
+        }
         WorkerRequest::Rooms {
             id,
             spaces,
@@ -278,29 +328,51 @@ fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> Handled {
             spaces,
             uid,
             gid,
+            parent,
         } => {
             let spaces = match check_spaces(spaces, Spaces::SUBSPACE) {
                 Ok(s) => s,
                 Err(e) => return Handled::Now(invalid(id, e.to_string())),
             };
-            let ids = match role {
-                Role::Host if uid == u32::MAX || gid == u32::MAX => {
+            let requester = match role {
+                Role::Host | Role::HostSubspace => {
+                    return Handled::Now(invalid(
+                        id,
+                        "subspaces are started by the service's spawner".into(),
+                    ))
+                }
+                Role::Spawner if uid == u32::MAX || gid == u32::MAX => {
                     return Handled::Now(invalid(id, "invalid requester ids".into()))
                 }
                 // Owned by the host's user namespace, it could be entered
                 // only with CAP_SYS_ADMIN there, and its worker would serve
                 // as host root for an unprivileged requester.
-                Role::Host if uid != 0 && !spaces.contains(Spaces::USER) => {
+                Role::Spawner if uid != 0 && !parent && !spaces.contains(Spaces::USER) => {
                     return Handled::Now(invalid(
                         id,
                         "a PID subspace without a user namespace is for root only: ask for user and pid together".into(),
                     ))
                 }
-                Role::Host => Some((uid, gid)),
-                Role::Private | Role::Subspace => None,
+                Role::Spawner => {
+                    let parent = fds.into_iter().next();
+                    if let Some(p) = &parent {
+                        if fd::namespace_type(p.as_fd()).ok() != Some(NsType::User) {
+                            return Handled::Now(invalid(
+                                id,
+                                "the parent namespace is not a user namespace".into(),
+                            ));
+                        }
+                    }
+                    Requester::Host { uid, gid, parent }
+                }
+                Role::Private | Role::Subspace => Requester::Own,
             };
-            match subspace::start(spaces, ids) {
-                Ok(starting) => Handled::Later(Pending { id, starting }),
+            match subspace::start(spaces, requester) {
+                Ok(starting) => Handled::Later(Pending {
+                    id,
+                    starting,
+                    keep: role == Role::Spawner,
+                }),
                 Err(e) => Handled::Now((
                     WorkerReply::Failed {
                         id,
@@ -310,6 +382,18 @@ fn handle(maker: &mut Maker, role: Role, req: WorkerRequest) -> Handled {
                     false,
                 )),
             }
+        }
+        WorkerRequest::End { id, pid } => {
+            if role != Role::Spawner {
+                return Handled::Now(invalid(id, "only the spawner ends subspaces".into()));
+            }
+            if let Some(i) = started.iter().position(|(p, _)| *p == pid) {
+                let (_, pidfd) = started.swap_remove(i);
+                // SIGKILL ends a stopped or traced process too. It is
+                // reaped by the kernel (SIGCHLD is ignored).
+                crate::confine::kill(pidfd.as_fd());
+            }
+            Handled::Now((WorkerReply::Ended { id }, Vec::new(), false))
         }
     }
 }
@@ -335,8 +419,8 @@ pub fn supervise(channel: Channel) -> i32 {
             Err(_) => continue,
         };
         match internal::decode::<SupervisorRequest>(&buf[..got.len]) {
-            Ok(SupervisorRequest::Spawn) => {
-                let reply = spawn_serving(&mut workers);
+            Ok(SupervisorRequest::Spawn { kind }) => {
+                let reply = spawn_serving(&mut workers, kind);
                 let (msg, fds) = match reply {
                     Ok((pid, chan, pidfd)) => (SupervisorReply::Spawned { pid }, vec![chan, pidfd]),
                     Err(reason) => (SupervisorReply::Failed { reason }, Vec::new()),
@@ -360,7 +444,10 @@ pub fn supervise(channel: Channel) -> i32 {
 
 /// Forks a serving worker; returns its pid, the broker's end of its
 /// channel and a pidfd (a duplicate stays here for `Kill`).
-fn spawn_serving(workers: &mut Vec<(i32, OwnedFd)>) -> Result<(i32, OwnedFd, OwnedFd), String> {
+fn spawn_serving(
+    workers: &mut Vec<(i32, OwnedFd)>,
+    kind: WorkerKind,
+) -> Result<(i32, OwnedFd, OwnedFd), String> {
     let (broker_end, worker_end) =
         Channel::pair().map_err(|e| format!("creating a worker channel: {e}"))?;
     match sys::clone_with_pidfd().map_err(|e| format!("starting a worker: {e}"))? {
@@ -368,10 +455,18 @@ fn spawn_serving(workers: &mut Vec<(i32, OwnedFd)>) -> Result<(i32, OwnedFd, Own
             drop(broker_end);
             sys::child_exit(|| {
                 use std::os::fd::AsRawFd;
-                if sys::close_fds_except(worker_end.as_raw_fd()).is_err() {
+                if sys::close_fds_except(&[worker_end.as_raw_fd()]).is_err() {
                     return 1;
                 }
-                serve(worker_end, Role::Host, None)
+                let role = match kind {
+                    WorkerKind::Rooms => Role::Host,
+                    WorkerKind::Subspaces => {
+                        // Told apart in `ps` (and by the tests).
+                        let _ = nix::sys::prctl::set_name(c"spacer-spawner");
+                        Role::Spawner
+                    }
+                };
+                serve(worker_end, role, None)
             })
         }
         Cloned::Parent { pid, pidfd } => {

@@ -5,33 +5,37 @@
 //! closes every fd but its channel, points its stdio at `/dev/null`, and
 //! sets itself up.
 //!
-//! Started by the host worker for a requester (uid, gid): it takes the
-//! requester's ids as its *effective* ids only — its real and saved uid stay
-//! 0, so the requester can neither signal nor trace it while it sets up —,
-//! opens its time offsets file (dumpable for that `open`), and calls
-//! `unshare(CLONE_NEWUSER [| CLONE_NEWPID])`: the new user
-//! namespace is owned by the requester. It reports `Ready` with its
-//! namespace fds; the parent, which holds `CAP_SETUID`/`CAP_SETGID` (and
-//! `CAP_SETFCAP` for a root requester), writes the maps `0 <uid> 1` and
-//! `0 <gid> 1` with `setgroups` denied and says `Go`; the child then becomes
-//! uid 0 inside (the requester on the host, in all three ids) and drops to
-//! [`SUBSPACE_CAPS`](crate::confine::SUBSPACE_CAPS) inside its namespace.
+//! Under the broker every subspace worker, at any depth, is started by the
+//! *spawner* (a serving worker that only ever starts subspaces), for a
+//! requester (uid, gid) and, for a nested subspace, in the user namespace
+//! its parent subspace serves in. The child takes the requester's ids as
+//! its *effective* ids only and keeps 0 as its real, saved and filesystem
+//! uid; it is never dumpable. Its `/proc/self` files then belong to root,
+//! which its filesystem uid is, so it writes its own id maps without ever
+//! becoming dumpable; the kernel checks the map against the *opener's*
+//! effective ids, which are the requester's (`0 <uid> 1`, or `0 0 1` one
+//! level down). A nested child first joins the parent's user namespace
+//! (`setns`, with `CAP_SYS_ADMIN` from the host), so the new namespace is
+//! the parent's child and owned by the requester. See
+//! docs/ARCHITECTURE.md, "Subspaces".
 //!
-//! Started by a subspace worker (nested) or a private worker, the child is
-//! already the requester: it writes its own maps and opens its time offsets
-//! file, being dumpable for those (a process's `/proc/self` files are its
-//! own only then).
+//! Started by a private worker (or by a subspace worker below one), the
+//! child is already the requester: it writes its own maps and opens its
+//! time offsets file, being dumpable for those (a process's `/proc/self`
+//! files are its own only then). That worker is the caller's own process,
+//! with the caller's privileges only.
 //!
-//! A PID namespace without a user namespace is made only for root (a
-//! non-root requester could not enter one owned by the host's user
-//! namespace). The subspace worker stays outside its new PID namespace,
-//! which is handed out empty (by the pidfd ioctl, as `/proc` refuses empty
-//! PID namespaces), so the requester's first process in it is its PID 1.
+//! A PID namespace without a user namespace is made only for root at the
+//! first level (a non-root requester could not enter one owned by the
+//! host's user namespace). The subspace worker stays outside its new PID
+//! namespace, which is handed out empty (by the pidfd ioctl, as `/proc`
+//! refuses empty PID namespaces), so the requester's first process in it is
+//! its PID 1.
 //!
-//! The parent never waits for the child: once the child has made its user
-//! namespace, the requester owns that namespace and may signal (stop) the
-//! child. The parent keeps serving; the setup is finished when `Ready`
-//! arrives, or the child is killed at [`SETUP_DEADLINE`].
+//! The parent never waits for the child: once the child has joined or made
+//! a user namespace the requester owns, the requester may signal (stop) it.
+//! The parent keeps serving; the setup is finished when `Ready` arrives, or
+//! the child is killed at [`SETUP_DEADLINE`].
 
 use std::fmt;
 use std::fs::File;
@@ -39,11 +43,11 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::prctl;
 use nix::unistd::{getegid, geteuid, setgroups, setresgid, setresuid, Gid, Uid};
 use spacer_proto::fd::{self, Which};
-use spacer_proto::internal::{self, SubspaceGo, SubspaceReady};
+use spacer_proto::internal::{self, SubspaceReady};
 use spacer_proto::{Channel, NsType, Spaces};
 
 use crate::confine;
@@ -89,6 +93,23 @@ impl fmt::Display for SpawnError {
 /// How long a new subspace worker has to report `Ready`.
 pub const SETUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Who the new subspace worker is to become.
+pub enum Requester {
+    /// The spawner, for the broker: the requester's host ids, and the user
+    /// namespace to make the subspace in (`None`: the host's).
+    Host {
+        /// The requester's uid on the host.
+        uid: u32,
+        /// The requester's gid on the host.
+        gid: u32,
+        /// The parent subspace's user namespace, for a nested subspace.
+        parent: Option<OwnedFd>,
+    },
+    /// A private worker or a subspace worker below one: it already is the
+    /// requester.
+    Own,
+}
+
 /// A subspace worker started and not yet ready: its parent keeps serving
 /// and finishes the setup when `Ready` arrives (or gives up at the
 /// deadline). A parent must never block on it: the new process lives in a
@@ -102,15 +123,10 @@ pub struct Starting {
     pub pid: i32,
     /// When to give up on it.
     pub deadline: std::time::Instant,
-    spaces: Spaces,
-    ids: Option<(u32, u32)>,
 }
 
-/// Starts a subspace worker. `ids` is the requester's (uid, gid) when the
-/// caller is a host worker that must hand the new user namespace to them;
-/// `None` in a subspace or private worker, which already runs as the
-/// requester.
-pub fn start(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Starting, SpawnError> {
+/// Starts a subspace worker for `requester`.
+pub fn start(spaces: Spaces, requester: Requester) -> Result<Starting, SpawnError> {
     let (parent_end, child_end) = Channel::pair().map_err(|e| {
         SpawnError::Start(
             "creating the subspace channel",
@@ -126,7 +142,7 @@ pub fn start(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Starting, SpawnE
     match cloned {
         Cloned::Child => {
             drop(parent_end);
-            sys::child_exit(|| become_subspace(child_end, spaces, ids))
+            sys::child_exit(|| become_subspace(child_end, spaces, requester))
         }
         Cloned::Parent { pid, pidfd } => {
             drop(child_end);
@@ -135,20 +151,16 @@ pub fn start(spaces: Spaces, ids: Option<(u32, u32)>) -> Result<Starting, SpawnE
                 pidfd,
                 pid,
                 deadline: std::time::Instant::now() + SETUP_DEADLINE,
-                spaces,
-                ids,
             })
         }
     }
 }
 
 impl Starting {
-    /// The new worker's `Ready` (or failure) can be read: finish the setup
-    /// (write its maps if this is the host worker, say `Go`). Does not
+    /// The new worker's `Ready` (or failure) can be read: take it. Does not
     /// block beyond reading that one datagram.
     pub fn finish(self) -> Result<Spawned, SpawnError> {
-        let result = finish_setup(&self.channel, self.pid, self.spaces, self.ids);
-        match result {
+        match read_ready(&self.channel) {
             Ok((user, pidns)) => Ok(Spawned {
                 channel: self.channel.into_fd(),
                 pidfd: self.pidfd,
@@ -165,66 +177,31 @@ impl Starting {
 
     /// Gives up: kills the new worker (its pidfd pins it).
     pub fn abandon(self) {
-        // ESRCH: it has gone already.
-        let _ = fd::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        confine::kill(self.pidfd.as_fd());
     }
 }
 
 type NsFds = (Option<OwnedFd>, Option<OwnedFd>);
 
-/// The parent's side of the setup, once `Ready` is readable: write the maps
-/// if it is the host worker, say `Go`.
-fn finish_setup(
-    chan: &Channel,
-    pid: i32,
-    spaces: Spaces,
-    ids: Option<(u32, u32)>,
-) -> Result<NsFds, SpawnError> {
+/// The parent's side of the setup, once `Ready` is readable.
+fn read_ready(chan: &Channel) -> Result<NsFds, SpawnError> {
     let mut buf = [0u8; 1024];
     let got = match chan.recv(&mut buf, 2) {
         Ok(Some(got)) => got,
         _ => return Err(SpawnError::Lost),
     };
-    let (user, pidns) = match internal::decode::<SubspaceReady>(&buf[..got.len]) {
+    match internal::decode::<SubspaceReady>(&buf[..got.len]) {
         Ok(SubspaceReady::Ready { user, pid: has_pid })
             if ready_fds_match(&got.fds, user, has_pid) =>
         {
             let mut fds = got.fds.into_iter();
             let user = if user { fds.next() } else { None };
             let pidns = if has_pid { fds.next() } else { None };
-            (user, pidns)
+            Ok((user, pidns))
         }
-        Ok(SubspaceReady::Failed { reason }) => return Err(SpawnError::Setup(reason)),
-        _ => return Err(SpawnError::Lost),
-    };
-    if let (true, Some((uid, gid))) = (spaces.contains(Spaces::USER), ids) {
-        write_child_maps(pid, uid, gid).map_err(SpawnError::Setup)?;
+        Ok(SubspaceReady::Failed { reason }) => Err(SpawnError::Setup(reason)),
+        _ => Err(SpawnError::Lost),
     }
-    chan.send(&internal::encode(&SubspaceGo::Go), &[])
-        .map_err(|_| SpawnError::Lost)?;
-    Ok((user, pidns))
-}
-
-/// The host worker writes a new subspace worker's maps: `setgroups` `deny`,
-/// `0 <uid> 1`, `0 <gid> 1`. It may (CAP_SETUID, CAP_SETGID in the parent
-/// namespace); mapping uid 0 also takes CAP_SETFCAP, raised for the three
-/// opens only.
-fn write_child_maps(pid: i32, uid: u32, gid: u32) -> Result<(), String> {
-    use caps::{CapSet, Capability};
-    let root = uid == 0 || gid == 0;
-    if root {
-        caps::raise(None, CapSet::Effective, Capability::CAP_SETFCAP)
-            .map_err(|e| format!("raising CAP_SETFCAP: {e}"))?;
-    }
-    let result = (|| {
-        write_proc(&format!("/proc/{pid}/setgroups"), "deny")?;
-        write_proc(&format!("/proc/{pid}/uid_map"), &format!("0 {uid} 1"))?;
-        write_proc(&format!("/proc/{pid}/gid_map"), &format!("0 {gid} 1"))
-    })();
-    if root {
-        let _ = caps::drop(None, CapSet::Effective, Capability::CAP_SETFCAP);
-    }
-    result
 }
 
 fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
@@ -239,16 +216,29 @@ fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
             .all(|(t, fd)| fd::namespace_type(fd.as_fd()).ok() == Some(*t))
 }
 
-/// The new process: set up, report, wait for `Go`, serve. Returns the exit
-/// code.
-fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) -> i32 {
-    // Nothing of the parent's but the channel: no broker channel, no homes,
-    // and not the broker's stderr (the audit log): this process will run as
-    // the requester.
-    if sys::close_fds_except(channel.as_raw_fd()).is_err() || sys::stdio_to_dev_null().is_err() {
+/// The new process: set up, report, serve. Returns the exit code.
+fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i32 {
+    // Nothing of the parent's but the channel (and the parent user
+    // namespace to join): no broker channel, no homes, and not the
+    // service's stderr: this process will run as the requester.
+    let mut keep = vec![channel.as_raw_fd()];
+    if let Requester::Host {
+        parent: Some(p), ..
+    } = &requester
+    {
+        keep.push(p.as_raw_fd());
+    }
+    if sys::close_fds_except(&keep).is_err() || sys::stdio_to_dev_null().is_err() {
         return 1;
     }
-    match setup(spaces, ids) {
+    let (role, inside) = match &requester {
+        Requester::Host { parent, .. } => (
+            serve::Role::HostSubspace,
+            spaces.contains(Spaces::USER) || parent.is_some(),
+        ),
+        Requester::Own => (serve::Role::Subspace, spaces.contains(Spaces::USER)),
+    };
+    match setup(spaces, requester) {
         Ok((user, pidns, offsets_file)) => {
             let ready = SubspaceReady::Ready {
                 user: user.is_some(),
@@ -260,19 +250,13 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
                 return 1;
             }
             drop((user, pidns));
-            // Wait for the parent (it writes our maps if we cannot).
-            let mut buf = [0u8; 64];
-            match channel.recv(&mut buf, 0) {
-                Ok(Some(got)) if internal::decode::<SubspaceGo>(&buf[..got.len]).is_ok() => {}
-                _ => return 1,
-            }
-            if spaces.contains(Spaces::USER) {
+            if inside {
                 if let Err(e) = become_root_inside() {
                     eprintln!("spacer-worker: {e}");
                     return 1;
                 }
             }
-            serve::serve(channel, serve::Role::Subspace, offsets_file)
+            serve::serve(channel, role, offsets_file)
         }
         Err(reason) => {
             let _ = channel.send(&internal::encode(&SubspaceReady::Failed { reason }), &[]);
@@ -284,30 +268,43 @@ fn become_subspace(channel: Channel, spaces: Spaces, ids: Option<(u32, u32)>) ->
 /// The new user and PID namespaces, and the time offsets file.
 type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>, Option<File>), String>;
 
-fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
+fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
     let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
     let pid_flag = if spaces.contains(Spaces::PID) {
         CloneFlags::CLONE_NEWPID
     } else {
         CloneFlags::empty()
     };
+    let own = matches!(requester, Requester::Own);
+    let mut joined = false;
+    match requester {
+        Requester::Host { uid, gid, parent } => {
+            if spaces.contains(Spaces::USER) || parent.is_some() {
+                take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?;
+            }
+            if let Some(parent) = parent {
+                // Full capabilities in the parent subspace's user namespace
+                // from here on (and none on the host).
+                setns(&parent, CloneFlags::CLONE_NEWUSER)
+                    .map_err(|e| fail("joining the parent subspace's user namespace", e))?;
+                joined = true;
+            }
+        }
+        Requester::Own => map_own_root_if_needed(),
+    }
     let mut offsets_file = None;
     if spaces.contains(Spaces::USER) {
-        match ids {
-            Some((uid, gid)) => {
-                take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?;
-                offsets_file = open_offsets_as_requester()?;
-            }
-            None => map_own_root_if_needed(),
-        }
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
             .map_err(|e| fail("creating the user namespace", e))?;
-        if ids.is_none() {
-            offsets_file = write_own_maps(outer_uid, outer_gid)?;
-        }
+        offsets_file = write_own_maps(outer_uid, outer_gid, own)?;
     } else {
         unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
+        if joined {
+            // Opened with all capabilities in the parent subspace's user
+            // namespace, which owns every time namespace this worker makes.
+            offsets_file = crate::prepare::open_offsets_file().ok();
+        }
     }
     let me =
         fd::pidfd_open(std::process::id() as i32).map_err(|e| format!("opening own pidfd: {e}"))?;
@@ -331,11 +328,16 @@ fn setup(spaces: Spaces, ids: Option<(u32, u32)>) -> SetupResult {
     Ok((user, pidns, offsets_file))
 }
 
-/// Takes the requester's ids as the *effective* ids only (real and saved
-/// stay 0: the requester cannot signal or trace this process), so that the
-/// user namespace made next is owned by the requester. The effective set is
-/// cleared by the switch; only `CAP_SYS_ADMIN` is raised again (hosts that
-/// forbid unprivileged user namespaces require it for the `unshare`).
+/// Takes the requester's ids as the *effective* ids only: real and saved
+/// uid stay 0, so the requester can neither signal nor trace this process
+/// before it is in a user namespace the requester owns, and the filesystem
+/// uid is set back to 0, so that the process can open its own `/proc/self`
+/// files (owned by root: it is never dumpable). The new user namespace is
+/// owned by the effective uid. The switch cleared the effective set; only
+/// `CAP_SYS_ADMIN` is raised again (for `unshare`, which hosts that forbid
+/// unprivileged user namespaces still allow with it, and for `setns` into a
+/// parent subspace's user namespace), with `CAP_SETFCAP` for a root
+/// requester (mapping uid 0 of the host needs it at `unshare`).
 fn take_effective_ids(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     use caps::{CapSet, Capability};
     setgroups(&[]).map_err(|e| ("dropping supplementary groups", e))?;
@@ -343,14 +345,24 @@ fn take_effective_ids(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
         .map_err(|e| ("taking the requester's gid", e))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(uid), Uid::from_raw(0))
         .map_err(|e| ("taking the requester's uid", e))?;
-    let need: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
+    // Allowed without a capability: 0 is the real uid. Returns the old value.
+    nix::unistd::setfsuid(Uid::from_raw(0));
+    if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != Uid::from_raw(0) {
+        return Err(("keeping filesystem uid 0", Errno::EPERM));
+    }
+    let mut need: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
+    if uid == 0 {
+        need.insert(Capability::CAP_SETFCAP);
+    }
     caps::set(None, CapSet::Effective, &need)
         .map_err(|_| ("raising CAP_SYS_ADMIN", Errno::EPERM))?;
     Ok(())
 }
 
-/// After the maps exist: uid and gid 0 inside (all three ids), which are the
-/// requester's on the host, and only [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS).
+/// Once the maps exist (or in a parent subspace's user namespace): uid and
+/// gid 0 of the current user namespace (all ids, the filesystem ones too),
+/// which are the requester's on the host, and only
+/// [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS).
 fn become_root_inside() -> Result<(), String> {
     let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
     setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
@@ -375,39 +387,31 @@ fn map_own_root_if_needed() {
 }
 
 /// Writes `0 <uid> 1` and `0 <gid> 1` (after `setgroups` `deny`) for this
-/// process's new user namespace. A process may map only its own ids; it
-/// must be dumpable for its `/proc/self` files to be its own, so it is for
-/// these three writes (and to open its time offsets file, returned),
-/// while it holds no capability outside the new namespace.
-fn write_own_maps(uid: u32, gid: u32) -> Result<Option<File>, String> {
-    prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
+/// process's new user namespace, `uid`/`gid` being its effective ids in the
+/// parent namespace, and opens its time offsets file (returned; with every
+/// capability in the new namespace, which owns every time namespace this
+/// worker will make; if it fails, a request for offsets says why).
+///
+/// A process started by the spawner is never dumpable: its filesystem uid
+/// is root's, who owns its `/proc/self` files. A private worker's child
+/// (`dumpable`) is the caller's own process: its `/proc/self` files are its
+/// own only while it is dumpable, so it is for these writes, while it holds
+/// no capability outside the new namespace.
+fn write_own_maps(uid: u32, gid: u32, dumpable: bool) -> Result<Option<File>, String> {
+    if dumpable {
+        prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
+    }
     let result = (|| {
         write_proc("/proc/self/setgroups", "deny")?;
         write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
         write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))
     })();
-    // Opened with all capabilities in the new namespace, which owns every
-    // time namespace this worker will make. If it fails, a request for
-    // offsets says why.
     let offsets_file = crate::prepare::open_offsets_file().ok();
-    prctl::set_dumpable(false).map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
+    if dumpable {
+        prctl::set_dumpable(false)
+            .map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
+    }
     result.map(|()| offsets_file)
-}
-
-/// Opens this process's time offsets file
-/// ([`open_offsets_file`](crate::prepare::open_offsets_file)) once its
-/// effective ids are the requester's, being dumpable for that one `open`
-/// (its `/proc/self` files are then the requester's, so the open needs no
-/// capability). Its real and saved uids are still 0: the requester can
-/// neither trace nor signal it meanwhile. The kernel lets the file set
-/// offsets of time namespaces owned by a user namespace the requester owns
-/// as a child of the host's, which is every one this worker will make. If
-/// the open fails, a request for offsets says why.
-fn open_offsets_as_requester() -> Result<Option<File>, String> {
-    prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
-    let file = crate::prepare::open_offsets_file().ok();
-    prctl::set_dumpable(false).map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
-    Ok(file)
 }
 
 fn write_proc(path: &str, content: &str) -> Result<(), String> {

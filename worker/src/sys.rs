@@ -66,25 +66,28 @@ pub fn child_exit(body: impl FnOnce() -> i32) -> ! {
     std::process::exit(code)
 }
 
-/// Closes every fd from 3 up except `keep`, by `close_range(2)`.
+/// Closes every fd from 3 up except those in `keep`, by `close_range(2)`.
 ///
 /// Nothing in the process may still use an `OwnedFd` for a closed number
 /// afterwards; callers use this at start-up and in a freshly cloned child,
 /// before any such fd is touched again.
-pub fn close_fds_except(keep: RawFd) -> io::Result<()> {
-    let ranges = [(3, keep - 1), (keep + 1, libc::c_int::MAX)];
-    for (first, last) in ranges {
-        if first > last {
-            continue;
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= 3).collect();
+    keep.sort_unstable();
+    let mut first: RawFd = 3;
+    for k in keep.into_iter().chain(std::iter::once(libc::c_int::MAX)) {
+        if first < k {
+            let last = if k == libc::c_int::MAX { k } else { k - 1 };
+            // SAFETY: close_range takes integers only. The fds it closes are
+            // the ones this process inherited or that belong to frames it
+            // will never return to (see the function's contract), so no
+            // live owner is left with a dangling number.
+            let ret = unsafe { libc::close_range(first as libc::c_uint, last as libc::c_uint, 0) };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
-        // SAFETY: close_range takes integers only. The fds it closes are the
-        // ones this process inherited or that belong to frames it will never
-        // return to (see the function's contract), so no live owner is left
-        // with a dangling number.
-        let ret = unsafe { libc::close_range(first as libc::c_uint, last as libc::c_uint, 0) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        first = k.saturating_add(1);
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 
 use spacer_proto::internal::{
-    self, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest,
+    self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
 };
 use spacer_proto::{fd, launch, Channel, Spaces};
 
@@ -37,8 +37,12 @@ impl Supervisor {
     }
 
     fn spawn_worker(&self) -> (i32, Channel, OwnedFd) {
+        self.spawn(WorkerKind::Rooms)
+    }
+
+    fn spawn(&self, kind: WorkerKind) -> (i32, Channel, OwnedFd) {
         self.chan
-            .send(&internal::encode(&SupervisorRequest::Spawn), &[])
+            .send(&internal::encode(&SupervisorRequest::Spawn { kind }), &[])
             .unwrap();
         let mut buf = [0u8; 512];
         let got = self.chan.recv(&mut buf, 2).unwrap().unwrap();
@@ -60,7 +64,15 @@ impl Drop for Supervisor {
 }
 
 fn call(chan: &Channel, req: &WorkerRequest) -> (WorkerReply, Vec<OwnedFd>) {
-    chan.send(&internal::encode(req), &[]).unwrap();
+    call_with(chan, req, &[])
+}
+
+fn call_with(
+    chan: &Channel,
+    req: &WorkerRequest,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> (WorkerReply, Vec<OwnedFd>) {
+    chan.send(&internal::encode(req), fds).unwrap();
     let mut buf = [0u8; 4096];
     let got = chan.recv(&mut buf, internal::MAX_FDS).unwrap().unwrap();
     let reply: WorkerReply = internal::decode(&buf[..got.len]).unwrap();
@@ -174,10 +186,11 @@ fn serves_all_six_rooms_and_stays_home() {
     assert_eq!(status(pid, "NoNewPrivs"), "1");
     assert_eq!(status(pid, "Seccomp"), "2");
     // Effective: CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21);
-    // permitted and bounding add CAP_SETFCAP(31).
+    // permitted and bounding add CAP_KILL(5), CAP_NET_ADMIN(12), CAP_SYS_TIME(25),
+    // CAP_SETFCAP(31).
     assert_eq!(status(pid, "CapEff"), "00000000002400c0");
-    assert_eq!(status(pid, "CapPrm"), "00000000822410c0");
-    assert_eq!(status(pid, "CapBnd"), "00000000822410c0");
+    assert_eq!(status(pid, "CapPrm"), "00000000822410e0");
+    assert_eq!(status(pid, "CapBnd"), "00000000822410e0");
     assert_eq!(status(pid, "CapInh"), "0000000000000000");
 }
 
@@ -208,24 +221,66 @@ fn rechecks_spaces_itself() {
         );
         assert!(fds.is_empty());
     }
+    // The rooms worker starts no subspace.
     let (reply, _) = call(
         &chan,
+        &WorkerRequest::Subspace {
+            id: 2,
+            spaces: Spaces::USER.bits(),
+            uid: 0,
+            gid: 0,
+            parent: false,
+        },
+    );
+    assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
+    let (_pid, spawner, _pidfd) = sup.spawn(WorkerKind::Subspaces);
+    let (reply, _) = call(
+        &spawner,
         &WorkerRequest::Subspace {
             id: 2,
             spaces: Spaces::NET.bits(),
             uid: 0,
             gid: 0,
+            parent: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
+    // The spawner makes no rooms.
+    let (reply, _) = call(
+        &spawner,
+        &WorkerRequest::Rooms {
+            id: 5,
+            spaces: Spaces::UTS.bits(),
+            options: Default::default(),
+        },
+    );
+    assert!(matches!(reply, WorkerReply::Invalid { id: 5, .. }));
+    // A "parent" that is no user namespace.
+    let net = std::fs::File::open("/proc/self/ns/net").unwrap();
+    let (reply, _) = call_with(
+        &spawner,
+        &WorkerRequest::Subspace {
+            id: 6,
+            spaces: Spaces::USER.bits(),
+            uid: 65534,
+            gid: 65534,
+            parent: true,
+        },
+        &[net.as_fd()],
+    );
+    assert!(
+        matches!(reply, WorkerReply::Invalid { id: 6, .. }),
+        "{reply:?}"
+    );
     // "-1" means "leave unchanged" to setresuid: never taken as an id.
     let (reply, fds) = call(
-        &chan,
+        &spawner,
         &WorkerRequest::Subspace {
             id: 3,
             spaces: Spaces::USER.bits(),
             uid: u32::MAX,
             gid: 0,
+            parent: false,
         },
     );
     assert!(
@@ -277,10 +332,10 @@ fn rechecks_room_options_itself() {
 }
 
 #[test]
-fn subspace_is_owned_by_the_requester() {
+fn subspace_is_owned_by_the_requester_and_ends_when_told() {
     need_root();
     let sup = Supervisor::start(&[]);
-    let (pid, chan, _pidfd) = sup.spawn_worker();
+    let (pid, chan, _pidfd) = sup.spawn(WorkerKind::Subspaces);
     barrier(&chan);
     let fds_before = fd_count(pid);
     let (reply, fds) = call(
@@ -290,6 +345,7 @@ fn subspace_is_owned_by_the_requester() {
             spaces: (Spaces::USER | Spaces::PID).bits(),
             uid: 65534,
             gid: 65534,
+            parent: false,
         },
     );
     let WorkerReply::Subspace {
@@ -302,6 +358,8 @@ fn subspace_is_owned_by_the_requester() {
         panic!("{reply:?}")
     };
     assert_eq!(fd::user_namespace_owner(fds[2].as_fd()).unwrap(), 65534);
+    let user_ns = fds[2].try_clone().unwrap();
+    let worker_pidfd = fds[1].try_clone().unwrap();
     // Rooms through the subspace are owned by its user namespace.
     let sub = Channel::from_fd(fds.into_iter().next().unwrap()).unwrap();
     let (reply, room_fds) = call(
@@ -316,7 +374,7 @@ fn subspace_is_owned_by_the_requester() {
         matches!(reply, WorkerReply::Rooms { id: 4, .. }),
         "{reply:?}"
     );
-    // Served, so set up: the requester in all ids, confined.
+    // Served, so set up: the requester in all ids, confined, never dumpable.
     assert_eq!(status(worker_pid, "Uid"), "65534\t65534\t65534\t65534");
     assert_eq!(status(worker_pid, "Seccomp"), "2");
     assert_eq!(status(worker_pid, "NoNewPrivs"), "1");
@@ -324,7 +382,85 @@ fn subspace_is_owned_by_the_requester() {
         let owner = fd::owning_user_namespace(f.as_fd()).unwrap();
         assert_eq!(fd::user_namespace_owner(owner.as_fd()).unwrap(), 65534);
     }
-    drop(sub);
+    // A subspace worker starts no subspace itself: nesting is the
+    // spawner's, in the parent's user namespace.
+    let (reply, _) = call(
+        &sub,
+        &WorkerRequest::Subspace {
+            id: 5,
+            spaces: Spaces::USER.bits(),
+            uid: 65534,
+            gid: 65534,
+            parent: false,
+        },
+    );
+    assert!(
+        matches!(reply, WorkerReply::Invalid { id: 5, .. }),
+        "{reply:?}"
+    );
+    let (reply, nested) = call_with(
+        &chan,
+        &WorkerRequest::Subspace {
+            id: 6,
+            spaces: (Spaces::USER | Spaces::PID).bits(),
+            uid: 65534,
+            gid: 65534,
+            parent: true,
+        },
+        &[user_ns.as_fd()],
+    );
+    let WorkerReply::Subspace {
+        worker_pid: nested_pid,
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    let parent = fd::parent_namespace(nested[2].as_fd()).unwrap();
+    assert_eq!(
+        fd::namespace_inode(parent.as_fd()).unwrap(),
+        fd::namespace_inode(user_ns.as_fd()).unwrap(),
+        "nested in the parent's user namespace"
+    );
+    assert_eq!(status(nested_pid, "Uid"), "65534\t65534\t65534\t65534");
+    let nested_sub = Channel::from_fd(nested.into_iter().next().unwrap()).unwrap();
+    let (reply, _) = call(
+        &nested_sub,
+        &WorkerRequest::Rooms {
+            id: 7,
+            spaces: Spaces::UTS.bits(),
+            options: Default::default(),
+        },
+    );
+    assert!(matches!(reply, WorkerReply::Rooms { .. }), "{reply:?}");
+    // Stopped, it still ends when the spawner is told.
+    fd::pidfd_send_signal(worker_pidfd.as_fd(), libc::SIGSTOP).unwrap();
+    let (reply, _) = call(
+        &chan,
+        &WorkerRequest::End {
+            id: 8,
+            pid: worker_pid,
+        },
+    );
+    assert_eq!(reply, WorkerReply::Ended { id: 8 });
+    let mut poll = [nix::poll::PollFd::new(
+        worker_pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
+        1,
+        "the stopped subspace worker was killed"
+    );
+    drop((sub, nested_sub));
+    let (reply, _) = call(
+        &chan,
+        &WorkerRequest::End {
+            id: 9,
+            pid: nested_pid,
+        },
+    );
+    assert_eq!(reply, WorkerReply::Ended { id: 9 });
     barrier(&chan);
     assert_eq!(fd_count(pid), fds_before);
 }

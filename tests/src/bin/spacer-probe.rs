@@ -33,7 +33,15 @@
 //! user subspace and rooms inside it.
 //! `spacer-probe stop-storm N`: asks for N user subspaces while another
 //! thread sends SIGSTOP to every process this uid may signal; then SIGCONT
-//! to all of them and SIGKILL to the subspace workers left behind.
+//! to all of them and SIGKILL to the subspace workers left behind; then one
+//! more subspace.
+//! `spacer-probe stop-close N`: N times: a user subspace (retried while
+//! `max_subspaces` refuses), its worker stopped (SIGSTOP), its connection
+//! closed; prints how many were granted, the most subspace workers of this
+//! uid alive at once, and whether all are gone in the end.
+//! `spacer-probe seize-race N`: N nested user subspaces while another
+//! thread tries `PTRACE_SEIZE` on every `spacer-worker` process, over and
+//! over; prints the attempts and how many attached.
 //! `spacer-probe limit-net`: a user subspace whose own
 //! `user.max_net_namespaces` is set to 0 from inside, then rooms of all six
 //! types through it (net fails), then more requests; prints each outcome
@@ -63,6 +71,35 @@ fn pid_of(pidfd: &OwnedFd) -> i32 {
                 .map(|v| v.trim().parse().unwrap_or(-1))
         })
         .unwrap_or(-1)
+}
+
+/// Pids of the processes named `spacer-worker` on the host.
+fn worker_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|p: &i32| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "spacer-worker")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `spacer-worker` processes whose real uid is `uid`.
+fn workers_of(uid: u32) -> Vec<i32> {
+    worker_pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+                == Some(uid.to_string())
+        })
+        .collect()
 }
 
 fn exited(pidfd: BorrowedFd<'_>, within: Duration) -> bool {
@@ -471,6 +508,92 @@ fn main() {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
         }
+        Some("stop-close") => {
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+            let me = nix::unistd::getuid().as_raw();
+            let (mut granted, mut max_alive) = (0, 0);
+            let mut workers = Vec::new();
+            for _ in 0..n {
+                // Its slot frees once the last one is really gone: retry
+                // while max_subspaces says no.
+                let end = std::time::Instant::now() + Duration::from_secs(5);
+                let got = loop {
+                    match client().subspace(Spaces::USER) {
+                        Ok(s) => break Some(s),
+                        Err(e)
+                            if e.to_string().contains("max_subspaces")
+                                && std::time::Instant::now() < end =>
+                        {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                let Some((conn, sub)) = got else { break };
+                granted += 1;
+                fd::pidfd_send_signal(sub.pidfd.as_fd(), libc::SIGSTOP).expect("SIGSTOP");
+                max_alive = max_alive.max(workers_of(me).len());
+                drop(conn);
+                workers.push(sub.pidfd);
+            }
+            let all_gone = workers
+                .iter()
+                .all(|p| exited(p.as_fd(), Duration::from_secs(5)));
+            println!(
+                "{}",
+                json!({"granted": granted, "max_alive": max_alive, "all_gone": all_gone,
+                       "left": workers_of(me)})
+            );
+            return;
+        }
+        Some("seize-race") => {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            use std::sync::Arc;
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
+            let stop = Arc::new(AtomicBool::new(false));
+            let (attempts, attached) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let tracer = {
+                let (stop, attempts, attached) = (stop.clone(), attempts.clone(), attached.clone());
+                std::thread::spawn(move || {
+                    let me = std::process::id() as i32;
+                    while !stop.load(Ordering::Relaxed) {
+                        for pid in worker_pids() {
+                            if pid == me {
+                                continue;
+                            }
+                            attempts.fetch_add(1, Ordering::Relaxed);
+                            let target = nix::unistd::Pid::from_raw(pid);
+                            if nix::sys::ptrace::seize(target, nix::sys::ptrace::Options::empty())
+                                .is_ok()
+                            {
+                                attached.fetch_add(1, Ordering::Relaxed);
+                                let _ = nix::sys::ptrace::detach(target, None);
+                            }
+                        }
+                    }
+                })
+            };
+            let mut made = 0;
+            for _ in 0..n {
+                let Ok((outer, _s)) = client().subspace(Spaces::USER) else {
+                    continue;
+                };
+                // Nested: the window the attack aimed at.
+                if let Ok((inner, _n)) = outer.subspace(Spaces::USER) {
+                    made += 1;
+                    let _ = inner.rooms(Spaces::UTS);
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            tracer.join().expect("tracer");
+            println!(
+                "{}",
+                json!({"nested": made, "attempts": attempts.load(Ordering::Relaxed),
+                       "attached": attached.load(Ordering::Relaxed)})
+            );
+            return;
+        }
         Some("stop-storm") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -508,7 +631,10 @@ fn main() {
             for (_, sub) in &held {
                 let _ = fd::pidfd_send_signal(sub.pidfd.as_fd(), libc::SIGKILL);
             }
-            json!({"outcomes": outcomes})
+            drop(held);
+            // Once the storm is over, the service serves this uid again.
+            let after = outcome(client().subspace(Spaces::USER).map(drop));
+            json!({"outcomes": outcomes, "after": after})
         }
         Some("limit-net") => {
             use spacer_client::{CommandExt, Join};

@@ -326,8 +326,14 @@ pub fn memory(socket: &Option<PathBuf>, clients: usize, json: bool) -> Result<()
     std::thread::sleep(Duration::from_millis(200));
     let idle = rss_kib(broker);
     let sup = children(broker).first().copied().unwrap_or(0);
-    let workers: Vec<i32> = children(sup);
+    let is_spawner = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .is_ok_and(|c| c.trim() == "spacer-spawner")
+    };
+    let (spawner, workers): (Vec<i32>, Vec<i32>) =
+        children(sup).into_iter().partition(|&p| is_spawner(p));
     let worker_rss: Vec<u64> = workers.iter().map(|&p| rss_kib(p)).collect();
+    let spawner_rss: Vec<u64> = spawner.iter().map(|&p| rss_kib(p)).collect();
     let mut held = Vec::with_capacity(clients);
     for _ in 0..clients {
         let c = crate::connect(socket)?;
@@ -345,6 +351,7 @@ pub fn memory(socket: &Option<PathBuf>, clients: usize, json: bool) -> Result<()
                 "broker_rss_kib_with_clients": loaded,
                 "supervisor_rss_kib": rss_kib(sup),
                 "worker_rss_kib": worker_rss,
+                "spawner_rss_kib": spawner_rss,
             })
         );
     } else {
@@ -352,6 +359,7 @@ pub fn memory(socket: &Option<PathBuf>, clients: usize, json: bool) -> Result<()
         println!("broker with {clients} idle clients {loaded} KiB");
         println!("worker supervisor RSS      {} KiB", rss_kib(sup));
         println!("serving workers RSS        {worker_rss:?} KiB");
+        println!("spawner RSS                {spawner_rss:?} KiB");
     }
     Ok(())
 }

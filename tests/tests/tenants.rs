@@ -1,0 +1,185 @@
+//! Tenants against the host and each other: a stopped subspace worker, a
+//! tracer racing nested setup, and a subverted subspace worker answering
+//! with namespaces that are not its own. Each test plays the attack, then
+//! checks that the service still answers and nothing leaked.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use spacer_client::{Error, Spaces};
+use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
+use spacer_proto::{fd, Channel, NsType};
+use spacer_tests::*;
+
+/// fd counts of broker, supervisor, spawner and room workers.
+fn fds(b: &Broker) -> Vec<usize> {
+    let mut v = vec![
+        fd_count(b.pid()),
+        fd_count(b.supervisor_pid()),
+        fd_count(b.spawner_pid()),
+    ];
+    v.extend(b.worker_pids().into_iter().map(fd_count));
+    v
+}
+
+fn no_leaks(b: &Broker, base: &[usize]) {
+    let mut now = Vec::new();
+    let ok = eventually(Duration::from_secs(5), || {
+        now = fds(b);
+        now.iter().zip(base).all(|(n, b)| n <= b)
+    });
+    assert!(ok, "fds {base:?} -> {now:?}");
+    assert!(b.client().rooms(Spaces::UTS).is_ok(), "still serving");
+}
+
+#[test]
+fn a_stopped_subspace_worker_ends_with_its_conn_and_max_subspaces_holds() {
+    // The tenant stops its subspace worker through the pidfd it was given,
+    // then closes the connection, ten times, with room for two at once.
+    let b = Broker::start(&format!(
+        "[[rule]]\nuid = 0\nallow = [\"uts\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"pid\"]\nmax_subspaces = 2\n"
+    ));
+    let base = fds(&b);
+    let v = b.probe_as(TENANT, TENANT, &["stop-close", "10"]);
+    assert_eq!(v["granted"], 10, "{v}");
+    assert!(v["max_alive"].as_u64().unwrap() <= 2, "{v}");
+    assert_eq!(v["all_gone"], true, "{v}");
+    assert!(
+        eventually(Duration::from_secs(5), || b.subspace_workers().is_empty()),
+        "workers left: {:?}",
+        b.subspace_workers()
+    );
+    let closed = b
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "subspace_closed")
+        .count();
+    assert_eq!(closed, 10);
+    no_leaks(&b, &base);
+}
+
+#[test]
+fn a_tenant_never_attaches_to_a_subspace_worker_even_during_nested_setup() {
+    let b = Broker::start(TEST_POLICY);
+    let base = fds(&b);
+    let v = b.probe_as(TENANT, TENANT, &["seize-race", "60"]);
+    assert_eq!(v["nested"], 60, "{v}");
+    assert!(v["attempts"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["attached"], 0, "{v}");
+    assert!(eventually(Duration::from_secs(5), || b
+        .subspace_workers()
+        .is_empty()));
+    no_leaks(&b, &base);
+}
+
+/// The pid behind a pidfd (its fdinfo).
+fn pid_of(pidfd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:").map(|v| v.trim().parse().unwrap()))
+        .unwrap()
+}
+
+/// Takes over a subspace worker as a tenant who had subverted it would: the
+/// worker is stopped and a copy of its channel to the broker is taken
+/// (`pidfd_getfd`; the test is root).
+fn subvert(pidfd: &OwnedFd) -> Channel {
+    let pid = pid_of(pidfd);
+    let socket = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .expect("the worker's channel")
+        .file_name()
+        .to_string_lossy()
+        .parse::<i32>()
+        .unwrap();
+    fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGSTOP).unwrap();
+    // Stopped for sure before anything is asked of it.
+    assert!(eventually(Duration::from_secs(5), || {
+        status(pid, "State").starts_with('T')
+    }));
+    let stolen =
+        rustix::process::pidfd_getfd(pidfd, socket, rustix::process::PidfdGetfdFlags::empty())
+            .unwrap();
+    Channel::from_fd(stolen).unwrap()
+}
+
+/// Answers the next request on a stolen channel with one net "room": `room`.
+fn answer_with(chan: &Channel, room: &OwnedFd) {
+    let mut buf = vec![0u8; internal::MAX_BYTES];
+    let got = chan.recv(&mut buf, 0).unwrap().unwrap();
+    let WorkerRequest::Rooms { id, .. } = internal::decode(&buf[..got.len]).unwrap() else {
+        panic!("not a rooms request")
+    };
+    let reply = WorkerReply::Rooms {
+        id,
+        types: vec![NsType::Net],
+        inodes: vec![0],
+    };
+    chan.send(&internal::encode(&reply), &[room.as_fd()])
+        .unwrap();
+}
+
+#[test]
+fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
+    let b = Broker::start(TEST_POLICY);
+    let base = fds(&b);
+    let host_net: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+    // Another subspace's room: real, new, but owned by another user namespace.
+    let (other, _other_sub) = b.client().subspace(Spaces::USER).unwrap();
+    let foreign = other.rooms(Spaces::NET).unwrap().net.unwrap();
+    // A room this subspace handed out itself before.
+    let (reused_conn, reused_sub) = b.client().subspace(Spaces::USER).unwrap();
+    let earlier = reused_conn.rooms(Spaces::NET).unwrap().net.unwrap();
+    let cases = [
+        (
+            b.client().subspace(Spaces::USER).unwrap(),
+            host_net,
+            "not its subspace's",
+        ),
+        (
+            b.client().subspace(Spaces::USER).unwrap(),
+            foreign,
+            "not its subspace's",
+        ),
+        ((reused_conn, reused_sub), earlier, "handed out before"),
+    ];
+    for ((conn, sub), room, why) in cases {
+        let stolen = subvert(&sub.pidfd);
+        let asked = std::thread::spawn(move || conn.rooms(Spaces::NET).map(|r| r.net.is_some()));
+        answer_with(&stolen, &room);
+        match asked.join().unwrap() {
+            Err(Error::Failed(reason)) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("relayed: {other:?}"),
+        }
+        // The broker ends that subspace: the stopped worker is killed.
+        let mut poll = [nix::poll::PollFd::new(
+            sub.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        assert_eq!(
+            nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
+            1,
+            "the subverted worker ended"
+        );
+    }
+    let refused: Vec<_> = b
+        .decisions()
+        .into_iter()
+        .filter(|d| d["decision"] == "error" && d["spaces"] == serde_json::json!(["net"]))
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused.iter().all(|d| d
+            .get("namespaces")
+            .is_none_or(|n| n.as_object().is_some_and(|o| o.is_empty()))),
+        "{refused:?}"
+    );
+    drop(other);
+    no_leaks(&b, &base);
+}
