@@ -90,6 +90,10 @@ pub struct Args {
     /// Live subspaces per uid where the policy sets no max_subspaces.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_subspaces_per_uid: u32,
+    /// Live rooms of each type per uid where the policy sets no max_rooms
+    /// (counted until the namespace is really gone, whoever holds it).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_rooms_per_uid: u32,
     /// Development: log syscalls outside the worker's allow-list instead of
     /// killing it (see `dmesg`).
     #[arg(long, value_enum, default_value = "kill")]

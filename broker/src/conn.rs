@@ -439,12 +439,22 @@ async fn handle(
     }
     // One snapshot of the policy for the whole request.
     let policy = ctx.policy.borrow().clone();
-    let usage = ctx.counters.usage(peer.uid, depth);
     let peer_view = Peer {
         uid: peer.uid,
         gid: peer.gid,
         groups: &peer.groups,
     };
+    // At its live-room cap, a uid's rooms are checked first: those that are
+    // gone no longer count. (The last await before deciding and charging.)
+    if op == Op::Rooms {
+        if let Some(max) = policy.matching(&peer_view).1.limits.max_rooms {
+            let usage = ctx.counters.usage(peer.uid, depth);
+            for t in spaces.types().filter(|&t| usage.live_rooms_of(t) >= max) {
+                forget_gone_rooms(ctx, peer.uid, t).await;
+            }
+        }
+    }
+    let usage = ctx.counters.usage(peer.uid, depth);
     let decision = policy.decide(&peer_view, op, spaces, &options.used(), &usage);
     let rule = match &decision {
         PolicyDecision::Allow { rule } | PolicyDecision::Deny { rule, .. } => *rule,
@@ -464,7 +474,12 @@ async fn handle(
         return fail(rec, ErrorKind::Denied, reason).await;
     }
     // Authorized: charge now (no await since deciding), refund on failure.
-    let charge = ctx.counters.charge(peer.uid, op == Op::Subspace);
+    let rooms = if op == Op::Rooms {
+        spaces
+    } else {
+        Spaces::empty()
+    };
+    let charge = ctx.counters.charge(peer.uid, op == Op::Subspace, rooms);
     if !ctx.audit.ok() {
         ctx.counters.refund(charge);
         return fail(
@@ -485,6 +500,7 @@ async fn handle(
             id,
             spaces: spaces.bits(),
             options: options.clone(),
+            uid: peer.uid,
         },
         Op::Subspace => WorkerRequest::Subspace {
             id,
@@ -535,6 +551,12 @@ async fn handle(
                     return false;
                 }
             }
+            // Counted against the uid until they are really gone.
+            let made: Vec<(NsType, crate::usage::RoomId)> = types
+                .iter()
+                .zip(&fds)
+                .filter_map(|(t, f)| Some((*t, fd::namespace_handle(f.as_fd()).ok()?)))
+                .collect();
             for ((t, f), ino) in types.iter().zip(&fds).zip(inodes) {
                 // The host worker's word; a subspace worker's is not taken.
                 let ino = match backend {
@@ -549,6 +571,8 @@ async fn handle(
             let delivered = respond(ctx, chan, &Response::Rooms { types }, &borrowed).await;
             drop(borrowed);
             drop(fds);
+            ctx.counters
+                .rooms_made(&charge, if delivered { made } else { Vec::new() });
             rec.decision = "allow";
             if !delivered {
                 rec.reason = Some("undelivered: the client did not take the response".into());
@@ -649,7 +673,7 @@ async fn handle(
             ctx.counters.refund(charge);
             fail(rec, ErrorKind::Failed, reason_from(backend, op, reason)).await
         }
-        WorkerReply::Ended { .. } => {
+        WorkerReply::Ended { .. } | WorkerReply::Alive { .. } => {
             ctx.counters.refund(charge);
             fail(
                 rec,
@@ -657,6 +681,48 @@ async fn handle(
                 "the worker answered another request".into(),
             )
             .await
+        }
+    }
+}
+
+/// Asks a room worker which of `uid`'s rooms of type `t` still exist, and
+/// forgets the others. Errors leave the count as it was.
+async fn forget_gone_rooms(ctx: &Rc<Ctx>, uid: u32, t: NsType) {
+    let rooms = ctx.counters.rooms_of(uid, t);
+    for chunk in rooms.chunks(internal::MAX_ALIVE) {
+        let ask = |id| WorkerRequest::Alive {
+            id,
+            nstype: t,
+            rooms: chunk.to_vec(),
+        };
+        if let Ok((WorkerReply::Alive { alive, .. }, _)) = ctx.pool.call(ask, &[]).await {
+            if alive.len() == chunk.len() {
+                let gone: Vec<_> = chunk
+                    .iter()
+                    .zip(alive)
+                    .filter(|(_, a)| !a)
+                    .map(|(r, _)| *r)
+                    .collect();
+                ctx.counters.rooms_gone(uid, t, &gone);
+            }
+        }
+    }
+}
+
+/// How often every uid's rooms are checked, so that the record of rooms
+/// long gone does not grow.
+const ROOM_SWEEP: Duration = Duration::from_secs(30);
+
+/// Runs for the life of the broker: every [`ROOM_SWEEP`], forgets the
+/// rooms that are gone.
+pub async fn sweep_rooms(ctx: Rc<Ctx>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ROOM_SWEEP) => {}
+            _ = ctx.stop.notified() => return,
+        }
+        for (uid, t) in ctx.counters.rooms_held() {
+            forget_gone_rooms(&ctx, uid, t).await;
         }
     }
 }

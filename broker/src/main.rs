@@ -114,6 +114,7 @@ fn broker_caps(args: &Args) -> Limits {
     Limits {
         max_connections: Some(args.max_connections_per_uid),
         max_subspaces: Some(args.max_subspaces_per_uid),
+        max_rooms: Some(args.max_rooms_per_uid),
         ..Limits::default()
     }
 }
@@ -368,6 +369,7 @@ async fn serve(
         );
     }
     notifier.notify("READY=1");
+    tokio::task::spawn_local(conn::sweep_rooms(ctx.clone()));
 
     let listen_fd = match listener.fd.try_clone().and_then(sys::register_fd) {
         Ok(f) => f,

@@ -6,6 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Instant;
 
+use spacer_proto::{NsType, Spaces};
+
 /// Requests in the last 60 seconds, in one-second buckets: exact to the
 /// second, fixed memory whatever the rate.
 #[derive(Debug)]
@@ -56,6 +58,19 @@ struct PerUid {
     refusals: Refusals,
     live_subspaces: u32,
     connections: u32,
+    /// Rooms handed out, per room type, by `(id, inode)` (see
+    /// `spacer_proto::fd::namespace_handle`), until a worker finds them gone.
+    rooms: [Vec<RoomId>; 6],
+    /// Rooms being made, per room type (charged, not yet handed out).
+    rooms_pending: [u32; 6],
+}
+
+/// A namespace's id and inode, which make its file handle with its type.
+pub type RoomId = (u64, u32);
+
+/// The index of a room type in [`PerUid::rooms`].
+fn slot(t: NsType) -> usize {
+    Spaces::ROOMS.types().position(|x| x == t).unwrap_or(0)
 }
 
 /// A token bucket for refused requests (denied or invalid). Every request
@@ -122,6 +137,7 @@ pub struct Charge {
     uid: u32,
     second: u64,
     subspace: bool,
+    rooms: Spaces,
 }
 
 impl Counters {
@@ -144,11 +160,63 @@ impl Counters {
         let now = self.now();
         let map = self.per_uid.borrow();
         let u = map.get(&uid);
+        let mut live_rooms = [0; 6];
+        if let Some(u) = u {
+            for (i, n) in live_rooms.iter_mut().enumerate() {
+                *n = u.rooms[i].len() as u32 + u.rooms_pending[i];
+            }
+        }
         spacer_policy::Usage {
             requests_last_minute: u.map_or(0, |u| u.rate.count(now)),
             live_subspaces: u.map_or(0, |u| u.live_subspaces),
             depth,
+            live_rooms,
         }
+    }
+
+    /// The rooms of `uid` of type `t` handed out and not yet found gone.
+    pub fn rooms_of(&self, uid: u32, t: NsType) -> Vec<RoomId> {
+        self.per_uid
+            .borrow()
+            .get(&uid)
+            .map(|u| u.rooms[slot(t)].clone())
+            .unwrap_or_default()
+    }
+
+    /// Every uid and type with rooms recorded.
+    pub fn rooms_held(&self) -> Vec<(u32, NsType)> {
+        let map = self.per_uid.borrow();
+        map.iter()
+            .flat_map(|(&uid, u)| {
+                Spaces::ROOMS
+                    .types()
+                    .filter(|&t| !u.rooms[slot(t)].is_empty())
+                    .map(move |t| (uid, t))
+            })
+            .collect()
+    }
+
+    /// Forgets rooms of `uid` of type `t` a worker found gone.
+    pub fn rooms_gone(&self, uid: u32, t: NsType, gone: &[RoomId]) {
+        if let Some(u) = self.per_uid.borrow_mut().get_mut(&uid) {
+            u.rooms[slot(t)].retain(|r| !gone.contains(r));
+        }
+        self.tidy(uid);
+    }
+
+    /// The rooms of a charge were handed out (`made`, as far as they could
+    /// be identified) or not (`made` empty): they stop being pending.
+    pub fn rooms_made(&self, c: &Charge, made: Vec<(NsType, RoomId)>) {
+        if let Some(u) = self.per_uid.borrow_mut().get_mut(&c.uid) {
+            for t in c.rooms.types() {
+                let p = &mut u.rooms_pending[slot(t)];
+                *p = p.saturating_sub(1);
+            }
+            for (t, r) in made {
+                u.rooms[slot(t)].push(r);
+            }
+        }
+        self.tidy(c.uid);
     }
 
     /// Counts a refused request of `uid`; returns how long to wait before
@@ -167,8 +235,9 @@ impl Counters {
         *self.total_subspaces.borrow()
     }
 
-    /// Charges an allowed request (and, for a subspace, one live subspace).
-    pub fn charge(&self, uid: u32, subspace: bool) -> Charge {
+    /// Charges an allowed request (and, for a subspace, one live subspace;
+    /// for rooms, one pending room of each type).
+    pub fn charge(&self, uid: u32, subspace: bool, rooms: Spaces) -> Charge {
         let second = self.now();
         let mut map = self.per_uid.borrow_mut();
         let u = map.entry(uid).or_default();
@@ -177,10 +246,14 @@ impl Counters {
             u.live_subspaces += 1;
             *self.total_subspaces.borrow_mut() += 1;
         }
+        for t in rooms.types() {
+            u.rooms_pending[slot(t)] += 1;
+        }
         Charge {
             uid,
             second,
             subspace,
+            rooms,
         }
     }
 
@@ -190,6 +263,10 @@ impl Counters {
         let mut map = self.per_uid.borrow_mut();
         if let Some(u) = map.get_mut(&c.uid) {
             u.rate.remove(c.second);
+            for t in c.rooms.types() {
+                let p = &mut u.rooms_pending[slot(t)];
+                *p = p.saturating_sub(1);
+            }
             if c.subspace {
                 u.live_subspaces = u.live_subspaces.saturating_sub(1);
                 let mut t = self.total_subspaces.borrow_mut();
@@ -263,6 +340,8 @@ impl Counters {
         if map.get(&uid).is_some_and(|u| {
             u.connections == 0
                 && u.live_subspaces == 0
+                && u.rooms.iter().all(Vec::is_empty)
+                && u.rooms_pending.iter().all(|&p| p == 0)
                 && u.rate.is_empty(now)
                 && u.refusals.is_full(Instant::now())
         }) {
@@ -295,12 +374,34 @@ mod tests {
     #[test]
     fn refund_gives_back_rate_and_subspace() {
         let c = Counters::new();
-        let ch = c.charge(5, true);
+        let ch = c.charge(5, true, Spaces::NET);
+        assert_eq!(c.usage(5, 0).live_rooms_of(NsType::Net), 1);
         assert_eq!(c.usage(5, 0).requests_last_minute, 1);
         assert_eq!(c.usage(5, 0).live_subspaces, 1);
         c.refund(ch);
         assert_eq!(c.usage(5, 0), spacer_policy::Usage::default());
         assert!(c.per_uid.borrow().is_empty());
+    }
+
+    #[test]
+    fn rooms_count_while_pending_and_until_found_gone() {
+        let c = Counters::new();
+        let a = c.charge(7, false, Spaces::NET | Spaces::UTS);
+        let b = c.charge(7, false, Spaces::NET);
+        assert_eq!(c.usage(7, 0).live_rooms_of(NsType::Net), 2);
+        c.refund(b);
+        c.rooms_made(&a, vec![(NsType::Net, (10, 1)), (NsType::Uts, (11, 2))]);
+        let u = c.usage(7, 0);
+        assert_eq!(
+            (u.live_rooms_of(NsType::Net), u.live_rooms_of(NsType::Uts)),
+            (1, 1)
+        );
+        assert_eq!(c.rooms_held().len(), 2);
+        c.rooms_gone(7, NsType::Net, &[(10, 1)]);
+        c.rooms_gone(7, NsType::Uts, &[(11, 2)]);
+        // Nothing left to count, rate window aside.
+        assert_eq!(c.usage(7, 0).live_rooms, [0; 6]);
+        assert!(c.rooms_held().is_empty());
     }
 
     #[test]

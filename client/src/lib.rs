@@ -356,6 +356,7 @@ impl Client {
                 id,
                 spaces,
                 options,
+                uid: nix::unistd::geteuid().as_raw(),
             },
             Request::Subspace { spaces } => WorkerRequest::Subspace {
                 id,
@@ -411,9 +412,9 @@ impl Client {
             }
             WorkerReply::Invalid { reason, .. } => Err(Error::Invalid(reason)),
             WorkerReply::Failed { reason, .. } => Err(Error::Failed(reason)),
-            WorkerReply::Ended { .. } => Err(Error::Protocol(ProtocolError::Response(
-                ResponseError::FdMismatch,
-            ))),
+            WorkerReply::Ended { .. } | WorkerReply::Alive { .. } => Err(Error::Protocol(
+                ProtocolError::Response(ResponseError::FdMismatch),
+            )),
         }
     }
 

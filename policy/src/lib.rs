@@ -18,6 +18,7 @@
 //! max_subspaces = 4
 //! max_depth = 2
 //! max_connections = 64
+//! max_rooms = 64            # live rooms of each type
 //! ```
 //!
 //! The first matching rule decides; no match means `[defaults]`; the

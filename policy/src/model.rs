@@ -103,6 +103,9 @@ pub struct Limits {
     pub max_depth: Option<u32>,
     /// Open connections per uid.
     pub max_connections: Option<u32>,
+    /// Live rooms of each type per uid: namespaces made for it (directly
+    /// or through its subspaces) that still exist, whoever holds them.
+    pub max_rooms: Option<u32>,
 }
 
 impl Limits {
@@ -113,6 +116,7 @@ impl Limits {
             ("max_subspaces", self.max_subspaces),
             ("max_depth", self.max_depth),
             ("max_connections", self.max_connections),
+            ("max_rooms", self.max_rooms),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -190,6 +194,19 @@ pub struct Usage {
     pub live_subspaces: u32,
     /// Subspace depth of the connection the request came on (0: the host).
     pub depth: u32,
+    /// Live rooms of this uid, per room type (in [`Spaces::ROOMS`] order:
+    /// cgroup, ipc, mnt, net, time, uts), including those being made.
+    pub live_rooms: [u32; 6],
+}
+
+impl Usage {
+    /// Live rooms of type `t` (0 for a type that is no room type).
+    pub fn live_rooms_of(&self, t: spacer_proto::NsType) -> u32 {
+        Spaces::ROOMS
+            .types()
+            .position(|x| x == t)
+            .map_or(0, |i| self.live_rooms[i])
+    }
 }
 
 /// The outcome.
@@ -232,9 +249,9 @@ impl Policy {
     }
 
     /// Decides a request. Pure: no I/O, no clock, no state but `usage`.
-    /// The order of checks: types, options, then nesting depth, then live
-    /// subspaces, then rate — so that a request denied for what it asks is
-    /// never charged.
+    /// The order of checks: types, options, then live rooms, nesting depth,
+    /// live subspaces, then rate — so that a request denied for what it
+    /// asks is never charged.
     pub fn decide(
         &self,
         peer: &Peer<'_>,
@@ -258,6 +275,17 @@ impl Policy {
             };
         }
         let limits = &grant.limits;
+        if let (Op::Rooms, Some(max)) = (op, limits.max_rooms) {
+            if let Some(t) = spaces.types().find(|&t| usage.live_rooms_of(t) >= max) {
+                return Decision::Deny {
+                    rule,
+                    reason: format!(
+                        "{t}: {} live rooms held (limit {max}, {rule})",
+                        usage.live_rooms_of(t)
+                    ),
+                };
+            }
+        }
         if op == Op::Subspace {
             if let Some(max) = limits.max_depth {
                 if usage.depth >= max {
@@ -295,6 +323,7 @@ impl Policy {
             l.max_subspaces = l.max_subspaces.or(d.max_subspaces);
             l.max_depth = l.max_depth.or(d.max_depth);
             l.max_connections = l.max_connections.or(d.max_connections);
+            l.max_rooms = l.max_rooms.or(d.max_rooms);
         };
         fill(&mut self.defaults.limits);
         for r in &mut self.rules {

@@ -63,6 +63,7 @@ struct RawDefaults {
     max_subspaces: Option<Spanned<i64>>,
     max_depth: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_rooms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +80,7 @@ struct RawRule {
     max_subspaces: Option<Spanned<i64>>,
     max_depth: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_rooms: Option<Spanned<i64>>,
 }
 
 struct Ctx<'a> {
@@ -123,6 +125,7 @@ pub fn parse(
                         d.max_subspaces,
                         d.max_depth,
                         d.max_connections,
+                        d.max_rooms,
                     ],
                 )?,
             }
@@ -154,6 +157,7 @@ pub fn parse(
                     r.max_subspaces,
                     r.max_depth,
                     r.max_connections,
+                    r.max_rooms,
                 ],
             )?,
         };
@@ -292,8 +296,8 @@ fn option_list(
     Ok(out)
 }
 
-fn limits(cx: &Ctx<'_>, raw: [Option<Spanned<i64>>; 4]) -> Result<Limits, Box<Diagnostic>> {
-    let [rate, subspaces, depth, conns] = raw;
+fn limits(cx: &Ctx<'_>, raw: [Option<Spanned<i64>>; 5]) -> Result<Limits, Box<Diagnostic>> {
+    let [rate, subspaces, depth, conns, rooms] = raw;
     let check =
         |v: Option<Spanned<i64>>, key: &str, max: i64| -> Result<Option<u32>, Box<Diagnostic>> {
             match v {
@@ -313,5 +317,6 @@ fn limits(cx: &Ctx<'_>, raw: [Option<Spanned<i64>>; 4]) -> Result<Limits, Box<Di
         max_subspaces: check(subspaces, "max_subspaces", MAX_COUNT)?,
         max_depth: check(depth, "max_depth", MAX_DEPTH)?,
         max_connections: check(conns, "max_connections", MAX_COUNT)?,
+        max_rooms: check(rooms, "max_rooms", MAX_COUNT)?,
     })
 }

@@ -40,6 +40,7 @@ const NO_USE: Usage = Usage {
     requests_last_minute: 0,
     live_subspaces: 0,
     depth: 0,
+    live_rooms: [0; 6],
 };
 
 fn allowed(pol: &Policy, pe: &Peer<'_>, spaces: Spaces) -> bool {
@@ -156,6 +157,7 @@ requests_per_minute = 5
 max_subspaces = 2
 max_depth = 1
 max_connections = 3
+max_rooms = 4
 "#);
     let pe = peer(1, 1, &[]);
     let deny = |op, spaces, usage: Usage| match pol.decide(&pe, op, spaces, &[], &usage) {
@@ -166,7 +168,24 @@ max_connections = 3
         requests_last_minute: r,
         live_subspaces: s,
         depth: d,
+        live_rooms: [0; 6],
     };
+    // Live rooms are counted per type (cgroup, ipc, mnt, net, time, uts).
+    let mut held = u(0, 0, 0);
+    held.live_rooms[3] = 4;
+    assert_eq!(
+        deny(Op::Rooms, Spaces::NET, held),
+        "net: 4 live rooms held (limit 4, rule 1)"
+    );
+    assert!(matches!(
+        pol.decide(&pe, Op::Subspace, Spaces::USER, &[], &held),
+        Decision::Allow { .. }
+    ));
+    held.live_rooms[3] = 3;
+    assert!(matches!(
+        pol.decide(&pe, Op::Rooms, Spaces::NET, &[], &held),
+        Decision::Allow { .. }
+    ));
     assert_eq!(
         deny(Op::Rooms, Spaces::NET, u(5, 0, 0)),
         "requests_per_minute 5 reached (rule 1)"
@@ -343,7 +362,7 @@ proptest! {
         let pol = p(&text);
         let pe = peer(uid, gid, &groups);
         let spaces = Spaces::from_bits_truncate(bits);
-        let usage = Usage { requests_last_minute: rpm, live_subspaces: 0, depth: 0 };
+        let usage = Usage { requests_last_minute: rpm, live_subspaces: 0, depth: 0, live_rooms: [0; 6] };
         let d = pol.decide(&pe, Op::Rooms, spaces, &[], &usage);
         let matched = pol.rules().iter().any(|r| match &r.matcher {
             Matcher::Uid(u) | Matcher::User { uid: u, .. } => *u == uid,

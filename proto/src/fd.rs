@@ -43,14 +43,35 @@ pub fn user_namespace_owner(fd: BorrowedFd<'_>) -> io::Result<u32> {
 /// to another namespace while the machine runs (unlike the inode number,
 /// reused once a namespace is gone): from its file handle (Linux 6.18).
 pub fn namespace_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    const FILEID_NSFS: i32 = 241;
+    namespace_handle(fd).map(|(id, _)| id)
+}
+
+/// What identifies the namespace behind `fd` in its file handle (Linux
+/// 6.18, type `FILEID_NSFS`): its 64-bit id and its inode. With its type,
+/// that is the whole handle ([`handle_bytes`]).
+pub fn namespace_handle(fd: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
     let (kind, bytes) = sys::ns_file_handle(fd)?;
     if kind != FILEID_NSFS {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes[..8]);
-    Ok(u64::from_ne_bytes(id))
+    let mut ino = [0u8; 4];
+    ino.copy_from_slice(&bytes[12..]);
+    Ok((u64::from_ne_bytes(id), u32::from_ne_bytes(ino)))
+}
+
+/// The file handle type of namespaces (`FILEID_NSFS`).
+pub const FILEID_NSFS: i32 = 241;
+
+/// The 16 bytes of a namespace's file handle, from
+/// [`namespace_handle`]'s parts and the namespace's type.
+pub fn handle_bytes(t: NsType, (id, ino): (u64, u32)) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&id.to_ne_bytes());
+    b[8..12].copy_from_slice(&(t.flag().bits() as u32).to_ne_bytes());
+    b[12..].copy_from_slice(&ino.to_ne_bytes());
+    b
 }
 
 /// Whether `fd` is a pidfd: `pidfd_send_signal(fd, 0)` succeeds, or fails
@@ -133,6 +154,12 @@ mod tests {
         assert_ne!(namespace_id(uts.as_fd()).unwrap(), a);
         let f = std::fs::File::open("/proc/self/status").unwrap();
         assert!(namespace_id(f.as_fd()).is_err());
+        // The parts make the handle back.
+        let (kind, bytes) = sys::ns_file_handle(uts.as_fd()).unwrap();
+        assert_eq!(kind, FILEID_NSFS);
+        let parts = namespace_handle(uts.as_fd()).unwrap();
+        assert_eq!(handle_bytes(NsType::Uts, parts), bytes);
+        assert_eq!(u64::from(parts.1), namespace_inode(uts.as_fd()).unwrap());
     }
 
     #[test]

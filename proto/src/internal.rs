@@ -17,6 +17,9 @@ use crate::options::RoomOptions;
 pub const MAX_BYTES: usize = 4096;
 /// The most fds an internal message carries.
 pub const MAX_FDS: usize = 6;
+/// The most rooms one [`WorkerRequest::Alive`] asks about (fits
+/// [`MAX_BYTES`] with room to spare).
+pub const MAX_ALIVE: usize = 128;
 
 /// Broker → worker (and subspace worker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +32,22 @@ pub enum WorkerRequest {
         spaces: u64,
         /// What to do in the new namespaces first.
         options: RoomOptions,
+        /// The requester's uid on the host: a room worker makes the rooms
+        /// with it as its effective uid, so the kernel charges them to the
+        /// requester's per-user namespace limits (a subspace or private
+        /// worker is the requester already and ignores it).
+        uid: u32,
+    },
+    /// To a room worker: which of these namespaces still exist (the
+    /// broker counts live rooms). Each is `(id, inode)` as in
+    /// [`crate::fd::namespace_handle`], all of type `nstype`.
+    Alive {
+        /// Matches the reply to the request.
+        id: u64,
+        /// Their type.
+        nstype: NsType,
+        /// At most [`MAX_ALIVE`] of them.
+        rooms: Vec<(u64, u32)>,
     },
     /// Create a subspace owned by `uid`/`gid` (the peer's ids on the host;
     /// a private or subspace worker ignores them and uses its own, which
@@ -62,6 +81,7 @@ impl WorkerRequest {
     pub fn id(&self) -> u64 {
         match *self {
             WorkerRequest::Rooms { id, .. }
+            | WorkerRequest::Alive { id, .. }
             | WorkerRequest::Subspace { id, .. }
             | WorkerRequest::End { id, .. } => id,
         }
@@ -94,6 +114,13 @@ pub enum WorkerReply {
         /// the worker (for logs only; the pidfd is the reference).
         worker_pid: i32,
     },
+    /// For each room asked about, in order: whether it still exists.
+    Alive {
+        /// Matches the request.
+        id: u64,
+        /// One per room.
+        alive: Vec<bool>,
+    },
     /// The subspace worker asked to end was killed (or had gone).
     Ended {
         /// Matches the request.
@@ -122,6 +149,7 @@ impl WorkerReply {
             WorkerReply::Rooms { id, .. }
             | WorkerReply::Subspace { id, .. }
             | WorkerReply::Ended { id }
+            | WorkerReply::Alive { id, .. }
             | WorkerReply::Invalid { id, .. }
             | WorkerReply::Failed { id, .. } => id,
         }
@@ -144,6 +172,7 @@ impl WorkerReply {
                 (*user || *pid) && fds.len() == 2 + usize::from(*user) + usize::from(*pid)
             }
             WorkerReply::Ended { .. }
+            | WorkerReply::Alive { .. }
             | WorkerReply::Invalid { .. }
             | WorkerReply::Failed { .. } => fds.is_empty(),
         };
@@ -184,6 +213,7 @@ impl WorkerReply {
                 Ok(())
             }
             WorkerReply::Ended { .. }
+            | WorkerReply::Alive { .. }
             | WorkerReply::Invalid { .. }
             | WorkerReply::Failed { .. } => Ok(()),
         }
@@ -283,6 +313,12 @@ mod tests {
                 id: 1,
                 spaces: 42,
                 options: RoomOptions::new().hostname("box"),
+                uid: 4242,
+            },
+            WorkerRequest::Alive {
+                id: 9,
+                nstype: NsType::Net,
+                rooms: vec![(u64::MAX, u32::MAX); MAX_ALIVE],
             },
             WorkerRequest::Subspace {
                 id: u64::MAX,
@@ -294,6 +330,7 @@ mod tests {
             WorkerRequest::End { id: 2, pid: 77 },
         ];
         for r in reqs {
+            assert!(encode(&r).len() <= MAX_BYTES);
             assert_eq!(decode::<WorkerRequest>(&encode(&r)), Ok(r));
         }
         let reply = WorkerReply::Rooms {

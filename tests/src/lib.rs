@@ -318,6 +318,66 @@ impl Broker {
         b
     }
 
+    /// Starts the broker as root of a user namespace of its own that maps
+    /// the host's ids 0-65535 to themselves (owned by root), after `setup`
+    /// (a shell command) ran there as root, e.g. to lower
+    /// `/proc/sys/user/max_net_namespaces`, which then limits each uid
+    /// inside separately.
+    pub fn start_in_user_ns(policy: &str, setup: &str) -> Broker {
+        need_root();
+        let dir = tempfile::Builder::new()
+            .prefix("spacer-test")
+            .tempdir()
+            .expect("temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let policy_path = dir.path().join("policy.toml");
+        fs::write(&policy_path, policy).expect("write policy");
+        fs::set_permissions(&policy_path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let socket = dir.path().join("spacer.sock");
+        let log = dir.path().join("broker.log");
+        // unshare makes the namespace and execs sh, which waits until the
+        // maps are written; the next sh (exec'd as mapped root, so with every
+        // capability in the namespace) runs `setup`, then execs the broker.
+        let mut child = Command::new("unshare")
+            .args(["--user", "--", "sh", "-c", "read _ && exec \"$@\"", "sh"])
+            .args(["sh", "-c", &format!("{setup} && exec \"$@\""), "sh"])
+            .arg(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--policy")
+            .arg(&policy_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start unshare");
+        let pid = child.id();
+        let mine = fs::read_link("/proc/self/ns/user").expect("own user ns");
+        let moved = eventually(Duration::from_secs(5), || {
+            fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|l| l != mine)
+        });
+        assert!(moved, "unshare did not make a user namespace");
+        for map in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{pid}/{map}"), "0 0 65536").expect("write map");
+        }
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b"go\n").expect("release the broker");
+        }
+        let b = Broker {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        let up = eventually(Duration::from_secs(10), || {
+            b.events().iter().any(|e| e["event"] == "start")
+        });
+        assert!(up, "broker did not start; log:\n{}", b.log_text());
+        b
+    }
+
     /// Runs the broker with `policy` expecting it to refuse to start;
     /// returns its exit code and log.
     pub fn refuses(policy: &str, mode: u32) -> (Option<i32>, String) {

@@ -183,3 +183,56 @@ fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
     drop(other);
     no_leaks(&b, &base);
 }
+
+#[test]
+fn a_tenant_holds_live_rooms_up_to_its_cap_and_not_one_more() {
+    // The default cap (64 of each type) where the rule sets none, and a
+    // rule's own.
+    let b = Broker::start(&format!(
+        "[[rule]]\nuid = 0\nallow = [\"uts\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"net\"]\n[[rule]]\nuid = {STRANGER}\nallow = [\"net\"]\nmax_rooms = 5\n"
+    ));
+    let base = fds(&b);
+    let v = b.probe_as(TENANT, TENANT, &["hold-net", "100"]);
+    assert_eq!(v["held"], 64, "{v}");
+    assert_eq!(
+        v["denial"], "denied: net: 64 live rooms held (limit 64, rule 2)",
+        "{v}"
+    );
+    assert_eq!(
+        v["more"], "denied: net: 64 live rooms held (limit 64, rule 2)",
+        "{v}"
+    );
+    assert_eq!(v["after_drop"], "ok", "{v}");
+    let v = b.probe_as(STRANGER, STRANGER, &["hold-net", "100"]);
+    assert_eq!(v["held"], 5, "{v}");
+    assert_eq!(v["after_drop"], "ok", "{v}");
+    // The probes have exited: their rooms are gone, and so is the record of
+    // them once a request at the cap looks.
+    let v = b.probe_as(STRANGER, STRANGER, &["hold-net", "5"]);
+    assert_eq!(v["held"], 5, "{v}");
+    no_leaks(&b, &base);
+}
+
+#[test]
+fn rooms_count_against_the_tenants_kernel_limit_not_roots() {
+    // In a root-owned user namespace where each uid may hold 4 network
+    // namespaces (the worker's own is root's first). Rooms of the tenant
+    // are the tenant's: its fifth fails in the kernel, and root still makes
+    // its own.
+    let b = Broker::start_in_user_ns(
+        &format!(
+            "[[rule]]\nuid = 0\nallow = [\"net\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"net\"]\n"
+        ),
+        "echo 4 > /proc/sys/user/max_net_namespaces",
+    );
+    let v = b.probe_as(TENANT, TENANT, &["hold-net", "10"]);
+    assert_eq!(v["held"], 4, "{v}");
+    assert_eq!(
+        v["denial"], "failed: creating net namespace: ENOSPC (No space left on device)",
+        "{v}"
+    );
+    let root = b.client();
+    let mine: Vec<_> = (0..2).map(|_| root.rooms(Spaces::NET)).collect();
+    assert!(mine.iter().all(Result::is_ok), "{mine:?}");
+    assert!(b.client().rooms(Spaces::NET).is_ok());
+}

@@ -167,10 +167,19 @@ pub fn confine(
     if nix::unistd::geteuid().is_root() {
         step("dropping supplementary groups", setgroups(&[]))?;
     }
-    // 4. Capabilities: bounding, ambient and inheritable first (dropping from
+    // 4. A room worker makes rooms with the requester's uid as its
+    //    effective uid (the kernel charges namespaces to it), keeping its
+    //    capabilities across that switch. Needs CAP_SETPCAP, which goes next.
+    if role == Role::Host {
+        step(
+            "keeping capabilities across uid changes",
+            sys::keep_caps_across_uid_changes(),
+        )?;
+    }
+    // 5. Capabilities: bounding, ambient and inheritable first (dropping from
     //    the bounding set needs CAP_SETPCAP, which goes with the next step).
     keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
-    // 5. A network namespace of its own (the host worker): the worker keeps
+    // 6. A network namespace of its own (the host worker): the worker keeps
     //    CAP_NET_ADMIN for the loopback option, and its home network is then
     //    not the host's, whatever a subverted worker does with it. New
     //    network namespaces do not depend on their creator's.
@@ -180,10 +189,10 @@ pub fn confine(
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET),
         )?;
     }
-    // 6. No privilege gain through exec, no ptrace or core dump of the worker.
+    // 7. No privilege gain through exec, no ptrace or core dump of the worker.
     step("setting no_new_privs", prctl::set_no_new_privs())?;
     step("making the worker non-dumpable", prctl::set_dumpable(false))?;
-    // 7. Exited children are reaped by the kernel, and orphaned descendants
+    // 8. Exited children are reaped by the kernel, and orphaned descendants
     //    (a subspace worker whose parent ended) come here to be reaped, not
     //    to init.
     step("ignoring SIGCHLD", sys::autoreap_children())?;
@@ -191,7 +200,7 @@ pub fn confine(
         "becoming a child subreaper",
         prctl::set_child_subreaper(true),
     )?;
-    // 8. Last: the syscall allow-list.
+    // 9. Last: the syscall allow-list.
     step(
         "installing the seccomp filter",
         seccomp::install(seccomp_mode),

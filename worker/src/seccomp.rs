@@ -163,12 +163,34 @@ fn entries() -> Vec<Entry> {
                 (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
             ],
         ),
+        // sys::namespace_alive (a room worker, for the broker's count of
+        // live rooms): only with the nsfs marker as "mount fd", so only a
+        // namespace can be opened, read-only. Any other mount fd (a file
+        // system's) still kills the process.
+        Entry {
+            nr: libc::SYS_open_by_handle_at,
+            any_of: vec![vec![
+                (
+                    0,
+                    Len::Dword,
+                    Op::Eq,
+                    crate::sys::FD_NSFS_ROOT as u32 as u64,
+                ),
+                (
+                    2,
+                    Len::Dword,
+                    Op::Eq,
+                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                ),
+            ]],
+        },
         // Writing the id maps and clock offsets; diagnostics on stderr.
         always(libc::SYS_write),
         // Dropping fds; sys::close_fds_except in a new subspace worker.
         always(libc::SYS_close),
         always(libc::SYS_close_range),
-        // Subspace setup: become the requester, then root of the new user ns.
+        // Subspace setup: become the requester, then root of the new user ns;
+        // serve::as_requester: a room worker's effective uid for a request.
         always(libc::SYS_setresuid),
         always(libc::SYS_setresgid),
         always(libc::SYS_setgroups),

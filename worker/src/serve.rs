@@ -283,10 +283,26 @@ fn handle(
         WorkerRequest::Rooms { .. } if role == Role::Spawner => {
             Handled::Now(invalid(id, "the spawner makes no rooms".into()))
         }
+        WorkerRequest::Alive { id, nstype, rooms } => {
+            if role != Role::Host {
+                return Handled::Now(invalid(id, "only a room worker counts rooms".into()));
+            }
+            if rooms.len() > internal::MAX_ALIVE {
+                return Handled::Now(invalid(id, "too many rooms asked about".into()));
+            }
+            // An error other than "gone" counts the room as alive: a cap
+            // errs on the side of the host.
+            let alive = rooms
+                .into_iter()
+                .map(|r| sys::namespace_alive(&fd::handle_bytes(nstype, r)).unwrap_or(true))
+                .collect();
+            Handled::Now((WorkerReply::Alive { id, alive }, Vec::new(), false))
+        }
         WorkerRequest::Rooms {
             id,
             spaces,
             options,
+            uid,
         } => {
             // The worker checks every request itself, whatever the broker did.
             let spaces = match check_spaces(spaces, Spaces::ROOMS) {
@@ -299,7 +315,16 @@ fn handle(
             if let Err(e) = crate::prepare::check_clocks(&options) {
                 return Handled::Now(invalid(id, e));
             }
-            Handled::Now(match maker.rooms(spaces, &options) {
+            // A room worker makes them as the requester's effective uid, so
+            // the kernel charges them to the requester's namespace limits.
+            let charged_to = (role == Role::Host && uid != 0).then_some(uid);
+            let made = match as_requester(charged_to, || maker.rooms(spaces, &options)) {
+                Ok(made) => made,
+                Err(reason) => {
+                    return Handled::Now((WorkerReply::Failed { id, reason }, Vec::new(), false))
+                }
+            };
+            Handled::Now(match made {
                 Ok(made) => {
                     let (types, fds): (Vec<_>, Vec<_>) = made.into_iter().unzip();
                     let inodes = fds
@@ -396,6 +421,29 @@ fn handle(
             Handled::Now((WorkerReply::Ended { id }, Vec::new(), false))
         }
     }
+}
+
+/// Runs `f` with `uid` (if any) as the effective uid, the filesystem uid
+/// staying 0 (the worker's own `/proc/self` files are root's) and the
+/// capabilities kept (`SECBIT_NO_SETUID_FIXUP`, set at start). The worker
+/// must be back to effective uid 0 afterwards, or it exits.
+fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, String> {
+    use nix::unistd::{setfsuid, setresuid, Uid};
+    let Some(uid) = uid else { return Ok(f()) };
+    let keep = Uid::from_raw(u32::MAX);
+    setresuid(keep, Uid::from_raw(uid), keep).map_err(|e| {
+        format!(
+            "taking the requester's uid: {}",
+            crate::maker::errno_text(e)
+        )
+    })?;
+    setfsuid(Uid::from_raw(0));
+    let out = f();
+    if setresuid(keep, Uid::from_raw(0), keep).is_err() {
+        eprintln!("spacer-worker: cannot return to uid 0; exiting");
+        std::process::exit(1);
+    }
+    Ok(out)
 }
 
 fn invalid(id: u64, reason: String) -> Answer {

@@ -282,3 +282,64 @@ pub fn set_domainname(name: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `FD_NSFS_ROOT`: the "mount fd" that makes `open_by_handle_at(2)` look a
+/// handle up among namespaces only (Linux 6.18).
+pub const FD_NSFS_ROOT: libc::c_int = -10003;
+
+/// Whether the namespace with this file handle (see
+/// `spacer_proto::fd::handle_bytes`) still exists: `open_by_handle_at` in
+/// nsfs succeeds while it lives and fails with `ESTALE` once it is gone.
+/// The fd it opens is closed at once. Other errors are returned.
+pub fn namespace_alive(handle: &[u8; 16]) -> io::Result<bool> {
+    #[repr(C)]
+    struct Handle {
+        head: libc::file_handle,
+        bytes: [u8; 16],
+    }
+    let mut h = Handle {
+        head: libc::file_handle {
+            handle_bytes: 16,
+            handle_type: spacer_proto::fd::FILEID_NSFS,
+            f_handle: [],
+        },
+        bytes: *handle,
+    };
+    // SAFETY: `h` is a live, aligned `struct file_handle` followed by the 16
+    // bytes its `handle_bytes` announces; the kernel only reads it. The
+    // mount fd is the nsfs marker, not an fd of ours.
+    let ret = unsafe {
+        libc::open_by_handle_at(FD_NSFS_ROOT, &mut h.head, libc::O_RDONLY | libc::O_CLOEXEC)
+    };
+    if ret >= 0 {
+        // SAFETY: a successful open_by_handle_at returned a new fd that
+        // nothing else in this process knows; it is closed right here.
+        drop(unsafe { OwnedFd::from_raw_fd(ret) });
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESTALE) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Sets `SECBIT_NO_SETUID_FIXUP`: changing the effective uid between 0 and
+/// another uid then leaves the capability sets alone, so a room worker can
+/// make rooms as the requester's effective uid (charged to the requester
+/// by the kernel) and keep its capabilities. Needs `CAP_SETPCAP`.
+pub fn keep_caps_across_uid_changes() -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    // SAFETY: PR_GET_SECUREBITS takes no pointer and returns the bits.
+    let bits = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    if bits < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = bits as libc::c_ulong | SECBIT_NO_SETUID_FIXUP;
+    // SAFETY: PR_SET_SECUREBITS takes the bits by value, no pointer.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, new, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

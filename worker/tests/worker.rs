@@ -89,6 +89,7 @@ fn barrier(chan: &Channel) {
             id: 0,
             spaces: 0,
             options: Default::default(),
+            uid: 0,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { .. }));
@@ -155,6 +156,7 @@ fn serves_all_six_rooms_and_stays_home() {
                 id: 7,
                 spaces: Spaces::ROOMS.bits(),
                 options: Default::default(),
+                uid: 0,
             },
         );
         let WorkerReply::Rooms {
@@ -195,6 +197,77 @@ fn serves_all_six_rooms_and_stays_home() {
 }
 
 #[test]
+fn makes_rooms_as_the_requester_and_tells_which_are_still_alive() {
+    use spacer_proto::NsType;
+    need_root();
+    let sup = Supervisor::start(&[]);
+    let (pid, chan, _pidfd) = sup.spawn_worker();
+    barrier(&chan);
+    let home = ns_links(pid);
+    let (reply, fds) = call(
+        &chan,
+        &WorkerRequest::Rooms {
+            id: 1,
+            spaces: (Spaces::NET | Spaces::MNT | Spaces::TIME).bits(),
+            options: spacer_proto::RoomOptions::new()
+                .monotonic_offset(spacer_proto::Offset::from_secs(5)),
+            uid: 4242,
+        },
+    );
+    let WorkerReply::Rooms { types, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    // Back to uid 0 in every id, capabilities as they were.
+    assert_eq!(status(pid, "Uid"), "0\t0\t0\t0");
+    assert_eq!(status(pid, "CapEff"), "00000000002400c0");
+    assert_eq!(ns_links(pid), home);
+    let net = types
+        .iter()
+        .zip(fds)
+        .find(|(t, _)| **t == NsType::Net)
+        .unwrap()
+        .1;
+    let handle = fd::namespace_handle(net.as_fd()).unwrap();
+    let ask = |id| {
+        call(
+            &chan,
+            &WorkerRequest::Alive {
+                id,
+                nstype: NsType::Net,
+                rooms: vec![handle, (u64::MAX, 1)],
+            },
+        )
+        .0
+    };
+    assert_eq!(
+        ask(2),
+        WorkerReply::Alive {
+            id: 2,
+            alive: vec![true, false]
+        }
+    );
+    drop(net);
+    // A net namespace is torn down in the background after its last close.
+    let mut last = ask(3);
+    for i in 4..500 {
+        if last
+            == (WorkerReply::Alive {
+                id: i - 1,
+                alive: vec![false, false],
+            })
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        last = ask(i);
+    }
+    assert!(
+        matches!(&last, WorkerReply::Alive { alive, .. } if alive == &[false, false]),
+        "{last:?}"
+    );
+}
+
+#[test]
 fn rechecks_spaces_itself() {
     need_root();
     let sup = Supervisor::start(&[]);
@@ -210,6 +283,7 @@ fn rechecks_spaces_itself() {
                 id: 1,
                 spaces,
                 options: Default::default(),
+                uid: 0,
             },
         );
         assert_eq!(
@@ -252,6 +326,7 @@ fn rechecks_spaces_itself() {
             id: 5,
             spaces: Spaces::UTS.bits(),
             options: Default::default(),
+            uid: 0,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 5, .. }));
@@ -320,6 +395,7 @@ fn rechecks_room_options_itself() {
                 id: 4,
                 spaces: spaces.bits(),
                 options,
+                uid: 0,
             },
         );
         match reply {
@@ -368,6 +444,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             id: 4,
             spaces: (Spaces::NET | Spaces::UTS | Spaces::MNT).bits(),
             options: Default::default(),
+            uid: 0,
         },
     );
     assert!(
@@ -430,6 +507,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             id: 7,
             spaces: Spaces::UTS.bits(),
             options: Default::default(),
+            uid: 0,
         },
     );
     assert!(matches!(reply, WorkerReply::Rooms { .. }), "{reply:?}");

@@ -35,6 +35,9 @@
 //! thread sends SIGSTOP to every process this uid may signal; then SIGCONT
 //! to all of them and SIGKILL to the subspace workers left behind; then one
 //! more subspace.
+//! `spacer-probe hold-net N`: asks for net rooms and holds them, up to N or
+//! the first refusal; asks once more; then closes three and asks again
+//! (retrying while they are being torn down).
 //! `spacer-probe stop-close N`: N times: a user subspace (retried while
 //! `max_subspaces` refuses), its worker stopped (SIGSTOP), its connection
 //! closed; prints how many were granted, the most subspace workers of this
@@ -507,6 +510,38 @@ fn main() {
         Some("soak") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
+        }
+        Some("hold-net") => {
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+            let c = client();
+            let mut held = Vec::new();
+            let mut denial = Value::Null;
+            for _ in 0..n {
+                match c.rooms(Spaces::NET) {
+                    Ok(r) => held.push(r.net.expect("net fd")),
+                    Err(e) => {
+                        denial = json!(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let count = held.len();
+            // Given to a child that keeps them: they still count.
+            let more = outcome(c.rooms(Spaces::NET).map(drop));
+            held.truncate(count.saturating_sub(3));
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            let after_drop = loop {
+                let o = outcome(c.rooms(Spaces::NET).map(|r| held.push(r.net.expect("net"))));
+                if o == "ok" || std::time::Instant::now() > end {
+                    break o;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            println!(
+                "{}",
+                json!({"held": count, "denial": denial, "more": more, "after_drop": after_drop})
+            );
+            return;
         }
         Some("stop-close") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
