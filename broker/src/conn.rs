@@ -513,9 +513,9 @@ async fn handle(
     let result = match (op, backend) {
         (Op::Subspace, _) => {
             let fds: Vec<BorrowedFd<'_>> = parent.into_iter().collect();
-            ctx.spawner.call(request, &fds).await
+            ctx.spawner.call(peer.uid, request, &fds).await
         }
-        (Op::Rooms, Backend::Pool) => ctx.pool.call(request, &[]).await,
+        (Op::Rooms, Backend::Pool) => ctx.pool.call(peer.uid, request, &[]).await,
         (Op::Rooms, Backend::Subspace(link)) => link.call(request, ctx.pool_timeout()).await,
     };
     let (reply, fds) = match result {
@@ -695,7 +695,7 @@ async fn forget_gone_rooms(ctx: &Rc<Ctx>, uid: u32, t: NsType) {
             nstype: t,
             rooms: chunk.to_vec(),
         };
-        if let Ok((WorkerReply::Alive { alive, .. }, _)) = ctx.pool.call(ask, &[]).await {
+        if let Ok((WorkerReply::Alive { alive, .. }, _)) = ctx.pool.call(uid, ask, &[]).await {
             if alive.len() == chunk.len() {
                 let gone: Vec<_> = chunk
                     .iter()
@@ -784,7 +784,7 @@ fn start_subspace(
         let Backend::Subspace(link) = backend else {
             unreachable!("a subspace backend")
         };
-        end_subspace(&ctx, link).await;
+        end_subspace(&ctx, uid, link).await;
         ctx.counters.subspace_closed(uid);
         tracing::info!(target: "spacer::event", event = "subspace_closed", subspace = id, pid, uid, "subspace closed");
     });
@@ -793,14 +793,14 @@ fn start_subspace(
 
 /// Ends a subspace whose connection has closed: its channel closes, the
 /// spawner kills its worker, and this returns once the process is gone.
-async fn end_subspace(ctx: &Rc<Ctx>, link: SubLink) {
+async fn end_subspace(ctx: &Rc<Ctx>, uid: u32, link: SubLink) {
     let SubLink {
         chan, pidfd, pid, ..
     } = link;
     drop(chan);
     let _ = ctx
         .spawner
-        .call(|id| WorkerRequest::End { id, pid }, &[])
+        .call(uid, |id| WorkerRequest::End { id, pid }, &[])
         .await;
     // A pidfd polls readable once its process has exited.
     match crate::sys::register_fd(pidfd) {

@@ -44,8 +44,10 @@ impl Journal {
     pub fn connect(path: &Path, ok: Arc<AtomicBool>) -> io::Result<Journal> {
         let sock = UnixDatagram::unbound()?;
         sock.connect(path)?;
-        // A journal that cannot keep up must not stall the event loop: the
-        // write fails, the sink is marked unhealthy, grants fail closed.
+        // A journal that cannot keep up must not stall the event loop for
+        // long: a full socket is waited on for at most SEND_WAIT per record
+        // (see `send_waiting`); past that the sink is marked unhealthy and
+        // grants fail closed.
         sock.set_nonblocking(true)?;
         Ok(Journal { sock, ok })
     }
@@ -65,8 +67,40 @@ impl<S: Subscriber> Layer<S> for Journal {
         out.put("SYSLOG_IDENTIFIER", "spacer-broker");
         out.put("TARGET", meta.target());
         event.record(&mut out);
-        let r = self.sock.send(&out.0);
+        let r = send_waiting(&self.sock, &out.0, SEND_WAIT);
         self.ok.store(r.is_ok(), Ordering::Relaxed);
+    }
+}
+
+/// How long one record may wait for room in the journal's socket.
+pub const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Sends one datagram on a non-blocking socket; while the socket is full
+/// (journald is behind), waits for room, at most `budget` in all. Any
+/// other error, or no room in time, is an error.
+pub fn send_waiting(
+    sock: &UnixDatagram,
+    buf: &[u8],
+    budget: std::time::Duration,
+) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let end = std::time::Instant::now() + budget;
+    loop {
+        match sock.send(buf) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = end.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                let ms = PollTimeout::try_from(left.as_millis().max(1) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, ms);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -144,6 +178,41 @@ fn journal_key(name: &str) -> String {
         .chars()
         .take(64)
         .collect()
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A socket full to the brim, and its reader.
+    fn full() -> (UnixDatagram, UnixDatagram) {
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        tx.set_nonblocking(true).unwrap();
+        while tx.send(&[0u8; 1024]).is_ok() {}
+        (tx, rx)
+    }
+
+    #[test]
+    fn a_slow_reader_is_waited_for() {
+        let (tx, rx) = full();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut b = [0u8; 2048];
+            rx.recv(&mut b).unwrap();
+            rx
+        });
+        assert!(send_waiting(&tx, b"record", Duration::from_secs(5)).is_ok());
+        drop(reader.join().unwrap());
+    }
+
+    #[test]
+    fn a_stuck_reader_fails_within_the_budget() {
+        let (tx, _rx) = full();
+        let t = Instant::now();
+        assert!(send_waiting(&tx, b"record", Duration::from_millis(100)).is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]

@@ -81,8 +81,119 @@ impl Supervisor {
     }
 }
 
+/// Requests in flight per serving worker: enough to keep it fed (the next
+/// request is there when it finishes one), few enough that a request of
+/// another uid never waits behind a long queue.
+const IN_FLIGHT_PER_WORKER: usize = 4;
+
+/// Fair dispatch: requests beyond the in-flight limit wait in a queue per
+/// uid, and a freed slot goes to the uids in turn, so one uid's backlog
+/// never sits in front of another uid's request.
+#[derive(Default)]
+struct Fair {
+    queues: RefCell<HashMap<u32, VecDeque<oneshot::Sender<()>>>>,
+    /// Uids with waiting requests, in turn order.
+    turn: RefCell<VecDeque<u32>>,
+    in_flight: Cell<usize>,
+}
+
+/// A dispatch slot; freed (and handed to the next uid in turn) on drop.
+struct Slot<'a> {
+    fair: &'a Fair,
+}
+
+impl Fair {
+    async fn acquire(&self, uid: u32, limit: usize) -> Slot<'_> {
+        loop {
+            if self.in_flight.get() < limit && self.turn.borrow().is_empty() {
+                self.in_flight.set(self.in_flight.get() + 1);
+                return Slot { fair: self };
+            }
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut queues = self.queues.borrow_mut();
+                let q = queues.entry(uid).or_default();
+                if q.is_empty() {
+                    self.turn.borrow_mut().push_back(uid);
+                }
+                q.push_back(tx);
+            }
+            // A slot handed over arrives counted already.
+            let mut waiting = Waiting {
+                fair: self,
+                rx,
+                got: false,
+            };
+            waiting.wait().await;
+            if waiting.got {
+                return Slot { fair: self };
+            }
+        }
+    }
+
+    /// Gives a free slot to the next uid in turn with a live waiter.
+    fn hand_over(&self) {
+        loop {
+            let Some(uid) = self.turn.borrow_mut().pop_front() else {
+                self.in_flight.set(self.in_flight.get() - 1);
+                return;
+            };
+            let mut queues = self.queues.borrow_mut();
+            let Some(q) = queues.get_mut(&uid) else {
+                continue;
+            };
+            let next = q.pop_front();
+            if q.is_empty() {
+                queues.remove(&uid);
+            } else {
+                self.turn.borrow_mut().push_back(uid);
+            }
+            drop(queues);
+            if let Some(tx) = next {
+                if tx.send(()).is_ok() {
+                    return;
+                }
+            }
+            // A waiter that gave up: try the next one.
+        }
+    }
+}
+
+/// A request waiting for a slot.
+struct Waiting<'a> {
+    fair: &'a Fair,
+    rx: oneshot::Receiver<()>,
+    got: bool,
+}
+
+impl Waiting<'_> {
+    async fn wait(&mut self) {
+        self.got = (&mut self.rx).await.is_ok();
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Dropped while waiting (its request was abandoned): a slot handed
+        // over meanwhile is passed on.
+        if !self.got {
+            self.rx.close();
+            if self.rx.try_recv().is_ok() {
+                self.fair.hand_over();
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.fair.hand_over();
+    }
+}
+
 /// A pool of serving workers of one kind.
 pub struct Pool {
+    fair: Fair,
     sup: Rc<Supervisor>,
     kind: WorkerKind,
     links: RefCell<Vec<Rc<Link>>>,
@@ -109,6 +220,7 @@ impl Pool {
         breaker_retry: Duration,
     ) -> Rc<Pool> {
         Rc::new(Pool {
+            fair: Fair::default(),
             sup,
             kind,
             links: RefCell::new(Vec::new()),
@@ -133,14 +245,18 @@ impl Pool {
         self.links.borrow().iter().map(|l| l.pid).collect()
     }
 
-    /// Sends a request built from a fresh id, with `fds`, to the least
-    /// loaded worker and waits for its reply (at most the request timeout; a
+    /// Sends a request of `uid` built from a fresh id, with `fds`, to the
+    /// least loaded worker once the fair dispatch gives it a slot, and waits
+    /// for its reply (at most the request timeout; a
     /// worker that misses it is killed and replaced).
     pub async fn call(
         self: &Rc<Self>,
+        uid: u32,
         make: impl Fn(u64) -> WorkerRequest,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, CallError> {
+        let limit = IN_FLIGHT_PER_WORKER * self.desired;
+        let _slot = self.fair.acquire(uid, limit).await;
         // A request whose send fails never reached a worker (it had died and
         // the broker had not noticed yet): safe to send once more, to a
         // fresh one.

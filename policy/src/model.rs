@@ -316,18 +316,22 @@ impl Policy {
     }
 
     /// Fills every limit that neither a rule nor `[defaults]` sets with the
-    /// service's own default (the broker's per-uid caps).
+    /// service's own default (the broker's per-uid caps). A rule for uid 0
+    /// gets no default room cap (root makes namespaces without spacer
+    /// anyway); it can set one.
     pub fn with_default_limits(mut self, d: &Limits) -> Policy {
-        let fill = |l: &mut Limits| {
+        let fill = |l: &mut Limits, root: bool| {
             l.requests_per_minute = l.requests_per_minute.or(d.requests_per_minute);
             l.max_subspaces = l.max_subspaces.or(d.max_subspaces);
             l.max_depth = l.max_depth.or(d.max_depth);
             l.max_connections = l.max_connections.or(d.max_connections);
-            l.max_rooms = l.max_rooms.or(d.max_rooms);
+            if !root {
+                l.max_rooms = l.max_rooms.or(d.max_rooms);
+            }
         };
-        fill(&mut self.defaults.limits);
+        fill(&mut self.defaults.limits, false);
         for r in &mut self.rules {
-            fill(&mut r.grant.limits);
+            fill(&mut r.grant.limits, r.matcher.uid() == Some(0));
         }
         self
     }

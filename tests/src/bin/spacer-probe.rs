@@ -35,6 +35,10 @@
 //! thread sends SIGSTOP to every process this uid may signal; then SIGCONT
 //! to all of them and SIGKILL to the subspace workers left behind; then one
 //! more subspace.
+//! `spacer-probe flood-net CONNS SECS`: CONNS connections asking for net
+//! rooms as fast as they are answered, for SECS seconds.
+//! `spacer-probe latency N`: N uts rooms, one every 5 ms; prints the median
+//! and the worst round trip.
 //! `spacer-probe hold-net N`: asks for net rooms and holds them, up to N or
 //! the first refusal; asks once more; then closes three and asks again
 //! (retrying while they are being torn down).
@@ -510,6 +514,44 @@ fn main() {
         Some("soak") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             soak(client(), n)
+        }
+        Some("flood-net") => {
+            let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+            let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+            let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+            let threads: Vec<_> = (0..conns)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let c = Client::connect_default().expect("connect");
+                        let mut n = 0u64;
+                        while std::time::Instant::now() < end {
+                            if c.rooms(Spaces::NET).is_ok() {
+                                n += 1;
+                            }
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let made: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+            println!("{}", json!({"made": made}));
+            return;
+        }
+        Some("latency") => {
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+            let c = client();
+            let mut us: Vec<u64> = (0..n)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    c.rooms(Spaces::UTS).expect("uts room");
+                    let d = t.elapsed().as_micros() as u64;
+                    std::thread::sleep(Duration::from_millis(5));
+                    d
+                })
+                .collect();
+            us.sort_unstable();
+            println!("{}", json!({"p50_us": us[n / 2], "max_us": us[n - 1]}));
+            return;
         }
         Some("hold-net") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
