@@ -269,8 +269,18 @@ fn run_command(
     }
 }
 
+/// The policy as the broker applies it by default: its per-uid caps (64
+/// connections, subspaces and live rooms of each type) where the file sets
+/// none (`spacer-broker --max-*-per-uid` changes them).
 fn load(file: &Path) -> Result<Policy, Failure> {
+    let caps = spacer_policy::Limits {
+        max_connections: Some(64),
+        max_subspaces: Some(64),
+        max_rooms: Some(64),
+        ..Default::default()
+    };
     spacer_policy::load_file(file, FileCheck::ContentOnly, &SystemResolver)
+        .map(|p| p.with_default_limits(&caps))
         .map_err(|e| Failure::Msg(chain(&e)))
 }
 
@@ -365,7 +375,7 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
     );
     let lim = limits_text(&grant.limits);
     println!(
-        "  limits: {}",
+        "  limits (the broker's default caps where the policy sets none): {}",
         if lim.is_empty() { "none".into() } else { lim }
     );
     if grant.allow.contains(Spaces::USER) {
