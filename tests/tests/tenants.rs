@@ -41,8 +41,10 @@ fn a_stopped_subspace_worker_ends_with_its_conn_and_max_subspaces_holds() {
     ));
     let base = fds(&b);
     let v = b.probe_as(TENANT, TENANT, &["stop-close", "10"]);
+    eprintln!("stop and close: {v}");
     assert_eq!(v["granted"], 10, "{v}");
-    assert!(v["max_alive"].as_u64().unwrap() <= 2, "{v}");
+    let max_alive = v["max_alive"].as_u64().unwrap();
+    assert!((1..=2).contains(&max_alive), "{v}");
     assert_eq!(v["all_gone"], true, "{v}");
     assert!(
         eventually(Duration::from_secs(5), || b.subspace_workers().is_empty()),
@@ -63,8 +65,13 @@ fn a_tenant_never_attaches_to_a_subspace_worker_even_during_nested_setup() {
     let b = Broker::start(TEST_POLICY);
     let base = fds(&b);
     let v = b.probe_as(TENANT, TENANT, &["seize-race", "60"]);
+    eprintln!("seize race: {v}");
     assert_eq!(v["nested"], 60, "{v}");
-    assert!(v["attempts"].as_u64().unwrap() > 0, "{v}");
+    // Tried on subspace workers (run as the tenant), not only on root's.
+    assert!(
+        v["attempts_on_subspace_workers"].as_u64().unwrap() > 0,
+        "{v}"
+    );
     assert_eq!(v["attached"], 0, "{v}");
     assert!(eventually(Duration::from_secs(5), || b
         .subspace_workers()

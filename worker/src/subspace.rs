@@ -231,6 +231,8 @@ fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i3
     if sys::close_fds_except(&keep).is_err() || sys::stdio_to_dev_null().is_err() {
         return 1;
     }
+    // Told apart from the service's own workers in `ps`.
+    let _ = prctl::set_name(c"spacer-subspace");
     let (role, inside) = match &requester {
         Requester::Host { parent, .. } => (
             serve::Role::HostSubspace,

@@ -80,21 +80,26 @@ fn pid_of(pidfd: &OwnedFd) -> i32 {
         .unwrap_or(-1)
 }
 
-/// Pids of the processes named `spacer-worker` on the host.
+/// Pids of the worker processes on the host (supervisor and room workers,
+/// the spawner, subspace workers).
 fn worker_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .filter(|p: &i32| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.trim() == "spacer-worker")
+                    std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| {
+                        matches!(
+                            c.trim(),
+                            "spacer-worker" | "spacer-spawner" | "spacer-subspace"
+                        )
+                    })
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// The `spacer-worker` processes whose real uid is `uid`.
+/// The worker processes whose real uid is `uid`.
 fn workers_of(uid: u32) -> Vec<i32> {
     worker_pids()
         .into_iter()
@@ -628,10 +633,16 @@ fn main() {
             use std::sync::Arc;
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
             let stop = Arc::new(AtomicBool::new(false));
-            let (attempts, attached) =
-                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let attempts = Arc::new(AtomicUsize::new(0));
+            let attached = Arc::new(AtomicUsize::new(0));
+            let on_subspace = Arc::new(AtomicUsize::new(0));
             let tracer = {
-                let (stop, attempts, attached) = (stop.clone(), attempts.clone(), attached.clone());
+                let (stop, attempts, attached, on_subspace) = (
+                    stop.clone(),
+                    attempts.clone(),
+                    attached.clone(),
+                    on_subspace.clone(),
+                );
                 std::thread::spawn(move || {
                     let me = std::process::id() as i32;
                     while !stop.load(Ordering::Relaxed) {
@@ -640,6 +651,11 @@ fn main() {
                                 continue;
                             }
                             attempts.fetch_add(1, Ordering::Relaxed);
+                            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                                .is_ok_and(|c| c.trim() == "spacer-subspace")
+                            {
+                                on_subspace.fetch_add(1, Ordering::Relaxed);
+                            }
                             let target = nix::unistd::Pid::from_raw(pid);
                             if nix::sys::ptrace::seize(target, nix::sys::ptrace::Options::empty())
                                 .is_ok()
@@ -667,6 +683,7 @@ fn main() {
             println!(
                 "{}",
                 json!({"nested": made, "attempts": attempts.load(Ordering::Relaxed),
+                       "attempts_on_subspace_workers": on_subspace.load(Ordering::Relaxed),
                        "attached": attached.load(Ordering::Relaxed)})
             );
             return;
