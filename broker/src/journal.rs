@@ -62,12 +62,21 @@ impl<S: Subscriber> Layer<S> for Journal {
             Level::INFO => 6,
             _ => 7,
         };
-        let mut out = Fields(Vec::with_capacity(512));
+        let mut out = Fields {
+            buf: Vec::with_capacity(512),
+            message: None,
+            summary: None,
+        };
         out.put("PRIORITY", &priority.to_string());
         out.put("SYSLOG_IDENTIFIER", "spacer-broker");
         out.put("TARGET", meta.target());
         event.record(&mut out);
-        let r = send_waiting(&self.sock, &out.0, SEND_WAIT);
+        // An audit record reads as one line in `journalctl` and `systemctl
+        // status`; its fields carry the details.
+        if let Some(m) = out.summary.take().or(out.message.take()) {
+            out.put("MESSAGE", &m);
+        }
+        let r = send_waiting(&self.sock, &out.buf, SEND_WAIT);
         self.ok.store(r.is_ok(), Ordering::Relaxed);
     }
 }
@@ -105,7 +114,62 @@ pub fn send_waiting(
 }
 
 /// The datagram being built.
-struct Fields(Vec<u8>);
+struct Fields {
+    buf: Vec<u8>,
+    /// The event's message, put last.
+    message: Option<String>,
+    /// An audit record's one-line summary, put as the message instead.
+    summary: Option<String>,
+}
+
+/// One line that says who got what: `uid 1000 (pid 42) rooms net, uts:
+/// allow by rule 2 ("tenant"): net:[4026532301] uts:[4026532302]`, or the
+/// reason of a refusal.
+fn summary(obj: &serde_json::Map<String, serde_json::Value>) -> String {
+    let text = |k: &str| match obj.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    let spaces = obj
+        .get("spaces")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let rule = match (text("rule"), text("rule_name")) {
+        (r, _) if r.is_empty() => "no rule".to_owned(),
+        (r, _) if r == "defaults" => "defaults".to_owned(),
+        (r, n) if n.is_empty() => format!("rule {r}"),
+        (r, n) => format!("rule {r} ({n:?})"),
+    };
+    let mut line = format!(
+        "uid {} (pid {}) {} {spaces}: {} by {rule}",
+        text("uid"),
+        text("pid"),
+        text("request"),
+        text("decision")
+    );
+    if let Some(sub) = obj.get("subspace").and_then(|v| v.as_object()) {
+        let id = sub.get("id").map(|v| v.to_string()).unwrap_or_default();
+        line.push_str(&format!(" in subspace {id}"));
+    }
+    if let Some(ns) = obj.get("namespaces").and_then(|v| v.as_object()) {
+        if !ns.is_empty() {
+            let list: Vec<String> = ns.iter().map(|(t, i)| format!("{t}:[{i}]")).collect();
+            line.push_str(&format!(": {}", list.join(" ")));
+        }
+    }
+    let reason = text("reason");
+    if !reason.is_empty() {
+        line.push_str(&format!(": {reason}"));
+    }
+    line
+}
 
 impl Fields {
     /// Appends one field; values with a newline use the protocol's binary
@@ -115,17 +179,17 @@ impl Fields {
         if key.is_empty() {
             return;
         }
-        self.0.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(key.as_bytes());
         if value.contains('\n') {
-            self.0.push(b'\n');
-            self.0
+            self.buf.push(b'\n');
+            self.buf
                 .extend_from_slice(&(value.len() as u64).to_le_bytes());
-            self.0.extend_from_slice(value.as_bytes());
+            self.buf.extend_from_slice(value.as_bytes());
         } else {
-            self.0.push(b'=');
-            self.0.extend_from_slice(value.as_bytes());
+            self.buf.push(b'=');
+            self.buf.extend_from_slice(value.as_bytes());
         }
-        self.0.push(b'\n');
+        self.buf.push(b'\n');
     }
 
     /// An audit record's JSON object: each key a field of its own (nested
@@ -133,6 +197,7 @@ impl Fields {
     fn put_json(&mut self, text: &str) {
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::Object(obj)) => {
+                self.summary = Some(summary(&obj));
                 for (k, v) in obj {
                     let v = match v {
                         serde_json::Value::String(s) => s,
@@ -151,13 +216,13 @@ impl Visit for Fields {
         let text = format!("{value:?}");
         match field.name() {
             "audit" => self.put_json(&text),
-            "message" => self.put("MESSAGE", &text),
+            "message" => self.message = Some(text),
             name => self.put(name, &text),
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "message" => self.put("MESSAGE", value),
+            "message" => self.message = Some(value.to_owned()),
             name => self.put(name, value),
         }
     }
@@ -229,13 +294,38 @@ mod tests {
 
     #[test]
     fn multi_line_values_use_the_binary_form() {
-        let mut f = Fields(Vec::new());
+        let new = || Fields {
+            buf: Vec::new(),
+            message: None,
+            summary: None,
+        };
+        let mut f = new();
         f.put("error", "a\nb");
-        assert_eq!(f.0, b"ERROR\n\x03\0\0\0\0\0\0\0a\nb\n");
-        let mut f = Fields(Vec::new());
+        assert_eq!(f.buf, b"ERROR\n\x03\0\0\0\0\0\0\0a\nb\n");
+        let mut f = new();
         f.put_json(r#"{"uid":7,"decision":"deny","namespaces":{"net":1}}"#);
-        let text = String::from_utf8(f.0).unwrap();
+        let text = String::from_utf8(f.buf).unwrap();
         assert!(text.contains("UID=7\n") && text.contains("DECISION=deny\n"));
         assert!(text.contains("NAMESPACES={\"net\":1}\n"));
+    }
+
+    #[test]
+    fn an_audit_record_reads_as_one_line() {
+        let obj = |t: &str| match serde_json::from_str(t).unwrap() {
+            serde_json::Value::Object(o) => o,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            summary(&obj(
+                r#"{"uid":65534,"pid":9,"request":"rooms","spaces":["net","uts"],"decision":"deny","rule":"defaults","reason":"net not allowed by defaults"}"#
+            )),
+            "uid 65534 (pid 9) rooms net, uts: deny by defaults: net not allowed by defaults"
+        );
+        assert_eq!(
+            summary(&obj(
+                r#"{"uid":4343,"pid":7,"request":"rooms","spaces":["net"],"decision":"allow","rule":"2","rule_name":"tenant","namespaces":{"net":40},"subspace":{"id":3,"depth":1}}"#
+            )),
+            "uid 4343 (pid 7) rooms net: allow by rule 2 (\"tenant\") in subspace 3: net:[40]"
+        );
     }
 }

@@ -115,3 +115,19 @@ fn usage_errors_exit_2_and_connection_errors_exit_1() {
         "spacer: cannot connect to /nonexistent/spacer.sock: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn policy_check_into_a_closed_pipe_ends_quietly() {
+    // `spacer policy check FILE | head -1`: the reader is gone before the
+    // output is written.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(SPACER)
+        .args(["policy", "check", &example()])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

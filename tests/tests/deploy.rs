@@ -212,7 +212,7 @@ fn journal_gets_each_audit_field_as_a_field() {
     let decision = loop {
         let n = journal.recv(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if text.contains("MESSAGE=decision\n") {
+        if text.contains("TARGET=spacer::audit\n") {
             break text;
         }
     };
@@ -234,6 +234,17 @@ fn journal_gets_each_audit_field_as_a_field() {
             .unwrap();
     assert!(
         fields.contains(&format!("NAMESPACES={{\"net\":{ino}}}").as_str()),
+        "{fields:?}"
+    );
+    // One line that says who got what (`journalctl -u`, `systemctl status`).
+    let pid = std::process::id();
+    assert!(
+        fields.contains(
+            &format!(
+                "MESSAGE=uid 0 (pid {pid}) rooms net: allow by rule 1 (\"root\"): net:[{ino}]"
+            )
+            .as_str()
+        ),
         "{fields:?}"
     );
     sig(&child, Signal::SIGTERM);

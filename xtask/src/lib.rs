@@ -93,6 +93,7 @@ pub const PACKAGE_PATHS: &[&str] = &[
     "usr/share/bash-completion/completions/spacer",
     "usr/share/zsh/vendor-completions/_spacer",
     "usr/share/fish/vendor_completions.d/spacer.fish",
+    "etc/spacer/",
 ];
 
 fn run(cmd: &mut Command) -> io::Result<()> {
@@ -164,6 +165,11 @@ pub fn deb(root: &Path, bins: &Path, out: &Path, version: &str) -> io::Result<Pa
     ] {
         install(&comp.join(src), &stage.join(dst), 0o644)?;
     }
+    // Where the administrator puts the policy (the package ships none: the
+    // broker uses its embedded default until one exists).
+    let etc = stage.join("etc/spacer");
+    fs::create_dir_all(&etc)?;
+    fs::set_permissions(&etc, fs::Permissions::from_mode(0o755))?;
     let doc = stage.join("usr/share/doc/spacer");
     install(
         &root.join("dist/policy.example.toml"),

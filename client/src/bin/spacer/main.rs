@@ -7,6 +7,20 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the program quietly once stdout is closed (`spacer
+/// policy check FILE | head -1`) instead of panicking: the reader has taken
+/// what it wanted.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bench;
 
 use std::os::fd::{AsFd, OwnedFd};
