@@ -29,12 +29,38 @@ pub enum SeccompArg {
     Log,
 }
 
+/// Signals, files and systemd, for `--help` and the manual page.
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP   re-read the policy file; an invalid one keeps the old policy
+           (logged as policy_reload_failed)
+  SIGTERM, SIGINT
+           stop accepting, give requests in flight a second, stop the
+           workers, remove a socket file the broker created, exit 0
+
+Files:
+  /etc/spacer/policy.toml        the policy (spacer-policy(5)); without it,
+                                 an embedded default: root may have
+                                 everything, nobody else anything
+  /run/spacer/spacer.sock        the socket (mode 0666: the policy decides)
+  /usr/libexec/spacer/spacer-worker
+                                 the privileged worker it starts
+
+systemd:
+  spacer.socket listens and starts spacer-broker.service (Type=notify) on
+  the first connection; systemctl reload spacer-broker sends SIGHUP;
+  systemctl restart spacer.socket restarts a running broker at once.
+  Audit records are journal fields: journalctl -u spacer-broker
+  DECISION=deny; journalctl -t spacer-broker never misses a record written
+  just before an exit.";
+
 /// Command line of `spacer-broker`.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "spacer-broker",
     version,
-    about = "Hands out Linux namespaces under an administrator's policy"
+    about = "Hands out Linux namespaces under an administrator's policy",
+    after_long_help = AFTER_HELP
 )]
 pub struct Args {
     /// The socket to serve (ignored when systemd passes one).

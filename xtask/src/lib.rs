@@ -193,7 +193,7 @@ pub fn deb(root: &Path, bins: &Path, out: &Path, version: &str) -> io::Result<Pa
         debian.join("control"),
         format!(
             "Package: spacer\nVersion: {version}\nArchitecture: {arch}\nMaintainer: spacer maintainers <root@localhost>\n\
-             Depends: libc6, adduser\nSection: admin\nPriority: optional\n\
+             Depends: libc6, adduser, procps\nSection: admin\nPriority: optional\n\
              Description: Linux namespaces for users who may not create them, under policy\n \
              An unprivileged broker checks an administrator's policy, audits every\n \
              decision, and has a small confined worker create the namespaces.\n"
