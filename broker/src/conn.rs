@@ -495,12 +495,23 @@ async fn handle(
         Backend::Subspace(link) => link.user_ns.as_ref().map(|ns| ns.as_fd()),
         Backend::Pool => None,
     };
+    // New mount and UTS namespaces copy the requesting process's: the room
+    // worker gets its pidfd (the kernel's, taken at connect).
+    // (A subspace worker lives in them: the spawner gets it too.)
+    let caller = match (op, backend) {
+        (Op::Rooms, Backend::Pool) if spaces.intersects(Spaces::MNT | Spaces::UTS) => {
+            peer.pidfd.as_ref().map(|p| p.as_fd())
+        }
+        (Op::Subspace, _) => peer.pidfd.as_ref().map(|p| p.as_fd()),
+        _ => None,
+    };
     let request = |id| match op {
         Op::Rooms => WorkerRequest::Rooms {
             id,
             spaces: spaces.bits(),
             options: options.clone(),
             uid: peer.uid,
+            caller: caller.is_some(),
         },
         Op::Subspace => WorkerRequest::Subspace {
             id,
@@ -508,14 +519,18 @@ async fn handle(
             uid: peer.uid,
             gid: peer.gid,
             parent: parent.is_some(),
+            caller: caller.is_some(),
         },
     };
     let result = match (op, backend) {
         (Op::Subspace, _) => {
-            let fds: Vec<BorrowedFd<'_>> = parent.into_iter().collect();
+            let fds: Vec<BorrowedFd<'_>> = parent.into_iter().chain(caller).collect();
             ctx.spawner.call(peer.uid, request, &fds).await
         }
-        (Op::Rooms, Backend::Pool) => ctx.pool.call(peer.uid, request, &[]).await,
+        (Op::Rooms, Backend::Pool) => {
+            let fds: Vec<BorrowedFd<'_>> = caller.into_iter().collect();
+            ctx.pool.call(peer.uid, request, &fds).await
+        }
         (Op::Rooms, Backend::Subspace(link)) => link.call(request, ctx.pool_timeout()).await,
     };
     let (reply, fds) = match result {

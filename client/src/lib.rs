@@ -357,6 +357,7 @@ impl Client {
                 spaces,
                 options,
                 uid: nix::unistd::geteuid().as_raw(),
+                caller: false,
             },
             Request::Subspace { spaces } => WorkerRequest::Subspace {
                 id,
@@ -364,6 +365,7 @@ impl Client {
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
                 parent: false,
+                caller: false,
             },
         };
         self.chan

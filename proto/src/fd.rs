@@ -75,11 +75,16 @@ pub fn handle_bytes(t: NsType, (id, ino): (u64, u32)) -> [u8; 16] {
 }
 
 /// Whether `fd` is a pidfd: `pidfd_send_signal(fd, 0)` succeeds, or fails
-/// only for lack of permission or because the process has exited.
+/// only for lack of permission, because the process has exited, or
+/// because it lives outside the caller's PID namespace (`EINVAL`: a caller
+/// inside a PID namespace holding a pidfd of a service process).
 pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
     match sys::pidfd_send_signal(fd, 0) {
         Ok(()) => true,
-        Err(e) => matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ESRCH)),
+        Err(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::ESRCH) | Some(libc::EINVAL)
+        ),
     }
 }
 

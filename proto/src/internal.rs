@@ -37,6 +37,9 @@ pub enum WorkerRequest {
         /// requester's per-user namespace limits (a subspace or private
         /// worker is the requester already and ignores it).
         uid: u32,
+        /// A pidfd of the requesting process is attached: new mount and UTS
+        /// namespaces copy *its* (a room worker's only).
+        caller: bool,
     },
     /// To a room worker: which of these namespaces still exist (the
     /// broker counts live rooms). Each is `(id, inode)` as in
@@ -65,6 +68,10 @@ pub enum WorkerRequest {
         /// namespace the new subspace is made in (the one its parent
         /// subspace serves in); without it, the host's.
         parent: bool,
+        /// To the spawner only: a pidfd of the requesting process is
+        /// attached (after the parent's): the subspace worker lives in its
+        /// mount and UTS namespaces, so the rooms it makes copy those.
+        caller: bool,
     },
     /// To the broker's spawner: the subspace worker `pid` it started is to
     /// end (its connection closed): killed, whatever state it is in.
@@ -314,6 +321,7 @@ mod tests {
                 spaces: 42,
                 options: RoomOptions::new().hostname("box"),
                 uid: 4242,
+                caller: true,
             },
             WorkerRequest::Alive {
                 id: 9,
@@ -326,6 +334,7 @@ mod tests {
                 uid: 1000,
                 gid: 100,
                 parent: true,
+                caller: true,
             },
             WorkerRequest::End { id: 2, pid: 77 },
         ];

@@ -339,9 +339,11 @@ fn client_killed_before_the_reply_is_audited_undelivered() {
     let base = baseline(&b);
     let w = b.worker_pid();
     signal(w, Signal::SIGSTOP);
+    // (Not mnt or uts: those copy the client's own, and a client that is
+    // gone before the worker gets to them is refused instead.)
     let mut client = spawn_retrying(
         Command::new(b.copy_bin("spacer"))
-            .args(["rooms", "--all"])
+            .args(["rooms", "--net", "--ipc", "--cgroup", "--time"])
             .env("SPACER_SOCKET", &b.socket)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -365,7 +367,7 @@ fn client_killed_before_the_reply_is_audited_undelivered() {
         .find(|d| d["delivered"] == false)
         .unwrap();
     assert!(d["reason"].as_str().unwrap().starts_with("undelivered"));
-    assert_eq!(d["namespaces"].as_object().unwrap().len(), 6);
+    assert_eq!(d["namespaces"].as_object().unwrap().len(), 4);
     still_serving_without_leaks(&b, &base);
 }
 

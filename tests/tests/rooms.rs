@@ -168,8 +168,8 @@ fn worker_is_confined() {
         // Permitted and bounding add only CAP_SETFCAP (raised only by a new
         // subspace worker that maps uid 0), CAP_NET_ADMIN and CAP_SYS_TIME
         // (raised only for the loopback and time-offsets room options).
-        assert_eq!(status(pid, "CapPrm"), "00000000822410e0");
-        assert_eq!(status(pid, "CapBnd"), "00000000822410e0");
+        assert_eq!(status(pid, "CapPrm"), "00000000822c10e0");
+        assert_eq!(status(pid, "CapBnd"), "00000000822c10e0");
         assert_eq!(status(pid, "CapInh"), "0000000000000000");
         assert_eq!(status(pid, "CapAmb"), "0000000000000000");
         // Only stdio and its channel (the serving worker also holds its own

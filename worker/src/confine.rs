@@ -38,13 +38,21 @@ use crate::sys;
 ///   option; the kernel checks it when `/proc/self/timens_offsets` is
 ///   opened. Raised for that `open` only. (The seccomp filter allows no
 ///   call that sets a clock.)
+/// * `CAP_SYS_PTRACE`, permitted but **not effective**: new mount and UTS
+///   namespaces are copies of the *requesting process's*, which the worker
+///   joins by `setns(pidfd, ...)` first; the kernel lets a process join
+///   another's namespaces through a pidfd only where it could read that
+///   process for ptrace (another uid, or more capabilities: this one).
+///   Raised around those `setns` calls only; the filter allows no ptrace,
+///   `process_vm_*` or `pidfd_getfd` call.
 /// * `CAP_KILL`, permitted but **not effective**: the spawner ends a
 ///   subspace worker whose connection closed (it runs as the requester, so
 ///   a root process needs CAP_KILL to signal it). Raised around that one
 ///   `pidfd_send_signal(SIGKILL)` ([`kill`]); the filter allows no other
 ///   signal but the null one.
-pub const WORKER_CAPS: [Capability; 8] = [
+pub const WORKER_CAPS: [Capability; 9] = [
     Capability::CAP_KILL,
+    Capability::CAP_SYS_PTRACE,
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_SETUID,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -36,6 +36,9 @@ pub struct Maker {
 pub enum MakeError {
     /// `unshare(2)` failed.
     Create(NsType, Errno),
+    /// Joining the requesting process's namespace of this type (to copy
+    /// it) failed.
+    Enter(NsType, Errno),
     /// Making `/` recursively private in a new mount namespace failed.
     Private(Errno),
     /// A room option could not be applied to the new namespace.
@@ -63,6 +66,11 @@ impl fmt::Display for MakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MakeError::Create(t, e) => write!(f, "creating {t} namespace: {}", errno_text(*e)),
+            MakeError::Enter(t, e) => write!(
+                f,
+                "entering the requesting process's {t} namespace: {}",
+                errno_text(*e)
+            ),
             MakeError::Private(e) => write!(
                 f,
                 "making / private in the new mount namespace: {}",
@@ -117,18 +125,34 @@ impl Maker {
 
     /// One new namespace for each type in `spaces` (room types only; the
     /// caller has checked them and the options), each prepared as
-    /// `options` ask. All or nothing: on error every fd made so far is
-    /// closed.
+    /// `options` ask. New mount and UTS namespaces are copies of the
+    /// requesting process's (`requester`, a pidfd) when given, else of the
+    /// worker's. All or nothing: on error every fd made so far is closed.
     pub fn rooms(
         &mut self,
         spaces: Spaces,
         options: &RoomOptions,
+        requester: Option<BorrowedFd<'_>>,
     ) -> Result<Vec<(NsType, OwnedFd)>, MakeError> {
         let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
         for t in spaces.types() {
             self.ensure_home(t)?;
-            // A failed unshare changed nothing: no way home is needed.
-            unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+            let from = requester.filter(|_| matches!(t, NsType::Mnt | NsType::Uts));
+            if let Some(pidfd) = from {
+                // The copy is made from there. Nothing is opened by path
+                // while in it (the requester may control what paths mean).
+                crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
+                    setns(pidfd, clone_flag(t))
+                })
+                .map_err(|e| MakeError::Option(t, e))?
+                .map_err(|e| MakeError::Enter(t, e))?;
+            }
+            if let Err(e) = unshare(clone_flag(t)) {
+                if from.is_some() {
+                    self.go_home(t)?;
+                }
+                return Err(MakeError::Create(t, e));
+            }
             let fd = self.finish_new(t, options);
             // Back home before looking at the result: whatever happened, the
             // process must not stay in the new namespace.

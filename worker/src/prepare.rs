@@ -86,6 +86,19 @@ pub fn open_offsets_file() -> Result<File, Errno> {
     .map(File::from)
 }
 
+/// [`open_offsets_file`] through `proc`, an fd of the worker's own `/proc`
+/// (a process that has joined a requester's mount namespace does not
+/// trust what paths mean there).
+pub fn open_offsets_file_at(proc: std::os::fd::BorrowedFd<'_>) -> Result<File, Errno> {
+    nix::fcntl::openat(
+        proc,
+        "self/timens_offsets",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+}
+
 /// Writes the offsets of the time namespace this process's children would
 /// get (the one `unshare(CLONE_NEWTIME)` just made) to
 /// `/proc/self/timens_offsets`: through the file opened during a subspace
@@ -117,7 +130,7 @@ fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), String
 /// unless it is effective already), and lowers it again after. If it
 /// cannot be lowered the worker exits: it must not serve on with more
 /// privilege than it had.
-fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, String> {
+pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, String> {
     let was = caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
     if !was && !caps::has_cap(None, CapSet::Permitted, cap).unwrap_or(false) {
         return Err(format!(

@@ -65,8 +65,13 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
     let mut pending: Vec<Pending> = Vec::new();
     // The spawner's subspace workers, by pid, until the broker ends them.
     let mut started: Vec<(i32, OwnedFd)> = Vec::new();
-    // Only the spawner takes an fd with a request (a parent user namespace).
-    let max_fds = usize::from(role == Role::Spawner);
+    // Only the spawner (a parent user namespace, the requesting process's
+    // pidfd) and a room worker (that pidfd) take fds with a request.
+    let max_fds = match role {
+        Role::Spawner => 2,
+        Role::Host => 1,
+        _ => 0,
+    };
     loop {
         // With nothing pending, block in recv (no extra syscall per request).
         let request_ready = pending.is_empty() || wait(&channel, &pending);
@@ -275,8 +280,14 @@ fn handle(
     started: &mut Vec<(i32, OwnedFd)>,
 ) -> Handled {
     let id = req.id();
-    let wants_fd = matches!(req, WorkerRequest::Subspace { parent: true, .. });
-    if fds.len() != usize::from(wants_fd && role == Role::Spawner) {
+    let wants_fds = match req {
+        WorkerRequest::Subspace { parent, caller, .. } if role == Role::Spawner => {
+            usize::from(parent) + usize::from(caller)
+        }
+        WorkerRequest::Rooms { caller: true, .. } if role == Role::Host => 1,
+        _ => 0,
+    };
+    if fds.len() != wants_fds {
         return Handled::Now(invalid(id, "unexpected fds with the request".into()));
     }
     match req {
@@ -303,6 +314,7 @@ fn handle(
             spaces,
             options,
             uid,
+            ..
         } => {
             // The worker checks every request itself, whatever the broker did.
             let spaces = match check_spaces(spaces, Spaces::ROOMS) {
@@ -318,7 +330,12 @@ fn handle(
             // A room worker makes them as the requester's effective uid, so
             // the kernel charges them to the requester's namespace limits.
             let charged_to = (role == Role::Host && uid != 0).then_some(uid);
-            let made = match as_requester(charged_to, || maker.rooms(spaces, &options)) {
+            let requester = fds.first();
+            if requester.is_some_and(|f| !fd::is_pidfd(f.as_fd())) {
+                return Handled::Now(invalid(id, "the requester's fd is no pidfd".into()));
+            }
+            let requester = requester.map(|f| f.as_fd());
+            let made = match as_requester(charged_to, || maker.rooms(spaces, &options, requester)) {
                 Ok(made) => made,
                 Err(reason) => {
                     return Handled::Now((WorkerReply::Failed { id, reason }, Vec::new(), false))
@@ -354,6 +371,7 @@ fn handle(
             uid,
             gid,
             parent,
+            caller,
         } => {
             let spaces = match check_spaces(spaces, Spaces::SUBSPACE) {
                 Ok(s) => s,
@@ -379,7 +397,9 @@ fn handle(
                     ))
                 }
                 Role::Spawner => {
-                    let parent = fds.into_iter().next();
+                    let mut fds = fds.into_iter();
+                    let parent = if parent { fds.next() } else { None };
+                    let caller = if caller { fds.next() } else { None };
                     if let Some(p) = &parent {
                         if fd::namespace_type(p.as_fd()).ok() != Some(NsType::User) {
                             return Handled::Now(invalid(
@@ -388,7 +408,15 @@ fn handle(
                             ));
                         }
                     }
-                    Requester::Host { uid, gid, parent }
+                    if caller.as_ref().is_some_and(|c| !fd::is_pidfd(c.as_fd())) {
+                        return Handled::Now(invalid(id, "the requester's fd is no pidfd".into()));
+                    }
+                    Requester::Host {
+                        uid,
+                        gid,
+                        parent,
+                        caller,
+                    }
                 }
                 Role::Private | Role::Subspace => Requester::Own,
             };

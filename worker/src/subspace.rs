@@ -104,6 +104,9 @@ pub enum Requester {
         gid: u32,
         /// The parent subspace's user namespace, for a nested subspace.
         parent: Option<OwnedFd>,
+        /// A pidfd of the requesting process: the worker lives in its mount
+        /// and UTS namespaces.
+        caller: Option<OwnedFd>,
     },
     /// A private worker or a subspace worker below one: it already is the
     /// requester.
@@ -222,11 +225,8 @@ fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i3
     // namespace to join): no broker channel, no homes, and not the
     // service's stderr: this process will run as the requester.
     let mut keep = vec![channel.as_raw_fd()];
-    if let Requester::Host {
-        parent: Some(p), ..
-    } = &requester
-    {
-        keep.push(p.as_raw_fd());
+    if let Requester::Host { parent, caller, .. } = &requester {
+        keep.extend(parent.iter().chain(caller.iter()).map(|f| f.as_raw_fd()));
     }
     if sys::close_fds_except(&keep).is_err() || sys::stdio_to_dev_null().is_err() {
         return 1;
@@ -279,8 +279,32 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
     };
     let own = matches!(requester, Requester::Own);
     let mut joined = false;
+    // The worker's own /proc, opened before it may join the requester's
+    // mount namespace, where the requester may decide what paths mean: the
+    // id maps and the offsets file are opened through it.
+    let proc = nix::fcntl::open(
+        "/proc",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail("opening /proc", e))?;
     match requester {
-        Requester::Host { uid, gid, parent } => {
+        Requester::Host {
+            uid,
+            gid,
+            parent,
+            caller,
+        } => {
+            if let Some(caller) = caller {
+                // Still root on the host: the requester's mount and UTS
+                // namespaces, which the rooms this worker makes will copy.
+                for t in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS] {
+                    crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
+                        setns(&caller, t)
+                    })?
+                    .map_err(|e| fail("entering the requesting process's namespaces", e))?;
+                }
+            }
             if spaces.contains(Spaces::USER) || parent.is_some() {
                 take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?;
             }
@@ -299,13 +323,13 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
             .map_err(|e| fail("creating the user namespace", e))?;
-        offsets_file = write_own_maps(outer_uid, outer_gid, own)?;
+        offsets_file = write_own_maps(proc.as_fd(), outer_uid, outer_gid, own)?;
     } else {
         unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
         if joined {
             // Opened with all capabilities in the parent subspace's user
             // namespace, which owns every time namespace this worker makes.
-            offsets_file = crate::prepare::open_offsets_file().ok();
+            offsets_file = crate::prepare::open_offsets_file_at(proc.as_fd()).ok();
         }
     }
     let me =
@@ -399,16 +423,21 @@ fn map_own_root_if_needed() {
 /// (`dumpable`) is the caller's own process: its `/proc/self` files are its
 /// own only while it is dumpable, so it is for these writes, while it holds
 /// no capability outside the new namespace.
-fn write_own_maps(uid: u32, gid: u32, dumpable: bool) -> Result<Option<File>, String> {
+fn write_own_maps(
+    proc: BorrowedFd<'_>,
+    uid: u32,
+    gid: u32,
+    dumpable: bool,
+) -> Result<Option<File>, String> {
     if dumpable {
         prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
     }
     let result = (|| {
-        write_proc("/proc/self/setgroups", "deny")?;
-        write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
-        write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))
+        write_proc(proc, "self/setgroups", "deny")?;
+        write_proc(proc, "self/uid_map", &format!("0 {uid} 1"))?;
+        write_proc(proc, "self/gid_map", &format!("0 {gid} 1"))
     })();
-    let offsets_file = crate::prepare::open_offsets_file().ok();
+    let offsets_file = crate::prepare::open_offsets_file_at(proc).ok();
     if dumpable {
         prctl::set_dumpable(false)
             .map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
@@ -416,9 +445,12 @@ fn write_own_maps(uid: u32, gid: u32, dumpable: bool) -> Result<Option<File>, St
     result.map(|()| offsets_file)
 }
 
-fn write_proc(path: &str, content: &str) -> Result<(), String> {
-    let fd = nix::fcntl::open(
-        path,
+/// Writes `content` to `path` under `proc` (this process's own `/proc`).
+fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), String> {
+    let path = format!("/proc/{path}");
+    let fd = nix::fcntl::openat(
+        proc,
+        path.trim_start_matches("/proc/"),
         nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )

@@ -90,6 +90,7 @@ fn barrier(chan: &Channel) {
             spaces: 0,
             options: Default::default(),
             uid: 0,
+            caller: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { .. }));
@@ -157,6 +158,7 @@ fn serves_all_six_rooms_and_stays_home() {
                 spaces: Spaces::ROOMS.bits(),
                 options: Default::default(),
                 uid: 0,
+                caller: false,
             },
         );
         let WorkerReply::Rooms {
@@ -188,11 +190,12 @@ fn serves_all_six_rooms_and_stays_home() {
     assert_eq!(status(pid, "NoNewPrivs"), "1");
     assert_eq!(status(pid, "Seccomp"), "2");
     // Effective: CAP_SETGID(6) CAP_SETUID(7) CAP_SYS_CHROOT(18) CAP_SYS_ADMIN(21);
-    // permitted and bounding add CAP_KILL(5), CAP_NET_ADMIN(12), CAP_SYS_TIME(25),
+    // permitted and bounding add CAP_KILL(5), CAP_NET_ADMIN(12), CAP_SYS_PTRACE(19),
+    // CAP_SYS_TIME(25),
     // CAP_SETFCAP(31).
     assert_eq!(status(pid, "CapEff"), "00000000002400c0");
-    assert_eq!(status(pid, "CapPrm"), "00000000822410e0");
-    assert_eq!(status(pid, "CapBnd"), "00000000822410e0");
+    assert_eq!(status(pid, "CapPrm"), "00000000822c10e0");
+    assert_eq!(status(pid, "CapBnd"), "00000000822c10e0");
     assert_eq!(status(pid, "CapInh"), "0000000000000000");
 }
 
@@ -212,6 +215,7 @@ fn makes_rooms_as_the_requester_and_tells_which_are_still_alive() {
             options: spacer_proto::RoomOptions::new()
                 .monotonic_offset(spacer_proto::Offset::from_secs(5)),
             uid: 4242,
+            caller: false,
         },
     );
     let WorkerReply::Rooms { types, .. } = reply else {
@@ -284,6 +288,7 @@ fn rechecks_spaces_itself() {
                 spaces,
                 options: Default::default(),
                 uid: 0,
+                caller: false,
             },
         );
         assert_eq!(
@@ -304,6 +309,7 @@ fn rechecks_spaces_itself() {
             uid: 0,
             gid: 0,
             parent: false,
+            caller: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
@@ -316,6 +322,7 @@ fn rechecks_spaces_itself() {
             uid: 0,
             gid: 0,
             parent: false,
+            caller: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
@@ -327,6 +334,7 @@ fn rechecks_spaces_itself() {
             spaces: Spaces::UTS.bits(),
             options: Default::default(),
             uid: 0,
+            caller: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 5, .. }));
@@ -340,6 +348,7 @@ fn rechecks_spaces_itself() {
             uid: 65534,
             gid: 65534,
             parent: true,
+            caller: false,
         },
         &[net.as_fd()],
     );
@@ -356,6 +365,7 @@ fn rechecks_spaces_itself() {
             uid: u32::MAX,
             gid: 0,
             parent: false,
+            caller: false,
         },
     );
     assert!(
@@ -396,6 +406,7 @@ fn rechecks_room_options_itself() {
                 spaces: spaces.bits(),
                 options,
                 uid: 0,
+                caller: false,
             },
         );
         match reply {
@@ -422,6 +433,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             uid: 65534,
             gid: 65534,
             parent: false,
+            caller: false,
         },
     );
     let WorkerReply::Subspace {
@@ -445,6 +457,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             spaces: (Spaces::NET | Spaces::UTS | Spaces::MNT).bits(),
             options: Default::default(),
             uid: 0,
+            caller: false,
         },
     );
     assert!(
@@ -469,6 +482,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             uid: 65534,
             gid: 65534,
             parent: false,
+            caller: false,
         },
     );
     assert!(
@@ -483,6 +497,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             uid: 65534,
             gid: 65534,
             parent: true,
+            caller: false,
         },
         &[user_ns.as_fd()],
     );
@@ -508,6 +523,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             spaces: Spaces::UTS.bits(),
             options: Default::default(),
             uid: 0,
+            caller: false,
         },
     );
     assert!(matches!(reply, WorkerReply::Rooms { .. }), "{reply:?}");

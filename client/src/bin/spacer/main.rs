@@ -251,9 +251,16 @@ fn run_command(
         }
     }
     if made.mnt.is_some() {
-        // setns into a mount namespace moves to its root; go back where we were.
+        // setns into a mount namespace moves to its root; go back where we
+        // were (the room is a copy of this process's view), or say why not.
         if let Some(dir) = &cwd {
-            let _ = std::env::set_current_dir(dir);
+            std::env::set_current_dir(dir).map_err(|source| Failure::Os {
+                what: format!(
+                    "cannot keep the working directory {} in the new mount namespace",
+                    dir.display()
+                ),
+                source,
+            })?;
         }
     }
     let mut cmd = Command::new(&command[0]);
