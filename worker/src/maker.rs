@@ -141,11 +141,8 @@ impl Maker {
             if let Some(pidfd) = from {
                 // The copy is made from there. Nothing is opened by path
                 // while in it (the requester may control what paths mean).
-                crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
-                    setns(pidfd, clone_flag(t))
-                })
-                .map_err(|e| MakeError::Option(t, e))?
-                .map_err(|e| MakeError::Enter(t, e))?;
+                // (The caller holds CAP_SYS_PTRACE effective for this.)
+                setns(pidfd, clone_flag(t)).map_err(|e| MakeError::Enter(t, e))?;
             }
             if let Err(e) = unshare(clone_flag(t)) {
                 if from.is_some() {

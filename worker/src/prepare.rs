@@ -132,14 +132,12 @@ fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), String
 /// privilege than it had.
 pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, String> {
     let was = caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
-    if !was && !caps::has_cap(None, CapSet::Permitted, cap).unwrap_or(false) {
+    // Raising fails when the permitted set lacks it.
+    if !was && caps::raise(None, CapSet::Effective, cap).is_err() {
         return Err(format!(
             "the worker does not hold {cap} (it was not in the service's capability \
              bounding set, or the caller of a private worker lacks it)"
         ));
-    }
-    if !was {
-        caps::raise(None, CapSet::Effective, cap).map_err(|e| format!("raising {cap}: {e}"))?;
     }
     let out = f();
     if !was && caps::drop(None, CapSet::Effective, cap).is_err() {

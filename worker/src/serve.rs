@@ -335,7 +335,16 @@ fn handle(
                 return Handled::Now(invalid(id, "the requester's fd is no pidfd".into()));
             }
             let requester = requester.map(|f| f.as_fd());
-            let made = match as_requester(charged_to, || maker.rooms(spaces, &options, requester)) {
+            // Joining the requester's mount and UTS namespaces through its
+            // pidfd takes CAP_SYS_PTRACE: raised once for the request.
+            let rooms = || match requester {
+                Some(_) => crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
+                    maker.rooms(spaces, &options, requester)
+                })
+                .unwrap_or_else(|e| Err(crate::maker::MakeError::Option(NsType::Mnt, e))),
+                None => maker.rooms(spaces, &options, None),
+            };
+            let made = match as_requester(charged_to, rooms) {
                 Ok(made) => made,
                 Err(reason) => {
                     return Handled::Now((WorkerReply::Failed { id, reason }, Vec::new(), false))
