@@ -152,11 +152,22 @@ pub trait CommandExt {
     /// # Ok::<(), spacer_client::Error>(())
     /// ```
     fn join(&mut self, join: Join) -> &mut Self;
+
+    /// The child is killed (`SIGKILL`) when the process that spawned it
+    /// ends, even if that happens before the child has started: a command
+    /// that must never outlive its starter (`spacer run`).
+    fn die_with_parent(&mut self) -> Result<&mut Self, Error>;
 }
 
 impl CommandExt for std::process::Command {
     fn join(&mut self, join: Join) -> &mut Self {
         crate::sys::join_before_exec(self, join.fds, join.pid);
         self
+    }
+
+    fn die_with_parent(&mut self) -> Result<&mut Self, Error> {
+        let me = spacer_proto::fd::pidfd_open(std::process::id() as i32).map_err(Error::Io)?;
+        crate::sys::die_with_parent(self, me);
+        Ok(self)
     }
 }

@@ -38,6 +38,48 @@ pub fn join_before_exec(cmd: &mut Command, fds: Vec<(NsType, OwnedFd)>, pid: Opt
     }
 }
 
+/// Installs a `pre_exec` hook that arms `PR_SET_PDEATHSIG(SIGKILL)` in the
+/// child, then leaves at once if `parent` (a pidfd of the spawning
+/// process, owned by the hook) has already exited. The child starts with
+/// no signal blocked (the parent may block the ones it takes with
+/// `sigwait`).
+pub fn die_with_parent(cmd: &mut Command, parent: OwnedFd) {
+    let hook = move || -> io::Result<()> {
+        // SAFETY: an all-zero sigset_t is a valid (empty) value.
+        let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigemptyset writes the sigset_t on this stack; it is
+        // async-signal-safe.
+        unsafe { libc::sigemptyset(&mut none) };
+        // SAFETY: sigprocmask reads that sigset_t; a null old-set pointer is
+        // allowed; it is async-signal-safe.
+        if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: prctl takes integers only; async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut p = libc::pollfd {
+            fd: parent.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes one pollfd through a pointer to a
+        // live local; the fd is kept open by the closure.
+        if unsafe { libc::poll(&mut p, 1, 0) } != 0 {
+            // SAFETY: _exit leaves at once, running nothing of the parent's.
+            unsafe { libc::_exit(1) };
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and calls only prctl,
+    // poll and _exit, which are async-signal-safe; it neither allocates
+    // nor takes locks.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// In the child of `Command::spawn`, after `setns(CLONE_NEWPID)`: forks;
 /// the new process (PID 1 of the namespace) returns to exec the program;
 /// this one waits for it and exits with its status.

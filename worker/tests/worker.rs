@@ -514,7 +514,6 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
         fd::namespace_inode(user_ns.as_fd()).unwrap(),
         "nested in the parent's user namespace"
     );
-    assert_eq!(status(nested_pid, "Uid"), "65534\t65534\t65534\t65534");
     let nested_sub = Channel::from_fd(nested.into_iter().next().unwrap()).unwrap();
     let (reply, _) = call(
         &nested_sub,
@@ -527,6 +526,8 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
         },
     );
     assert!(matches!(reply, WorkerReply::Rooms { .. }), "{reply:?}");
+    // Served, so set up (it becomes the requester right after `Ready`).
+    assert_eq!(status(nested_pid, "Uid"), "65534\t65534\t65534\t65534");
     // Stopped, it still ends when the spawner is told.
     fd::pidfd_send_signal(worker_pidfd.as_fd(), libc::SIGSTOP).unwrap();
     let (reply, _) = call(

@@ -99,7 +99,8 @@ fn worker_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// The worker processes whose real uid is `uid`.
+/// The worker processes that run as `uid` (in any of their uids: a new
+/// subspace worker takes the real one last).
 fn workers_of(uid: u32) -> Vec<i32> {
     worker_pids()
         .into_iter()
@@ -108,8 +109,7 @@ fn workers_of(uid: u32) -> Vec<i32> {
                 .unwrap_or_default()
                 .lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-                == Some(uid.to_string())
+                .is_some_and(|v| v.split_whitespace().any(|u| u == uid.to_string()))
         })
         .collect()
 }

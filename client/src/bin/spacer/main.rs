@@ -28,10 +28,13 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use std::time::Instant;
+
 use clap::Parser;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use spacer_client::cli::{Cli, Cmd, PolicyCmd, RoomOptionArgs};
-use spacer_client::{Client, Error, NsType, RoomOptions, Rooms, Spaces};
+use spacer_client::{Client, CommandExt as _, Error, NsType, RoomOptions, Rooms, Spaces};
 use spacer_policy::{Decision, FileCheck, Op, Peer, Policy, RuleRef, SystemResolver, Usage};
 
 /// Exit status for "denied by policy".
@@ -269,23 +272,119 @@ fn run_command(
         None => {
             // Replace this process; the fds we hold are close-on-exec.
             let e = cmd.exec();
-            Err(Failure::Os {
-                what: format!("cannot run {}", command[0]),
-                source: e,
-            })
+            Ok(cannot_run(&command[0], &e))
         }
         Some(pidns) => {
             // A PID namespace applies to children: the command, started now,
             // is the new namespace's PID 1.
             enter(pidns, NsType::Pid)?;
-            let status = cmd.status().map_err(|source| Failure::Os {
-                what: format!("cannot run {}", command[0]),
-                source,
-            })?;
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            Ok(ExitCode::from(code as u8))
+            supervise(cmd, &command[0])
+        }
+    }
+}
+
+/// A command that could not be started, in the shell's habit: 127 when it
+/// is not there, 126 when it cannot be executed.
+fn cannot_run(name: &str, e: &std::io::Error) -> ExitCode {
+    eprintln!("spacer: cannot run {name}: {e}");
+    ExitCode::from(match e.raw_os_error() {
+        Some(libc::ENOENT) => 127,
+        _ => 126,
+    })
+}
+
+/// Signals `spacer run` passes on to its command.
+const FORWARDED: [nix::sys::signal::Signal; 7] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH]
+};
+
+/// How long a command has to end after a forwarded TERM, INT, HUP or QUIT
+/// before it is killed (as PID 1 of its namespace it ignores a signal it
+/// has no handler for).
+const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Starts the command as this process's child and stays with it, as
+/// `unshare --fork --kill-child` does: signals sent to `spacer` are passed
+/// on, the command dies with `spacer` (SIGKILL, even if `spacer` is killed
+/// outright), and `spacer` exits with its status (128+n for a signal).
+fn supervise(mut cmd: Command, name: &str) -> Result<ExitCode, Failure> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut waited = SigSet::empty();
+    for s in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
+        waited.add(*s);
+    }
+    // Blocked here and read from a signalfd; the child starts with none
+    // blocked (`die_with_parent` clears its mask).
+    waited.thread_block().map_err(|e| Failure::Os {
+        what: "blocking signals".into(),
+        source: e.into(),
+    })?;
+    cmd.die_with_parent()?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ok(cannot_run(name, &e)),
+    };
+    // Not waited for yet, so the pid is still the child's. (No helper
+    // thread: this process has joined a PID namespace for its children,
+    // and the kernel refuses new threads then.)
+    let pidfd = spacer_proto::fd::pidfd_open(child.id() as i32).ok();
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &waited,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(|e| Failure::Os {
+        what: "watching signals".into(),
+        source: e.into(),
+    })?;
+    let mut ending: Option<(Signal, Instant)> = None;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|source| Failure::Os {
+            what: format!("waiting for {name}"),
+            source,
+        })? {
+            let code = match (status.code(), status.signal(), ending) {
+                (Some(c), _, _) => c,
+                // Killed after the grace: as if by the signal it was sent.
+                (None, Some(9), Some((sig, _))) => 128 + sig as i32,
+                (None, s, _) => 128 + s.unwrap_or(0),
+            };
+            return Ok(ExitCode::from(code as u8));
+        }
+        // Past the grace after a forwarded TERM, INT, HUP or QUIT: ended.
+        let timeout = match ending {
+            Some((_, at)) => {
+                let left = (at + GRACE).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    if let Some(p) = &pidfd {
+                        // ESRCH: it ended meanwhile.
+                        let _ = spacer_proto::fd::pidfd_send_signal(p.as_fd(), libc::SIGKILL);
+                    }
+                    PollTimeout::from(100u16)
+                } else {
+                    PollTimeout::try_from(left.as_millis().max(1) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, timeout);
+        while let Ok(Some(info)) = signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            if sig == Signal::SIGCHLD {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+            if matches!(
+                sig,
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT
+            ) && ending.is_none()
+            {
+                ending = Some((sig, Instant::now()));
+            }
         }
     }
 }

@@ -1,0 +1,121 @@
+//! `spacer run` owns its command, as `unshare --fork --kill-child` does:
+//! signals are passed on, the exit status is the command's (126/127 as a
+//! shell says them, 128+n for a signal), and the command never outlives
+//! `spacer`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use spacer_tests::*;
+
+fn spacer_run(b: &Broker, args: &[&str]) -> Child {
+    spawn_retrying(
+        Command::new(b.copy_bin("spacer"))
+            .arg("run")
+            .args(args)
+            .env("SPACER_SOCKET", &b.socket)
+            .current_dir(b.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// The command started by `spacer` (its one child), once it runs.
+fn command_of(spacer: &Child) -> i32 {
+    let mut kids = Vec::new();
+    let found = eventually(Duration::from_secs(5), || {
+        kids = children(spacer.id() as i32);
+        kids.len() == 1 && status(kids[0], "Name") != "spacer"
+    });
+    assert!(found, "spacer started no command: {kids:?}");
+    kids[0]
+}
+
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn gone(pid: i32) -> bool {
+    eventually(Duration::from_secs(5), || {
+        std::fs::metadata(format!("/proc/{pid}")).is_err() || status(pid, "State").starts_with('Z')
+    })
+}
+
+#[test]
+fn a_signal_to_spacer_run_reaches_its_command_and_nothing_is_left() {
+    let b = Broker::start(TEST_POLICY);
+    for (sig, code) in [
+        (Signal::SIGTERM, 143),
+        (Signal::SIGINT, 130),
+        (Signal::SIGHUP, 129),
+    ] {
+        // PID 1 of its namespace: sleep ignores the signal (no handler), so
+        // spacer ends it after a short grace.
+        let mut spacer = spacer_run(&b, &["--pid", "--", "sleep", "60"]);
+        let cmd = command_of(&spacer);
+        kill(Pid::from_raw(spacer.id() as i32), sig).unwrap();
+        let st = exit_within(&mut spacer, Duration::from_secs(5)).expect("spacer ended");
+        assert_eq!(st.code(), Some(code), "{sig}");
+        assert!(gone(cmd), "the command outlived spacer ({sig})");
+    }
+}
+
+#[test]
+fn a_command_that_handles_the_signal_gives_its_own_status() {
+    let b = Broker::start(TEST_POLICY);
+    let mut spacer = spacer_run(
+        &b,
+        &[
+            "--pid",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 7' INT; sleep 60 & wait",
+        ],
+    );
+    let cmd = command_of(&spacer);
+    // Until the shell has its trap, an INT would end it with 130: wait
+    // until its child runs.
+    assert!(eventually(Duration::from_secs(5), || !children(cmd).is_empty()));
+    kill(Pid::from_raw(spacer.id() as i32), Signal::SIGINT).unwrap();
+    let st = exit_within(&mut spacer, Duration::from_secs(5)).expect("spacer ended");
+    assert_eq!(st.code(), Some(7));
+}
+
+#[test]
+fn spacer_killed_outright_takes_its_command_with_it() {
+    let b = Broker::start(TEST_POLICY);
+    let mut spacer = spacer_run(&b, &["--pid", "--", "sleep", "60"]);
+    let cmd = command_of(&spacer);
+    spacer.kill().unwrap();
+    spacer.wait().unwrap();
+    assert!(gone(cmd), "the command outlived spacer");
+}
+
+#[test]
+fn a_missing_or_unexecutable_command_exits_127_or_126() {
+    let b = Broker::start(TEST_POLICY);
+    let text = b.dir().join("not-a-program");
+    std::fs::write(&text, "text\n").unwrap();
+    let text = text.to_str().unwrap();
+    for (args, code) in [
+        (&["--pid", "--", "/nonexistent/cmd"][..], 127),
+        (&["--uts", "--", "/nonexistent/cmd"][..], 127),
+        (&["--pid", "--", text][..], 126),
+        (&["--uts", "--", text][..], 126),
+    ] {
+        let mut spacer = spacer_run(&b, args);
+        let st = exit_within(&mut spacer, Duration::from_secs(10)).expect("spacer ended");
+        assert_eq!(st.code(), Some(code), "{args:?}");
+    }
+}
