@@ -35,6 +35,16 @@ pub enum Cmd {
         json: bool,
     },
     /// Run a command inside freshly granted namespaces.
+    ///
+    /// Without --pid, spacer becomes the command. With --pid, the command
+    /// is PID 1 of the new namespace and spacer stays its parent, as
+    /// `unshare --fork --kill-child` does: TERM, INT, HUP, QUIT, USR1, USR2
+    /// and WINCH sent to spacer are passed on (after TERM, INT, HUP or QUIT
+    /// the command has 2 seconds, then it is killed), the command is killed
+    /// if spacer dies, and spacer exits with the command's status (128+n if
+    /// a signal ended it). A command that is not there exits 127, one that
+    /// cannot be executed 126. Mount and UTS rooms are copies of the
+    /// caller's own; the working directory is kept (or spacer says why not).
     Run {
         /// A new user namespace owned by you, where you are uid 0 (works
         /// without privileges).
