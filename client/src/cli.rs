@@ -43,8 +43,12 @@ pub enum Cmd {
     /// the command has 2 seconds, then it is killed), the command is killed
     /// if spacer dies, and spacer exits with the command's status (128+n if
     /// a signal ended it). A command that is not there exits 127, one that
-    /// cannot be executed 126. Mount and UTS rooms are copies of the
-    /// caller's own; the working directory is kept (or spacer says why not).
+    /// cannot be executed 126. With --pid and --mnt, /proc is mounted anew
+    /// for the new PID namespace. Mount and UTS rooms are copies of the
+    /// caller's own; the working directory is kept (or spacer says why
+    /// not). With --user or --pid the subspace's connection is passed to
+    /// the command as an inherited fd named by $SPACER_FD: a spacer inside
+    /// asks that subspace (and the policy's max_depth counts).
     Run {
         /// A new user namespace owned by you, where you are uid 0 (works
         /// without privileges).

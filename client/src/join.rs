@@ -153,6 +153,12 @@ pub trait CommandExt {
     /// ```
     fn join(&mut self, join: Join) -> &mut Self;
 
+    /// The child mounts a new `/proc` before it executes its program (for a
+    /// child that is PID 1 of a new PID namespace, in a mount namespace of
+    /// its own: `/proc` then shows that PID namespace, as with `unshare
+    /// --mount-proc`).
+    fn mount_proc(&mut self) -> &mut Self;
+
     /// The child is killed (`SIGKILL`) when the process that spawned it
     /// ends, even if that happens before the child has started: a command
     /// that must never outlive its starter (`spacer run`).
@@ -162,6 +168,11 @@ pub trait CommandExt {
 impl CommandExt for std::process::Command {
     fn join(&mut self, join: Join) -> &mut Self {
         crate::sys::join_before_exec(self, join.fds, join.pid);
+        self
+    }
+
+    fn mount_proc(&mut self) -> &mut Self {
+        crate::sys::mount_proc_before_exec(self);
         self
     }
 

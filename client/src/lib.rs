@@ -31,7 +31,7 @@ mod private;
 mod sys;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -170,6 +170,17 @@ enum Speaks {
     Worker,
 }
 
+/// The environment variable naming an inherited subspace connection (see
+/// [`Client::connect_default`]).
+pub const FD_ENV: &str = "SPACER_FD";
+
+impl std::os::fd::AsFd for Client {
+    /// The connection (for handing it to a child process).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.chan.as_fd()
+    }
+}
+
 impl Client {
     /// Connects to the broker at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
@@ -181,9 +192,25 @@ impl Client {
         Ok(Client::from_channel(chan))
     }
 
-    /// Connects to `$SPACER_SOCKET`, else [`DEFAULT_SOCKET`].
+    /// The connection `$SPACER_FD` names (a subspace connection that
+    /// `spacer run` passed to its command: requests then go to that
+    /// subspace), else `$SPACER_SOCKET`, else [`DEFAULT_SOCKET`]. Empty
+    /// variables count as unset.
     pub fn connect_default() -> Result<Client, Error> {
-        let path = std::env::var_os("SPACER_SOCKET")
+        let set = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(v) = set(FD_ENV) {
+            let n: std::os::fd::RawFd =
+                v.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    Error::Io(std::io::Error::other(format!("{FD_ENV} is no fd number")))
+                })?;
+            let fd = crate::sys::dup_inherited(n).map_err(|e| {
+                Error::Io(std::io::Error::other(format!(
+                    "{FD_ENV}={n} is no connection this process inherited: {e}"
+                )))
+            })?;
+            return Client::from_fd(fd);
+        }
+        let path = set("SPACER_SOCKET")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         Client::connect(path)

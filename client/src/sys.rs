@@ -2,7 +2,7 @@
 //! child between `fork` and `exec`.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -36,6 +36,55 @@ pub fn join_before_exec(cmd: &mut Command, fds: Vec<(NsType, OwnedFd)>, pid: Opt
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Installs a `pre_exec` hook that mounts a new procfs on `/proc`
+/// (`nosuid,nodev,noexec`).
+pub fn mount_proc_before_exec(cmd: &mut Command) {
+    let hook = || -> io::Result<()> {
+        // SAFETY: every pointer is a NUL-terminated literal or null; mount
+        // is a system call, async-signal-safe.
+        let r = unsafe {
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and calls mount only.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// A close-on-exec duplicate of fd `n`, which this process inherited (the
+/// original stays open, owned by nobody: it is the process's for its whole
+/// life), if it is an `AF_UNIX` `SOCK_SEQPACKET` socket.
+pub fn dup_inherited(n: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if n < 3 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC reads the fd table only; it fails with EBADF
+    // when `n` is not open.
+    let new = unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl returned a new fd that nothing else in this process
+    // knows about.
+    let fd = unsafe { OwnedFd::from_raw_fd(new) };
+    if !spacer_proto::fd::is_unix_seqpacket(fd.as_fd()) {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+    }
+    Ok(fd)
 }
 
 /// Installs a `pre_exec` hook that arms `PR_SET_PDEATHSIG(SIGKILL)` in the

@@ -114,6 +114,10 @@ fn worker_killed_with_sigkill_is_replaced_within_a_second() {
     let base = baseline(&b);
     let old = b.worker_pid();
     signal(old, Signal::SIGKILL);
+    // Dead for sure (a request sent while it still dies fails, as it should).
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::metadata(format!("/proc/{old}")).is_err()
+    }));
     let t = Instant::now();
     let c = b.client();
     let r = c.rooms(Spaces::NET);

@@ -119,3 +119,39 @@ fn a_missing_or_unexecutable_command_exits_127_or_126() {
         assert_eq!(st.code(), Some(code), "{args:?}");
     }
 }
+
+#[test]
+fn with_pid_and_mnt_proc_shows_only_the_new_namespace() {
+    let b = Broker::start(
+        TEST_POLICY
+            .replace(
+                "allow = [\"net\", \"uts\", \"user\", \"pid\"]",
+                "allow = [\"net\", \"uts\", \"user\", \"pid\", \"mnt\"]",
+            )
+            .as_str(),
+    );
+    for (uid, args, remounted) in [
+        (0, &["run", "--pid", "--mnt", "--"][..], true),
+        (TENANT, &["run", "--user", "--pid", "--mnt", "--"][..], true),
+        // Without --mnt, /proc stays the caller's: not remounted.
+        (TENANT, &["run", "--user", "--pid", "--"][..], false),
+    ] {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&[
+            "sh",
+            "-c",
+            "readlink /proc/self; ls /proc | grep -c '^[0-9]'",
+        ]);
+        let out = b.spacer_as(uid, uid, &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        let lines: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+        // sh is PID 1; readlink and ls are its children.
+        if remounted {
+            assert!(lines[0] <= 3 && lines[1] <= 3, "{args:?}: {text}");
+        } else {
+            assert!(lines[0] > 3 && lines[1] > 3, "{args:?}: {text}");
+        }
+    }
+}

@@ -257,3 +257,36 @@ fn pid_subspace_without_user_is_for_root_only() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
 }
+
+#[test]
+fn spacer_run_nests_through_its_subspace_up_to_max_depth() {
+    // An unprivileged uid: `spacer run --user` inside `spacer run --user`
+    // asks the outer subspace (SPACER_FD), gets namespaces it can enter, and
+    // a third level is refused by max_depth.
+    let b = Broker::start(&format!(
+        "[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"net\"]\nmax_depth = 2\n"
+    ));
+    let spacer = b.copy_bin("spacer");
+    let s = spacer.display();
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &[
+            "run",
+            "--user",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "{s} run --user --net -- sh -c 'id -u; cat /proc/net/dev | tail -n +3 | cut -d: -f1'; \
+                 {s} run --user -- {s} run --user -- true; echo third=$?"
+            ),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines, ["0", "lo", "third=3"], "{err}");
+    assert!(err.contains("max_depth 2 reached"), "{err}");
+}

@@ -23,7 +23,7 @@ macro_rules! println {
 
 mod bench;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -268,6 +268,20 @@ fn run_command(
     }
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
+    // The subspace's connection goes to the command (`SPACER_FD`): a
+    // `spacer` inside asks this subspace, whose namespaces it can enter,
+    // and the policy's max_depth counts the nesting.
+    let _inherited = match &sub_client {
+        Some(c) => {
+            let fd = nix::unistd::dup(c).map_err(|e| Failure::Os {
+                what: "passing the subspace connection on".into(),
+                source: e.into(),
+            })?;
+            cmd.env(spacer_client::FD_ENV, fd.as_raw_fd().to_string());
+            Some(fd)
+        }
+        None => None,
+    };
     match sub.as_ref().and_then(|s| s.pid.as_ref()) {
         None => {
             // Replace this process; the fds we hold are close-on-exec.
@@ -278,6 +292,10 @@ fn run_command(
             // A PID namespace applies to children: the command, started now,
             // is the new namespace's PID 1.
             enter(pidns, NsType::Pid)?;
+            if made.mnt.is_some() {
+                // Its own mount namespace: /proc shows its PID namespace.
+                cmd.mount_proc();
+            }
             supervise(cmd, &command[0])
         }
     }
