@@ -52,17 +52,22 @@ pub enum Cmd {
     Run {
         /// A new user namespace owned by you, where you are uid 0 (works
         /// without privileges).
-        #[arg(long)]
+        #[arg(long, short = 'U')]
         user: bool,
         /// A new PID namespace; the command is its PID 1.
-        #[arg(long)]
+        #[arg(long, short = 'p')]
         pid: bool,
         #[command(flatten)]
         types: RoomTypes,
         #[command(flatten)]
         options: RoomOptionArgs,
-        /// The command and its arguments.
-        #[arg(required = true, last = true, value_name = "CMD")]
+        /// The command and its arguments (`--` before it is optional);
+        /// without one, $SHELL (else /bin/sh).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<String>,
     },
     /// Policy files: check and explain.
@@ -105,22 +110,22 @@ pub enum Cmd {
 #[derive(Debug, clap::Args)]
 pub struct RoomTypes {
     /// cgroup namespace
-    #[arg(long)]
+    #[arg(long, short = 'C')]
     pub cgroup: bool,
     /// IPC namespace
-    #[arg(long)]
+    #[arg(long, short = 'i')]
     pub ipc: bool,
     /// mount namespace (`/` recursively private)
-    #[arg(long)]
+    #[arg(long, short = 'm')]
     pub mnt: bool,
     /// network namespace
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub net: bool,
     /// time namespace
-    #[arg(long)]
+    #[arg(long, short = 'T')]
     pub time: bool,
     /// UTS namespace
-    #[arg(long)]
+    #[arg(long, short = 'u')]
     pub uts: bool,
     /// all six of the above
     #[arg(long)]

@@ -99,11 +99,54 @@ fn usage_errors_exit_2_and_connection_errors_exit_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    for (args, says) in [
+        (&["run", "--", "id"][..], "no namespace asked for"),
+        (&["run"][..], "no namespace asked for"),
+        (&["rooms"][..], "no namespace type given"),
+        (
+            &["run", "--monotonic", "5", "-n", "true"][..],
+            "--monotonic needs a new time namespace: add --time",
+        ),
+        (
+            &["rooms", "--uts", "--loopback"][..],
+            "--loopback needs a new net namespace: add --net",
+        ),
+    ] {
+        let out = Command::new(SPACER)
+            .args(args)
+            .env("SPACER_SOCKET", "/nonexistent/spacer.sock")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Short flags, and no `--` needed: parsed, then the missing broker says so.
     let out = Command::new(SPACER)
-        .args(["run", "--net"])
+        .args([
+            "run", "-U", "-p", "-n", "-m", "-u", "-i", "-C", "-T", "ls", "-l",
+        ])
+        .env("SPACER_SOCKET", "/nonexistent/spacer.sock")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "run needs a command");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot connect to /nonexistent/spacer.sock"),
+        "{err}"
+    );
+    // An empty SPACER_SOCKET is the default socket.
+    let out = Command::new(SPACER)
+        .args(["rooms", "--net"])
+        .env("SPACER_SOCKET", "")
+        .env_remove("SPACER_FD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(0) || err.contains("/run/spacer/spacer.sock"),
+        "{err}"
+    );
     let out = Command::new(SPACER)
         .args(["--socket", "/nonexistent/spacer.sock", "rooms", "--net"])
         .output()

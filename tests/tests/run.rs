@@ -155,3 +155,20 @@ fn with_pid_and_mnt_proc_shows_only_the_new_namespace() {
         }
     }
 }
+
+#[test]
+fn an_unprivileged_run_without_user_is_told_before_a_grant_is_spent() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(TENANT, TENANT, &["run", "--net", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("add --user"), "{err}");
+    assert!(b.decisions().is_empty(), "{:?}", b.decisions());
+    // With --user it works, `--` or not.
+    let out = b.spacer_as(TENANT, TENANT, &["run", "-U", "-n", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -104,6 +104,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let spaces = types.spaces();
             let options = checked_options(spaces, &options)?;
+            if spaces.is_empty() {
+                return Err(Failure::Usage(
+                    "no namespace type given: add --net, --uts, ... or --all".into(),
+                ));
+            }
             let client = connect(&cli.socket)?;
             let rooms = client.rooms_with(spaces, &options)?;
             print_rooms(&rooms, json)?;
@@ -118,6 +123,30 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let spaces = types.spaces();
             let options = checked_options(spaces, &options)?;
+            if !user && !pid && spaces.is_empty() {
+                return Err(Failure::Usage(
+                    "no namespace asked for: add --user, --pid, --net, ... (the command would run \
+                     without any isolation)"
+                        .into(),
+                ));
+            }
+            // Rooms owned by the host's user namespace can be entered only
+            // with CAP_SYS_ADMIN: say so before a grant is spent on them.
+            if !user && !spaces.is_empty() && !has_sys_admin() {
+                return Err(Failure::Usage(
+                    "entering new namespaces of the host needs CAP_SYS_ADMIN: add --user for ones \
+                     you own"
+                        .into(),
+                ));
+            }
+            let command = if command.is_empty() {
+                vec![std::env::var("SHELL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "/bin/sh".into())]
+            } else {
+                command
+            };
             run_command(&cli.socket, user, pid, spaces, &options, &command)
         }
         Cmd::Bench {
@@ -166,12 +195,46 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 
 /// The room options, if they go with the types asked for: an option
 /// without its type is a usage error, said before anything is asked.
+/// Whether this process holds CAP_SYS_ADMIN in its user namespace (bit 21
+/// of `CapEff`).
+fn has_sys_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0)
+}
+
 fn checked_options(spaces: Spaces, args: &RoomOptionArgs) -> Result<RoomOptions, Failure> {
     let options = args.options();
     match options.check(spaces) {
-        Err(spacer_client::OptionError::NeedsType(o, t)) => Err(Failure::Usage(format!(
-            "option {o} needs a new {t} namespace: add --{t}"
-        ))),
+        Err(spacer_client::OptionError::NeedsType(o, t)) => {
+            // The flags the user typed, not the policy's name for them.
+            let typed: Vec<&str> = match o {
+                spacer_client::RoomOption::Loopback => vec!["--loopback"],
+                spacer_client::RoomOption::Hostname => [
+                    (args.hostname.is_some(), "--hostname"),
+                    (args.domainname.is_some(), "--domainname"),
+                ]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect(),
+                spacer_client::RoomOption::TimeOffsets => [
+                    (args.monotonic.is_some(), "--monotonic"),
+                    (args.boottime.is_some(), "--boottime"),
+                ]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect(),
+            };
+            Err(Failure::Usage(format!(
+                "{} needs a new {t} namespace: add --{t}",
+                typed.join(" and ")
+            )))
+        }
         // The rest (names, offsets) is checked by the service, which says
         // why in its answer.
         _ => Ok(options),
