@@ -57,6 +57,11 @@ pub enum Cmd {
         /// A new PID namespace; the command is its PID 1.
         #[arg(long, short = 'p')]
         pid: bool,
+        /// With --pid: a minimal init is PID 1 instead, which starts the
+        /// command, reaps every orphan, passes signals on and exits with
+        /// the command's status (the `docker run --init` habit).
+        #[arg(long, requires = "pid")]
+        init: bool,
         #[command(flatten)]
         types: RoomTypes,
         #[command(flatten)]
@@ -73,6 +78,13 @@ pub enum Cmd {
     /// Policy files: check and explain.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The init of `spacer run --pid --init` (not for direct use).
+    #[command(name = "run-init", hide = true)]
+    RunInit {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Measure a running broker: requests/s and latency.
     Bench {
         #[command(flatten)]

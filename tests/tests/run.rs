@@ -172,3 +172,49 @@ fn an_unprivileged_run_without_user_is_told_before_a_grant_is_spent() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn with_init_orphans_are_reaped_and_the_status_passed_on() {
+    let b = Broker::start(TEST_POLICY);
+    // Orphans (the inner shell's background child) end up with PID 1, which
+    // with --init is not the command (PID 2, which cannot reap them): the
+    // init must.
+    let script = "(sh -c 'exit 0' &); sleep 0.5; \
+                  echo pid=$$; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l; exit 5";
+    let zombies = |init: bool| {
+        let mut args = vec!["run", "--pid", "--mnt"];
+        if init {
+            args.push("--init");
+        }
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let out = b.spacer_as(0, 0, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(5), "{text}");
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        (lines[0].to_owned(), lines[1].parse::<u32>().unwrap())
+    };
+    assert_eq!(zombies(true), ("pid=2".to_owned(), 0));
+    assert_eq!(zombies(false).0, "pid=1");
+    // Signals reach the command through the init.
+    let mut spacer = spacer_run(
+        &b,
+        &[
+            "--pid",
+            "--init",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 9' TERM; sleep 60 & wait",
+        ],
+    );
+    // spacer → init (spacer run-init) → sh → sleep: the trap is set.
+    assert!(eventually(Duration::from_secs(5), || children(
+        spacer.id() as i32
+    )
+    .first()
+    .and_then(|&init| children(init).first().copied())
+    .is_some_and(|sh| !children(sh).is_empty())));
+    kill(Pid::from_raw(spacer.id() as i32), Signal::SIGTERM).unwrap();
+    let st = exit_within(&mut spacer, Duration::from_secs(5)).expect("spacer ended");
+    assert_eq!(st.code(), Some(9));
+}

@@ -114,9 +114,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             print_rooms(&rooms, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::RunInit { command } => run_init(&command),
         Cmd::Run {
             user,
             pid,
+            init,
             types,
             options,
             command,
@@ -144,6 +146,22 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     .ok()
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "/bin/sh".into())]
+            } else {
+                command
+            };
+            let command = if init {
+                // This program again, as the init of the new PID namespace.
+                let me = std::env::current_exe().map_err(|source| Failure::Os {
+                    what: "finding the spacer program for --init".into(),
+                    source,
+                })?;
+                let mut c = vec![
+                    me.to_string_lossy().into_owned(),
+                    "run-init".into(),
+                    "--".into(),
+                ];
+                c.extend(command);
+                c
             } else {
                 command
             };
@@ -195,6 +213,59 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 
 /// The room options, if they go with the types asked for: an option
 /// without its type is a usage error, said before anything is asked.
+/// PID 1 of `spacer run --pid --init`: starts the command (PID 2), reaps
+/// every process that ends up here, passes signals on, and exits with the
+/// command's status once it has ended.
+fn run_init(command: &[String]) -> Result<ExitCode, Failure> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut waited = SigSet::empty();
+    for s in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
+        waited.add(*s);
+    }
+    waited.thread_block().map_err(|e| Failure::Os {
+        what: "blocking signals".into(),
+        source: e.into(),
+    })?;
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &waited,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| Failure::Os {
+        what: "watching signals".into(),
+        source: e.into(),
+    })?;
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    cmd.die_with_parent()?;
+    let child = match cmd.spawn() {
+        Ok(c) => nix::unistd::Pid::from_raw(c.id() as i32),
+        Err(e) => return Ok(cannot_run(&command[0], &e)),
+    };
+    loop {
+        // Reap whatever has ended; the command's end ends init.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == child => {
+                    return Ok(ExitCode::from(code as u8))
+                }
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == child => {
+                    return Ok(ExitCode::from(128 + sig as u8))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        if let Ok(Some(info)) = signals.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                if sig != Signal::SIGCHLD {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+            }
+        }
+    }
+}
+
 /// Whether this process holds CAP_SYS_ADMIN in its user namespace (bit 21
 /// of `CapEff`).
 fn has_sys_admin() -> bool {
