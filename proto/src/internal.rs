@@ -303,9 +303,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     rmp_serde::to_vec(msg).expect("internal messages always encode")
 }
 
-/// Decodes an internal message.
+/// Decodes an internal message (exactly one: trailing bytes are refused).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InternalError> {
-    rmp_serde::from_slice(bytes).map_err(|_| InternalError::Malformed)
+    crate::wire::from_slice_exact(bytes)
+        .ok()
+        .flatten()
+        .ok_or(InternalError::Malformed)
 }
 
 #[cfg(test)]

@@ -107,8 +107,9 @@ impl Request {
         if head.v != u64::from(VERSION) {
             return Err(RequestError::Version(head.v));
         }
-        let frame: RequestFrame<'_> =
-            rmp_serde::from_slice(bytes).map_err(|_| RequestError::Malformed)?;
+        let frame: RequestFrame<'_> = from_slice_exact(bytes)
+            .map_err(|_| RequestError::Malformed)?
+            .ok_or(RequestError::Trailing)?;
         let options = RoomOptions {
             loopback_up: frame.loopback_up,
             hostname: frame.hostname.map(str::to_owned),
@@ -146,6 +147,25 @@ pub enum RequestError {
     /// Room options on a `Subspace` request.
     #[error("options are for rooms requests only")]
     OptionsOnSubspace,
+    /// More bytes after the request's map (a datagram carries one).
+    #[error("trailing bytes after the request")]
+    Trailing,
+}
+
+/// Decodes one MessagePack value that must fill `bytes` exactly: `Ok(None)`
+/// when bytes are left after it.
+pub(crate) fn from_slice_exact<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<Option<T>, rmp_serde::decode::Error> {
+    let value: T = rmp_serde::from_slice(bytes)?;
+    // Where the first value ends (no borrowing needed to skip it).
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    serde::de::IgnoredAny::deserialize(&mut de)?;
+    if de.position() == bytes.len() as u64 {
+        Ok(Some(value))
+    } else {
+        Ok(None)
+    }
 }
 
 #[derive(Deserialize)]
@@ -436,8 +456,9 @@ pub fn decode_reply(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Reply, ResponseEr
     if head.v != u64::from(VERSION) {
         return Err(ResponseError::Version(head.v));
     }
-    let frame: ResponseFrame<'_> =
-        rmp_serde::from_slice(bytes).map_err(|_| ResponseError::Malformed)?;
+    let frame: ResponseFrame<'_> = from_slice_exact(bytes)
+        .map_err(|_| ResponseError::Malformed)?
+        .ok_or(ResponseError::Malformed)?;
     let names = frame.fds.unwrap_or_default();
     match frame.op {
         "error" => {
@@ -641,6 +662,18 @@ mod tests {
         })
         .unwrap();
         assert_eq!(Request::decode(&unknown), Err(RequestError::UnknownOp));
+        // One request per datagram: a byte after it, or a second request,
+        // is refused (never a request served and one silently dropped).
+        let one = Request::rooms(Spaces::UTS.bits()).encode();
+        let mut plus_one = one.clone();
+        plus_one.push(0);
+        assert_eq!(Request::decode(&plus_one), Err(RequestError::Trailing));
+        let two = [one.clone(), one.clone()].concat();
+        assert_eq!(Request::decode(&two), Err(RequestError::Trailing));
+        assert!(Request::decode(&one).is_ok());
+        let reply = Response::error(ErrorKind::Denied, "no").encode();
+        assert!(decode_reply(&[reply.clone(), vec![0]].concat(), Vec::new()).is_err());
+        assert!(decode_reply(&reply, Vec::new()).is_ok());
         assert_eq!(Request::decode(&[]), Err(RequestError::Malformed));
         assert_eq!(Request::decode(&[0xc0]), Err(RequestError::Malformed));
         // The same fields as an array are refused: requests are maps.

@@ -259,6 +259,15 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (Request::rooms(0).encode(), "no space requested"),
         (Request::rooms(Spaces::PID.bits()).encode(), "out of space"),
+        // Two requests in one datagram: refused whole, none dropped silently.
+        (
+            [
+                Request::rooms(Spaces::UTS.bits()).encode(),
+                Request::rooms(Spaces::UTS.bits()).encode(),
+            ]
+            .concat(),
+            "trailing bytes after the request",
+        ),
         (
             Request::rooms(libc::CLONE_THREAD as u64 | Spaces::NET.bits()).encode(),
             "out of space",
