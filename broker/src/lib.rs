@@ -4,4 +4,6 @@
 //! manual page and shell completions from it; the broker itself is the
 //! `spacer-broker` binary (see its crate docs).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;

@@ -10,6 +10,8 @@
 //! namespace fds. One thread, one event loop: a slow client never blocks
 //! another.
 
+#![deny(unsafe_code)]
+
 mod achan;
 mod audit;
 mod conn;
@@ -17,6 +19,7 @@ mod journal;
 mod listen;
 mod pool;
 mod privs;
+#[allow(unsafe_code)]
 mod sys;
 mod usage;
 

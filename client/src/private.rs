@@ -19,7 +19,8 @@ pub const INSTALLED_WORKER: &str = "/usr/libexec/spacer/spacer-worker";
 /// Finds `spacer-worker`, in this order: `$SPACER_WORKER` (taken as given);
 /// next to the running executable or one directory up (a cargo test binary
 /// in `target/debug/deps` finds `target/debug/spacer-worker`);
-/// `/usr/libexec/spacer/spacer-worker`; `$PATH`; last, `target/debug` or
+/// `/usr/libexec/spacer/spacer-worker`; `$PATH`; last, `debug` or
+/// `release` of `$CARGO_TARGET_DIR`, then `target/debug` or
 /// `target/release` of the current directory or any parent (doc tests, and
 /// tests of crates in a workspace that builds the worker).
 ///
@@ -38,8 +39,16 @@ pub fn find_worker() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe().ok();
     let cwd = std::env::current_dir().ok();
     let path = std::env::var_os("PATH");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|t| t.is_absolute());
     let mut tried = Vec::new();
-    for c in candidates(exe.as_deref(), cwd.as_deref(), path.as_deref()) {
+    for c in candidates(
+        exe.as_deref(),
+        cwd.as_deref(),
+        path.as_deref(),
+        target.as_deref(),
+    ) {
         if c.is_file() && trusted(&c) {
             return Ok(c);
         }
@@ -53,6 +62,7 @@ fn candidates(
     exe: Option<&Path>,
     cwd: Option<&Path>,
     path: Option<&std::ffi::OsStr>,
+    target: Option<&Path>,
 ) -> Vec<PathBuf> {
     let name = "spacer-worker";
     let mut out = Vec::new();
@@ -65,6 +75,10 @@ fn candidates(
     out.push(PathBuf::from(INSTALLED_WORKER));
     if let Some(path) = path {
         out.extend(std::env::split_paths(path).map(|d| d.join(name)));
+    }
+    if let Some(t) = target {
+        out.push(t.join("debug").join(name));
+        out.push(t.join("release").join(name));
     }
     if let Some(cwd) = cwd {
         for dir in cwd.ancestors() {
@@ -107,8 +121,12 @@ mod tests {
             Some(Path::new("/x/target/debug/deps/t")),
             Some(Path::new("/home/a/p")),
             Some(std::ffi::OsStr::new("/usr/bin")),
+            Some(Path::new("/t")),
         );
         let pos = |p: &str| c.iter().position(|x| x == Path::new(p)).unwrap();
+        // $CARGO_TARGET_DIR after $PATH, before the working directory's.
+        assert!(pos("/usr/bin/spacer-worker") < pos("/t/debug/spacer-worker"));
+        assert!(pos("/t/release/spacer-worker") < pos("/home/a/p/target/debug/spacer-worker"));
         assert_eq!(pos("/x/target/debug/deps/spacer-worker"), 0);
         assert_eq!(pos("/x/target/debug/spacer-worker"), 1);
         assert!(pos(INSTALLED_WORKER) < pos("/home/a/p/target/debug/spacer-worker"));

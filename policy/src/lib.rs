@@ -25,6 +25,8 @@
 //! default is to deny. [`Policy::decide`] is a pure function of the peer,
 //! the request and the broker's counters.
 
+#![forbid(unsafe_code)]
+
 mod diag;
 mod model;
 mod parse;

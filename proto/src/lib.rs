@@ -17,12 +17,15 @@
 //! Trust level: used on both sides of every trust boundary; it parses
 //! untrusted bytes and must never panic on them (property-tested).
 
+#![deny(unsafe_code)]
+
 pub mod channel;
 pub mod fd;
 pub mod internal;
 pub mod launch;
 pub mod ns;
 pub mod options;
+#[allow(unsafe_code)]
 mod sys;
 pub mod wire;
 

@@ -16,6 +16,7 @@
 //! client library's private mode (`--private`) it serves directly, with the
 //! caller's own privileges. It never links `policy`, `toml` or `clap`.
 
+#![deny(unsafe_code)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod confine;
@@ -24,6 +25,7 @@ mod prepare;
 mod seccomp;
 mod serve;
 mod subspace;
+#[allow(unsafe_code)]
 mod sys;
 
 use std::process::ExitCode;

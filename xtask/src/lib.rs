@@ -4,6 +4,8 @@
 //! completions generated from the clap definitions of `spacer` and
 //! `spacer-broker`, and the Debian package.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;

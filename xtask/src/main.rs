@@ -6,6 +6,8 @@
 //! * `deb` — release build, then `target/dist/spacer_<version>_<arch>.deb`
 //! * `dist` — all of the above
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
