@@ -120,7 +120,7 @@ pub struct SubLink {
     seen: RefCell<Seen>,
 }
 
-/// The ids (see [`fd::namespace_id`]) of the last [`Seen::CAP`] namespaces
+/// The ids (see [`fd::namespace_handle`]) of the last [`Seen::CAP`] namespaces
 /// a subspace worker handed out: one it hands out again is refused.
 #[derive(Default)]
 struct Seen {
@@ -168,14 +168,20 @@ impl SubLink {
         }
     }
 
-    /// Checks room fds this (untrusted) worker returned: each new, never
-    /// handed out before, and owned by the user namespace it serves in.
-    fn check_rooms(&self, ctx: &Ctx, fds: &[OwnedFd]) -> Result<(), String> {
+    /// Checks room fds this (untrusted) worker returned, with their file
+    /// handles' parts: each new, never handed out before, and owned by the
+    /// user namespace it serves in.
+    fn check_rooms(
+        &self,
+        ctx: &Ctx,
+        fds: &[OwnedFd],
+        handles: &[Option<crate::usage::RoomId>],
+    ) -> Result<(), String> {
         let want = self
             .owner_inode(ctx)
             .ok_or("cannot read the subspace's user namespace")?;
         let mut ids = Vec::with_capacity(fds.len());
-        for f in fds {
+        for (f, handle) in fds.iter().zip(handles) {
             let owner = fd::owning_user_namespace(f.as_fd())
                 .and_then(|o| fd::namespace_inode(o.as_fd()))
                 .map_err(|e| format!("reading the owner of a namespace it returned: {e}"))?;
@@ -184,8 +190,7 @@ impl SubLink {
                     "the subspace worker returned a namespace that is not its subspace's".into(),
                 );
             }
-            let id = fd::namespace_id(f.as_fd())
-                .map_err(|e| format!("reading the id of a namespace it returned: {e}"))?;
+            let (id, _) = handle.ok_or("cannot read the id of a namespace it returned")?;
             if ids.contains(&id) {
                 return Err("the subspace worker returned one namespace twice".into());
             }
@@ -557,8 +562,13 @@ async fn handle(
                 )
                 .await;
             }
+            // Each room's id and inode (its file handle), read once.
+            let handles: Vec<Option<crate::usage::RoomId>> = fds
+                .iter()
+                .map(|f| fd::namespace_handle(f.as_fd()).ok())
+                .collect();
             if let Backend::Subspace(link) = backend {
-                if let Err(reason) = link.check_rooms(ctx, &fds) {
+                if let Err(reason) = link.check_rooms(ctx, &fds, &handles) {
                     ctx.counters.refund(charge);
                     tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = %reason, "subspace worker misbehaved; closing it");
                     drop(fds);
@@ -569,14 +579,14 @@ async fn handle(
             // Counted against the uid until they are really gone.
             let made: Vec<(NsType, crate::usage::RoomId)> = types
                 .iter()
-                .zip(&fds)
-                .filter_map(|(t, f)| Some((*t, fd::namespace_handle(f.as_fd()).ok()?)))
+                .zip(&handles)
+                .filter_map(|(t, h)| Some((*t, (*h)?)))
                 .collect();
-            for ((t, f), ino) in types.iter().zip(&fds).zip(inodes) {
+            for ((t, h), ino) in types.iter().zip(&handles).zip(inodes) {
                 // The host worker's word; a subspace worker's is not taken.
                 let ino = match backend {
                     Backend::Pool => Some(ino),
-                    Backend::Subspace(_) => fd::namespace_inode(f.as_fd()).ok(),
+                    Backend::Subspace(_) => h.map(|(_, ino)| u64::from(ino)),
                 };
                 if let Some(ino) = ino {
                     rec.namespaces.insert(t.name(), ino);

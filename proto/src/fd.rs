@@ -39,16 +39,11 @@ pub fn user_namespace_owner(fd: BorrowedFd<'_>) -> io::Result<u32> {
     sys::ns_get_owner_uid(fd)
 }
 
-/// The 64-bit id of the namespace behind `fd`, which the kernel never gives
-/// to another namespace while the machine runs (unlike the inode number,
-/// reused once a namespace is gone): from its file handle (Linux 6.18).
-pub fn namespace_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    namespace_handle(fd).map(|(id, _)| id)
-}
-
 /// What identifies the namespace behind `fd` in its file handle (Linux
-/// 6.18, type `FILEID_NSFS`): its 64-bit id and its inode. With its type,
-/// that is the whole handle ([`handle_bytes`]).
+/// 6.18, type `FILEID_NSFS`): its 64-bit id, which the kernel never gives to
+/// another namespace while the machine runs (unlike the inode number, reused
+/// once a namespace is gone), and its inode. With its type, that is the
+/// whole handle ([`handle_bytes`]).
 pub fn namespace_handle(fd: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
     let (kind, bytes) = sys::ns_file_handle(fd)?;
     if kind != FILEID_NSFS {
@@ -151,14 +146,15 @@ mod tests {
 
     #[test]
     fn namespace_ids_differ_where_inodes_repeat() {
+        let id = |f: &std::fs::File| namespace_handle(f.as_fd()).map(|(id, _)| id);
         let own = std::fs::File::open("/proc/self/ns/net").unwrap();
-        let a = namespace_id(own.as_fd()).unwrap();
+        let a = id(&own).unwrap();
         let again = std::fs::File::open("/proc/self/ns/net").unwrap();
-        assert_eq!(namespace_id(again.as_fd()).unwrap(), a);
+        assert_eq!(id(&again).unwrap(), a);
         let uts = std::fs::File::open("/proc/self/ns/uts").unwrap();
-        assert_ne!(namespace_id(uts.as_fd()).unwrap(), a);
+        assert_ne!(id(&uts).unwrap(), a);
         let f = std::fs::File::open("/proc/self/status").unwrap();
-        assert!(namespace_id(f.as_fd()).is_err());
+        assert!(id(&f).is_err());
         // The parts make the handle back.
         let (kind, bytes) = sys::ns_file_handle(uts.as_fd()).unwrap();
         assert_eq!(kind, FILEID_NSFS);

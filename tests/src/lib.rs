@@ -271,10 +271,9 @@ impl Broker {
         Broker::start_wrapped(policy, extra, &[])
     }
 
-    /// Starts the broker with `policy` and extra arguments through
-    /// `wrapper` (a command that execs the rest of its arguments, such as
-    /// `unshare --mount --`); its pid is then the broker's.
-    pub fn start_wrapped(policy: &str, extra: &[&str], wrapper: &[&str]) -> Broker {
+    /// A 0755 temporary directory with `policy` in it (0644), and where the
+    /// socket and the log go.
+    fn prepare(policy: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
         need_root();
         let dir = tempfile::Builder::new()
             .prefix("spacer-test")
@@ -286,6 +285,23 @@ impl Broker {
         fs::set_permissions(&policy_path, fs::Permissions::from_mode(0o644)).expect("chmod");
         let socket = dir.path().join("spacer.sock");
         let log = dir.path().join("broker.log");
+        (dir, policy_path, socket, log)
+    }
+
+    /// Waits until the broker says it serves.
+    fn started(self) -> Broker {
+        let up = eventually(Duration::from_secs(10), || {
+            self.events().iter().any(|e| e["event"] == "start")
+        });
+        assert!(up, "broker did not start; log:\n{}", self.log_text());
+        self
+    }
+
+    /// Starts the broker with `policy` and extra arguments through
+    /// `wrapper` (a command that execs the rest of its arguments, such as
+    /// `unshare --mount --`); its pid is then the broker's.
+    pub fn start_wrapped(policy: &str, extra: &[&str], wrapper: &[&str]) -> Broker {
+        let (dir, policy_path, socket, log) = Broker::prepare(policy);
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -305,17 +321,13 @@ impl Broker {
             .stderr(fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start spacer-broker");
-        let b = Broker {
+        Broker {
             child,
             dir,
             socket,
             log,
-        };
-        let up = eventually(Duration::from_secs(10), || {
-            b.events().iter().any(|e| e["event"] == "start")
-        });
-        assert!(up, "broker did not start; log:\n{}", b.log_text());
-        b
+        }
+        .started()
     }
 
     /// Starts the broker as root of a user namespace of its own that maps
@@ -324,17 +336,7 @@ impl Broker {
     /// `/proc/sys/user/max_net_namespaces`, which then limits each uid
     /// inside separately.
     pub fn start_in_user_ns(policy: &str, setup: &str) -> Broker {
-        need_root();
-        let dir = tempfile::Builder::new()
-            .prefix("spacer-test")
-            .tempdir()
-            .expect("temp dir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        let policy_path = dir.path().join("policy.toml");
-        fs::write(&policy_path, policy).expect("write policy");
-        fs::set_permissions(&policy_path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        let socket = dir.path().join("spacer.sock");
-        let log = dir.path().join("broker.log");
+        let (dir, policy_path, socket, log) = Broker::prepare(policy);
         // unshare makes the namespace and execs sh, which waits until the
         // maps are written; the next sh (exec'd as mapped root, so with every
         // capability in the namespace) runs `setup`, then execs the broker.
@@ -365,17 +367,13 @@ impl Broker {
             let mut stdin = child.stdin.take().expect("stdin");
             stdin.write_all(b"go\n").expect("release the broker");
         }
-        let b = Broker {
+        Broker {
             child,
             dir,
             socket,
             log,
-        };
-        let up = eventually(Duration::from_secs(10), || {
-            b.events().iter().any(|e| e["event"] == "start")
-        });
-        assert!(up, "broker did not start; log:\n{}", b.log_text());
-        b
+        }
+        .started()
     }
 
     /// Runs the broker with `policy` expecting it to refuse to start;
@@ -448,6 +446,17 @@ impl Broker {
         });
         assert_eq!(pids.len(), 1, "one spawner: {pids:?}");
         pids[0]
+    }
+
+    /// Open fds of broker, supervisor, spawner and room workers.
+    pub fn fd_counts(&self) -> Vec<usize> {
+        let mut v = vec![
+            fd_count(self.pid()),
+            fd_count(self.supervisor_pid()),
+            fd_count(self.spawner_pid()),
+        ];
+        v.extend(self.worker_pids().into_iter().map(fd_count));
+        v
     }
 
     /// The live subspace workers (children of the spawner).
@@ -560,6 +569,14 @@ impl Drop for Broker {
             }
         }
     }
+}
+
+/// [`TEST_POLICY`] with `mnt` for [`TENANT`] too.
+pub fn test_policy_with_mnt() -> String {
+    TEST_POLICY.replace(
+        "allow = [\"net\", \"uts\", \"user\", \"pid\"]",
+        "allow = [\"net\", \"uts\", \"user\", \"pid\", \"mnt\"]",
+    )
 }
 
 /// A policy: root may have everything, uid [`TENANT`] only `net` plus

@@ -106,14 +106,7 @@ fn a_tenant_in_a_container_view_keeps_it_through_a_subspace() {
     // A tenant put in a mount namespace of its own (as a container runtime
     // would) asks for a user subspace and a mount room inside it: it sees
     // its own tree, not the host's.
-    let b = Broker::start(
-        TEST_POLICY
-            .replace(
-                "allow = [\"net\", \"uts\", \"user\", \"pid\"]",
-                "allow = [\"net\", \"uts\", \"user\", \"pid\", \"mnt\"]",
-            )
-            .as_str(),
-    );
+    let b = Broker::start(test_policy_with_mnt().as_str());
     let host_only = b.dir().join("hostonly");
     let _mount = HostMount::new(&host_only);
     let mine = b.dir().join("mine");

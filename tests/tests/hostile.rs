@@ -17,17 +17,6 @@ fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
 }
 
-/// fd counts of broker, supervisor, spawner and serving workers.
-fn fds(b: &Broker) -> Vec<usize> {
-    let mut v = vec![
-        fd_count(b.pid()),
-        fd_count(b.supervisor_pid()),
-        fd_count(b.spawner_pid()),
-    ];
-    v.extend(b.worker_pids().into_iter().map(fd_count));
-    v
-}
-
 /// The broker still serves, and after a moment no process holds more fds
 /// than `base`.
 fn still_serving_without_leaks(b: &Broker, base: &[usize]) {
@@ -38,13 +27,13 @@ fn still_serving_without_leaks(b: &Broker, base: &[usize]) {
     assert!(rooms.uts.is_some());
     drop((rooms, c));
     let settled = eventually(Duration::from_secs(5), || {
-        let now = fds(b);
+        let now = b.fd_counts();
         now.len() == base.len() && now.iter().zip(base).all(|(n, b)| n <= b)
     });
     assert!(
         settled,
         "fds grew: {base:?} -> {:?}\nbroker: {:?}",
-        fds(b),
+        b.fd_counts(),
         fd_links(b.pid())
     );
 }
@@ -54,7 +43,7 @@ fn still_serving_without_leaks(b: &Broker, base: &[usize]) {
 fn baseline(b: &Broker) -> Vec<usize> {
     drop(b.client().rooms(Spaces::UTS).unwrap());
     std::thread::sleep(Duration::from_millis(50));
-    fds(b)
+    b.fd_counts()
 }
 
 fn reply(chan: &Channel) -> Option<Reply> {
@@ -601,7 +590,7 @@ fn soak_of_mixed_traffic_leaves_fds_and_memory_at_baseline() {
     b.probe_as(TENANT, TENANT, &["soak", "60"]);
     b.probe_as(STRANGER, STRANGER, &["soak", "60"]);
     std::thread::sleep(Duration::from_millis(200));
-    let base = fds(&b);
+    let base = b.fd_counts();
     let rss = (rss_kib(b.pid()), rss_kib(b.worker_pid()));
     let mut total = 0;
     for (uid, n) in [(TENANT, 1500), (STRANGER, 1500), (0, 1500)] {
@@ -617,7 +606,7 @@ fn soak_of_mixed_traffic_leaves_fds_and_memory_at_baseline() {
     assert_eq!(total, 4500);
     still_serving_without_leaks(&b, &base);
     let after = (rss_kib(b.pid()), rss_kib(b.worker_pid()));
-    eprintln!("soak: {total} requests; fds {base:?} -> {:?}; rss broker {} -> {} KiB, worker {} -> {} KiB", fds(&b), rss.0, after.0, rss.1, after.1);
+    eprintln!("soak: {total} requests; fds {base:?} -> {:?}; rss broker {} -> {} KiB, worker {} -> {} KiB", b.fd_counts(), rss.0, after.0, rss.1, after.1);
     assert!(
         after.0 <= rss.0 + 1024,
         "broker RSS grew: {rss:?} -> {after:?}"

@@ -122,14 +122,7 @@ fn a_missing_or_unexecutable_command_exits_127_or_126() {
 
 #[test]
 fn with_pid_and_mnt_proc_shows_only_the_new_namespace() {
-    let b = Broker::start(
-        TEST_POLICY
-            .replace(
-                "allow = [\"net\", \"uts\", \"user\", \"pid\"]",
-                "allow = [\"net\", \"uts\", \"user\", \"pid\", \"mnt\"]",
-            )
-            .as_str(),
-    );
+    let b = Broker::start(test_policy_with_mnt().as_str());
     for (uid, args, remounted) in [
         (0, &["run", "--pid", "--mnt", "--"][..], true),
         (TENANT, &["run", "--user", "--pid", "--mnt", "--"][..], true),

@@ -11,21 +11,10 @@ use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
 use spacer_proto::{fd, Channel, NsType};
 use spacer_tests::*;
 
-/// fd counts of broker, supervisor, spawner and room workers.
-fn fds(b: &Broker) -> Vec<usize> {
-    let mut v = vec![
-        fd_count(b.pid()),
-        fd_count(b.supervisor_pid()),
-        fd_count(b.spawner_pid()),
-    ];
-    v.extend(b.worker_pids().into_iter().map(fd_count));
-    v
-}
-
 fn no_leaks(b: &Broker, base: &[usize]) {
     let mut now = Vec::new();
     let ok = eventually(Duration::from_secs(5), || {
-        now = fds(b);
+        now = b.fd_counts();
         now.iter().zip(base).all(|(n, b)| n <= b)
     });
     assert!(ok, "fds {base:?} -> {now:?}");
@@ -39,7 +28,7 @@ fn a_stopped_subspace_worker_ends_with_its_conn_and_max_subspaces_holds() {
     let b = Broker::start(&format!(
         "[[rule]]\nuid = 0\nallow = [\"uts\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"pid\"]\nmax_subspaces = 2\n"
     ));
-    let base = fds(&b);
+    let base = b.fd_counts();
     let v = b.probe_as(TENANT, TENANT, &["stop-close", "10"]);
     eprintln!("stop and close: {v}");
     assert_eq!(v["granted"], 10, "{v}");
@@ -63,7 +52,7 @@ fn a_stopped_subspace_worker_ends_with_its_conn_and_max_subspaces_holds() {
 #[test]
 fn a_tenant_never_attaches_to_a_subspace_worker_even_during_nested_setup() {
     let b = Broker::start(TEST_POLICY);
-    let base = fds(&b);
+    let base = b.fd_counts();
     let v = b.probe_as(TENANT, TENANT, &["seize-race", "60"]);
     eprintln!("seize race: {v}");
     assert_eq!(v["nested"], 60, "{v}");
@@ -135,7 +124,7 @@ fn answer_with(chan: &Channel, room: &OwnedFd) {
 #[test]
 fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
     let b = Broker::start(TEST_POLICY);
-    let base = fds(&b);
+    let base = b.fd_counts();
     let host_net: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
     // Another subspace's room: real, new, but owned by another user namespace.
     let (other, _other_sub) = b.client().subspace(Spaces::USER).unwrap();
@@ -198,7 +187,7 @@ fn a_tenant_holds_live_rooms_up_to_its_cap_and_not_one_more() {
     let b = Broker::start(&format!(
         "[[rule]]\nuid = 0\nallow = [\"uts\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"net\"]\n[[rule]]\nuid = {STRANGER}\nallow = [\"net\"]\nmax_rooms = 5\n"
     ));
-    let base = fds(&b);
+    let base = b.fd_counts();
     let v = b.probe_as(TENANT, TENANT, &["hold-net", "100"]);
     assert_eq!(v["held"], 64, "{v}");
     assert_eq!(
@@ -249,7 +238,7 @@ fn one_uid_flooding_net_rooms_does_not_queue_in_front_of_another_uid() {
     let b = Broker::start(&format!(
         "[[rule]]\nuid = 0\nallow = [\"uts\"]\n[[rule]]\nuid = {TENANT}\nallow = [\"net\"]\nmax_connections = 64\nmax_rooms = 65536\n[[rule]]\nuid = {STRANGER}\nallow = [\"uts\"]\n"
     ));
-    let base = fds(&b);
+    let base = b.fd_counts();
     let quiet = b.probe_as(STRANGER, STRANGER, &["latency", "100"]);
     let dir = b.dir().to_owned();
     let socket = b.socket.clone();

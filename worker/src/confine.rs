@@ -98,12 +98,10 @@ pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [
 /// already) and every other error are ignored: the caller waits for the
 /// process's end by other means.
 pub fn kill(pidfd: std::os::fd::BorrowedFd<'_>) {
-    let raised = caps::has_cap(None, CapSet::Permitted, Capability::CAP_KILL).unwrap_or(false)
-        && caps::raise(None, CapSet::Effective, Capability::CAP_KILL).is_ok();
-    let _ = spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
-    if raised && caps::drop(None, CapSet::Effective, Capability::CAP_KILL).is_err() {
-        eprintln!("spacer-worker: cannot lower CAP_KILL; exiting");
-        std::process::exit(1);
+    let send = || spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
+    // Without CAP_KILL (a private worker), as this process can.
+    if crate::prepare::with_cap(Capability::CAP_KILL, send).is_err() {
+        let _ = send();
     }
 }
 

@@ -447,14 +447,14 @@ fn write_own_maps(
 
 /// Writes `content` to `path` under `proc` (this process's own `/proc`).
 fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), String> {
-    let path = format!("/proc/{path}");
     let fd = nix::fcntl::openat(
         proc,
-        path.trim_start_matches("/proc/"),
+        path,
         nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("opening {path}: {}", errno_text(e)))?;
+    .map_err(|e| format!("opening /proc/{path}: {}", errno_text(e)))?;
+    let path = format!("/proc/{path}");
     let mut f = std::fs::File::from(fd);
     f.write_all(content.as_bytes())
         .map_err(|e| format!("writing {path}: {e}"))

@@ -1,21 +1,9 @@
 //! The build steps produce what a host installs.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The directory with the workspace's binaries (built by `cargo test
-/// --workspace` before any test runs).
-fn bins() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
-}
+mod common;
+use common::{bins, root};
 
 #[test]
 fn man_pages_generate_and_format_without_warnings() {

@@ -216,25 +216,35 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 /// PID 1 of `spacer run --pid --init`: starts the command (PID 2), reaps
 /// every process that ends up here, passes signals on, and exits with the
 /// command's status once it has ended.
-fn run_init(command: &[String]) -> Result<ExitCode, Failure> {
+/// Blocks the [`FORWARDED`] signals and `SIGCHLD` and returns a signalfd
+/// that reads them (non-blocking if asked). A child started afterwards
+/// begins with none blocked (`die_with_parent` clears its mask).
+fn watch_signals(nonblock: bool) -> Result<nix::sys::signalfd::SignalFd, Failure> {
     use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut waited = SigSet::empty();
     for s in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
         waited.add(*s);
     }
-    waited.thread_block().map_err(|e| Failure::Os {
-        what: "blocking signals".into(),
-        source: e.into(),
-    })?;
-    let signals = nix::sys::signalfd::SignalFd::with_flags(
-        &waited,
-        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
-    )
-    .map_err(|e| Failure::Os {
-        what: "watching signals".into(),
-        source: e.into(),
-    })?;
+    let os = |what: &str| {
+        let what = what.to_owned();
+        move |e: nix::errno::Errno| Failure::Os {
+            what,
+            source: e.into(),
+        }
+    };
+    waited.thread_block().map_err(os("blocking signals"))?;
+    let mut flags = SfdFlags::SFD_CLOEXEC;
+    if nonblock {
+        flags |= SfdFlags::SFD_NONBLOCK;
+    }
+    SignalFd::with_flags(&waited, flags).map_err(os("watching signals"))
+}
+
+fn run_init(command: &[String]) -> Result<ExitCode, Failure> {
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let signals = watch_signals(false)?;
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
     cmd.die_with_parent()?;
@@ -461,17 +471,8 @@ const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// on, the command dies with `spacer` (SIGKILL, even if `spacer` is killed
 /// outright), and `spacer` exits with its status (128+n for a signal).
 fn supervise(mut cmd: Command, name: &str) -> Result<ExitCode, Failure> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut waited = SigSet::empty();
-    for s in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
-        waited.add(*s);
-    }
-    // Blocked here and read from a signalfd; the child starts with none
-    // blocked (`die_with_parent` clears its mask).
-    waited.thread_block().map_err(|e| Failure::Os {
-        what: "blocking signals".into(),
-        source: e.into(),
-    })?;
+    use nix::sys::signal::Signal;
+    let signals = watch_signals(true)?;
     cmd.die_with_parent()?;
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -481,14 +482,6 @@ fn supervise(mut cmd: Command, name: &str) -> Result<ExitCode, Failure> {
     // thread: this process has joined a PID namespace for its children,
     // and the kernel refuses new threads then.)
     let pidfd = spacer_proto::fd::pidfd_open(child.id() as i32).ok();
-    let signals = nix::sys::signalfd::SignalFd::with_flags(
-        &waited,
-        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-    )
-    .map_err(|e| Failure::Os {
-        what: "watching signals".into(),
-        source: e.into(),
-    })?;
     let mut ending: Option<(Signal, Instant)> = None;
     loop {
         if let Some(status) = child.try_wait().map_err(|source| Failure::Os {
