@@ -459,6 +459,17 @@ impl Broker {
         v
     }
 
+    /// Waits until no service process holds more fds than `base` (from
+    /// [`Broker::fd_counts`]); panics with both if that does not happen.
+    pub fn assert_fds_back_to(&self, base: &[usize]) {
+        let mut now = Vec::new();
+        let ok = eventually(Duration::from_secs(5), || {
+            now = self.fd_counts();
+            now.len() == base.len() && now.iter().zip(base).all(|(n, b)| n <= b)
+        });
+        assert!(ok, "fds {base:?} -> {now:?}");
+    }
+
     /// The live subspace workers (children of the spawner).
     pub fn subspace_workers(&self) -> Vec<i32> {
         children(self.spawner_pid())

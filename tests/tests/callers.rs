@@ -60,6 +60,7 @@ fn in_own_mount_ns(b: &Broker, script: &str) -> (bool, String, String) {
 #[test]
 fn a_mount_room_is_a_copy_of_the_callers_view_not_the_hosts() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let host_only = b.dir().join("hostonly");
     let _mount = HostMount::new(&host_only);
     let mine = b.dir().join("mine");
@@ -78,11 +79,13 @@ fn a_mount_room_is_a_copy_of_the_callers_view_not_the_hosts() {
     // The host still has its mount and nothing of the caller's.
     assert!(host_only.join("secret").exists());
     assert!(!mine.join("file").exists());
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn a_uts_room_copies_the_callers_names() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let host = nix::unistd::gethostname().unwrap();
     let out = output_retrying(
         Command::new("unshare")
@@ -99,6 +102,7 @@ fn a_uts_room_copies_the_callers_names() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "callerbox");
     assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
@@ -107,6 +111,7 @@ fn a_tenant_in_a_container_view_keeps_it_through_a_subspace() {
     // would) asks for a user subspace and a mount room inside it: it sees
     // its own tree, not the host's.
     let b = Broker::start(test_policy_with_mnt().as_str());
+    let base = b.fd_counts();
     let host_only = b.dir().join("hostonly");
     let _mount = HostMount::new(&host_only);
     let mine = b.dir().join("mine");
@@ -121,4 +126,5 @@ fn a_tenant_in_a_container_view_keeps_it_through_a_subspace() {
     assert!(ok, "{err}\n{}", b.log_text());
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["file", "end"], "{err}");
+    b.assert_fds_back_to(&base);
 }

@@ -54,6 +54,7 @@ fn gone(pid: i32) -> bool {
 #[test]
 fn a_signal_to_spacer_run_reaches_its_command_and_nothing_is_left() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     for (sig, code) in [
         (Signal::SIGTERM, 143),
         (Signal::SIGINT, 130),
@@ -68,11 +69,13 @@ fn a_signal_to_spacer_run_reaches_its_command_and_nothing_is_left() {
         assert_eq!(st.code(), Some(code), "{sig}");
         assert!(gone(cmd), "the command outlived spacer ({sig})");
     }
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn a_command_that_handles_the_signal_gives_its_own_status() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let mut spacer = spacer_run(
         &b,
         &[
@@ -90,21 +93,25 @@ fn a_command_that_handles_the_signal_gives_its_own_status() {
     kill(Pid::from_raw(spacer.id() as i32), Signal::SIGINT).unwrap();
     let st = exit_within(&mut spacer, Duration::from_secs(5)).expect("spacer ended");
     assert_eq!(st.code(), Some(7));
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn spacer_killed_outright_takes_its_command_with_it() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let mut spacer = spacer_run(&b, &["--pid", "--", "sleep", "60"]);
     let cmd = command_of(&spacer);
     spacer.kill().unwrap();
     spacer.wait().unwrap();
     assert!(gone(cmd), "the command outlived spacer");
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn a_missing_or_unexecutable_command_exits_127_or_126() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let text = b.dir().join("not-a-program");
     std::fs::write(&text, "text\n").unwrap();
     let text = text.to_str().unwrap();
@@ -118,11 +125,13 @@ fn a_missing_or_unexecutable_command_exits_127_or_126() {
         let st = exit_within(&mut spacer, Duration::from_secs(10)).expect("spacer ended");
         assert_eq!(st.code(), Some(code), "{args:?}");
     }
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn with_pid_and_mnt_proc_shows_only_the_new_namespace() {
     let b = Broker::start(test_policy_with_mnt().as_str());
+    let base = b.fd_counts();
     for (uid, args, remounted) in [
         (0, &["run", "--pid", "--mnt", "--"][..], true),
         (TENANT, &["run", "--user", "--pid", "--mnt", "--"][..], true),
@@ -147,11 +156,13 @@ fn with_pid_and_mnt_proc_shows_only_the_new_namespace() {
             assert!(lines[0] > 3 && lines[1] > 3, "{args:?}: {text}");
         }
     }
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn an_unprivileged_run_without_user_is_told_before_a_grant_is_spent() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     let out = b.spacer_as(TENANT, TENANT, &["run", "--net", "--", "true"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -164,11 +175,13 @@ fn an_unprivileged_run_without_user_is_told_before_a_grant_is_spent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    b.assert_fds_back_to(&base);
 }
 
 #[test]
 fn with_init_orphans_are_reaped_and_the_status_passed_on() {
     let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
     // Orphans (the inner shell's background child) end up with PID 1, which
     // with --init is not the command (PID 2, which cannot reap them): the
     // init must.
@@ -210,4 +223,5 @@ fn with_init_orphans_are_reaped_and_the_status_passed_on() {
     kill(Pid::from_raw(spacer.id() as i32), Signal::SIGTERM).unwrap();
     let st = exit_within(&mut spacer, Duration::from_secs(5)).expect("spacer ended");
     assert_eq!(st.code(), Some(9));
+    b.assert_fds_back_to(&base);
 }

@@ -12,12 +12,7 @@ use spacer_proto::{fd, Channel, NsType};
 use spacer_tests::*;
 
 fn no_leaks(b: &Broker, base: &[usize]) {
-    let mut now = Vec::new();
-    let ok = eventually(Duration::from_secs(5), || {
-        now = b.fd_counts();
-        now.iter().zip(base).all(|(n, b)| n <= b)
-    });
-    assert!(ok, "fds {base:?} -> {now:?}");
+    b.assert_fds_back_to(base);
     assert!(b.client().rooms(Spaces::UTS).is_ok(), "still serving");
 }
 
