@@ -246,9 +246,9 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
         }
 
         let t0 = Instant::now();
-        let bytes_len = match received {
+        let (bytes_len, sender) = match received {
             None => break, // idle or first-request deadline
-            Some(Ok(Some(got))) => got.len,
+            Some(Ok(Some(got))) => (got.len, got.sender),
             Some(Ok(None)) | Some(Err(RecvError::Io(_))) => break,
             Some(Err(e)) => {
                 // Oversized, or with fds: answer, audit, and for a truncated
@@ -275,6 +275,10 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
                 continue;
             }
         };
+        // On a subspace's conn, which a client passes on (`SPACER_FD`), the
+        // process that sent this request, if it is the conn's uid: nested
+        // subspaces are made from its namespaces.
+        let requester = sender.filter(|s| s.uid == peer.uid).and_then(|s| s.pidfd);
         let keep = handle(
             &ctx,
             &chan,
@@ -283,7 +287,7 @@ pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend
             depth,
             sub_ref,
             &buf[..bytes_len],
-            t0,
+            (t0, requester),
         )
         .await;
         if !keep {
@@ -400,7 +404,7 @@ async fn handle(
     depth: u32,
     sub_ref: Option<SubspaceRef>,
     bytes: &[u8],
-    t0: Instant,
+    (t0, requester): (Instant, Option<OwnedFd>),
 ) -> bool {
     let mut rec = record(peer, sub_ref);
     let fail = |mut rec: Decision, kind: ErrorKind, reason: String| async move {
@@ -501,13 +505,16 @@ async fn handle(
         Backend::Pool => None,
     };
     // New mount and UTS namespaces copy the requesting process's: the room
-    // worker gets its pidfd (the kernel's, taken at connect).
-    // (A subspace worker lives in them: the spawner gets it too.)
+    // worker gets its pidfd (the kernel's, taken at connect; on a
+    // subspace's conn, of the process that sent the request). A subspace
+    // worker lives in them and its PID namespace hangs below the
+    // requester's: the spawner gets it too.
+    let requester = requester.as_ref().or(peer.pidfd.as_ref());
     let caller = match (op, backend) {
         (Op::Rooms, Backend::Pool) if spaces.intersects(Spaces::MNT | Spaces::UTS) => {
-            peer.pidfd.as_ref().map(|p| p.as_fd())
+            requester.map(|p| p.as_fd())
         }
-        (Op::Subspace, _) => peer.pidfd.as_ref().map(|p| p.as_fd()),
+        (Op::Subspace, _) => requester.map(|p| p.as_fd()),
         _ => None,
     };
     let request = |id| match op {
@@ -787,6 +794,8 @@ fn start_subspace(
     broker_end: Channel,
     parts: SubLinkParts,
 ) -> std::io::Result<()> {
+    let mut broker_end = broker_end;
+    broker_end.tell_senders()?;
     let conn = AsyncChannel::new(broker_end)?;
     let link = SubLink {
         chan: AsyncChannel::new(Channel::from_fd(parts.worker_chan)?)?,

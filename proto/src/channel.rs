@@ -56,7 +56,25 @@ pub struct Received {
     pub len: usize,
     /// The fds of the datagram's `SCM_RIGHTS`, in order, close-on-exec.
     pub fds: Vec<OwnedFd>,
+    /// Who sent it, on a channel that asked ([`Channel::tell_senders`]).
+    pub sender: Option<Sender>,
 }
+
+/// The process that sent one datagram, as the kernel attached it
+/// (`SCM_CREDENTIALS` and `SCM_PIDFD`): on a socket that several processes
+/// hold, the one that sent this message, not the one that connected.
+#[derive(Debug)]
+pub struct Sender {
+    /// Its real uid, in this process's user namespace.
+    pub uid: u32,
+    /// Its pid, in this process's PID namespace (0 if it has none here).
+    pub pid: i32,
+    /// A pidfd of it (`None` on kernels before 6.5).
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// `SCM_PIDFD` (Linux 6.5; not in glibc 2.36).
+const SCM_PIDFD: libc::c_int = 4;
 
 /// A connected `AF_UNIX` `SOCK_SEQPACKET` socket: one message per datagram,
 /// fds in one `SCM_RIGHTS` control message on the same datagram, received
@@ -65,9 +83,28 @@ pub struct Received {
 #[derive(Debug)]
 pub struct Channel {
     fd: OwnedFd,
+    /// Whether every datagram carries its sender ([`Channel::tell_senders`]).
+    senders: bool,
 }
 
 impl Channel {
+    fn new(fd: OwnedFd) -> Channel {
+        Channel { fd, senders: false }
+    }
+
+    /// From now on every received datagram says which process sent it
+    /// ([`Received::sender`]; `SO_PASSCRED`, and `SO_PASSPIDFD` where the
+    /// kernel has it).
+    pub fn tell_senders(&mut self) -> io::Result<()> {
+        nix::sys::socket::setsockopt(&self.fd, sockopt::PassCred, &true)?;
+        match sys::set_pass_pidfd(self.fd.as_fd()) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOPROTOOPT) => return Err(e),
+            _ => {}
+        }
+        self.senders = true;
+        Ok(())
+    }
+
     /// A connected pair, both ends close-on-exec.
     pub fn pair() -> io::Result<(Channel, Channel)> {
         let (a, b) = socketpair(
@@ -76,7 +113,7 @@ impl Channel {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        Ok((Channel { fd: a }, Channel { fd: b }))
+        Ok((Channel::new(a), Channel::new(b)))
     }
 
     /// Connects to the socket file at `path`. Abstract addresses are not
@@ -96,7 +133,7 @@ impl Channel {
         )?;
         let addr = UnixAddr::new(path)?;
         connect(fd.as_raw_fd(), &addr)?;
-        Ok(Channel { fd })
+        Ok(Channel::new(fd))
     }
 
     /// Wraps an fd that must be a connected `AF_UNIX` `SOCK_SEQPACKET` socket.
@@ -107,7 +144,7 @@ impl Channel {
                 "fd is not an AF_UNIX SOCK_SEQPACKET socket",
             ));
         }
-        Ok(Channel { fd })
+        Ok(Channel::new(fd))
     }
 
     /// The socket, for callers that register it with an event loop.
@@ -170,14 +207,18 @@ impl Channel {
     /// is ever installed in this process: the kernel discards them and the
     /// call reports [`RecvError::UnexpectedFds`].
     pub fn recv(&self, buf: &mut [u8], max_fds: usize) -> Result<Option<Received>, RecvError> {
-        let mut cmsg_buf = if max_fds > 0 {
-            vec![0u8; cmsg_space_for(max_fds)]
+        let mut space = if max_fds > 0 {
+            cmsg_space_for(max_fds)
         } else {
-            Vec::new()
+            0
         };
+        if self.senders {
+            space += nix::sys::socket::cmsg_space::<libc::ucred>() + cmsg_space_for(1);
+        }
+        let mut cmsg_buf = vec![0u8; space];
         let mut iov = [IoSliceMut::new(buf)];
         let msg = loop {
-            let cmsg_opt = if max_fds > 0 {
+            let cmsg_opt = if space > 0 {
                 Some(cmsg_buf.as_mut_slice())
             } else {
                 None
@@ -200,20 +241,36 @@ impl Channel {
             // More fds than fit (or than the fd limit allows): the kernel
             // installed what fit, and nix does not parse a truncated control
             // buffer, so read the headers here and close those fds.
-            drop(sys::adopt_received(&rights_in(&cmsg_buf)));
+            drop(sys::adopt_received(&fds_in(&cmsg_buf)));
             return Err(if max_fds == 0 {
                 RecvError::UnexpectedFds
             } else {
                 RecvError::TooManyFds { max: max_fds }
             });
         }
+        let (mut cred, mut pidfd) = (None, None);
         if let Ok(cmsgs) = msg.cmsgs() {
             for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                    fds.extend(sys::adopt_received(&raw));
+                match cmsg {
+                    ControlMessageOwned::ScmRights(raw) => fds.extend(sys::adopt_received(&raw)),
+                    ControlMessageOwned::ScmCredentials(c) => cred = Some(c),
+                    ControlMessageOwned::Unknown(u)
+                        if u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+                            && u.cmsg_header.cmsg_type == SCM_PIDFD =>
+                    {
+                        if let Ok(raw) = <[u8; 4]>::try_from(u.data_bytes.as_slice()) {
+                            pidfd = sys::adopt_received(&[i32::from_ne_bytes(raw)]).pop();
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
+        let sender = cred.map(|c| Sender {
+            uid: c.uid(),
+            pid: c.pid(),
+            pidfd,
+        });
         if fds.len() > max_fds {
             drop(fds);
             return Err(RecvError::TooManyFds { max: max_fds });
@@ -225,7 +282,7 @@ impl Channel {
         if len == 0 && fds.is_empty() && self.peer_closed() {
             return Ok(None);
         }
-        Ok(Some(Received { len, fds }))
+        Ok(Some(Received { len, fds, sender }))
     }
 
     /// Whether the peer has closed its end (`POLLHUP` right now: a connected
@@ -261,11 +318,12 @@ impl From<Channel> for OwnedFd {
     }
 }
 
-/// The fds in every `SCM_RIGHTS` header of a control buffer the kernel
-/// filled, read by hand (used when it was truncated). The buffer was zeroed
+/// The fds in every `SCM_RIGHTS` and `SCM_PIDFD` header of a control buffer
+/// the kernel filled, read by hand (used when it was truncated: nix parses
+/// no truncated buffer, and every fd installed must still be closed). The buffer was zeroed
 /// before the call, so a zero length ends the headers; lengths are clamped to
 /// the buffer. The kernel writes its own layout: `cmsg_len` is a `size_t`.
-fn rights_in(control: &[u8]) -> Vec<RawFd> {
+fn fds_in(control: &[u8]) -> Vec<RawFd> {
     let word = std::mem::size_of::<usize>();
     let header = std::mem::size_of::<libc::cmsghdr>();
     let int = |at: usize| i32::from_ne_bytes(control[at..at + 4].try_into().expect("4 bytes"));
@@ -278,7 +336,7 @@ fn rights_in(control: &[u8]) -> Vec<RawFd> {
         }
         let (level, kind) = (int(at + word), int(at + word + 4));
         let end = at.saturating_add(len).min(control.len());
-        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+        if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
             fds.extend(
                 control[at + header..end]
                     .chunks_exact(4)
@@ -369,19 +427,19 @@ mod tests {
         put(0, libc::SOL_SOCKET, libc::SCM_RIGHTS, &[7, 8, 9]);
         let second = (header + 12).div_ceil(word) * word;
         put(second, libc::SOL_SOCKET, libc::SCM_RIGHTS, &[10]);
-        assert_eq!(rights_in(&buf), vec![7, 8, 9, 10]);
+        assert_eq!(fds_in(&buf), vec![7, 8, 9, 10]);
         // A length past the end is clamped; other kinds are skipped.
-        assert_eq!(rights_in(&buf[..header + 8]), vec![7, 8]);
+        assert_eq!(fds_in(&buf[..header + 8]), vec![7, 8]);
         let mut other = buf.clone();
         other[word..word + 4].copy_from_slice(&(libc::SOL_IP).to_ne_bytes());
-        assert_eq!(rights_in(&other), vec![10]);
-        assert!(rights_in(&[0u8; 64]).is_empty());
+        assert_eq!(fds_in(&other), vec![10]);
+        assert!(fds_in(&[0u8; 64]).is_empty());
         // Any bytes: no panic.
-        let _ = rights_in(&[0xffu8; 64]);
+        let _ = fds_in(&[0xffu8; 64]);
         let mut huge = buf.clone();
         huge[..word].copy_from_slice(&usize::MAX.to_ne_bytes());
         // A length past the end of the buffer reads up to the end, no further.
-        assert_eq!(rights_in(&huge).len(), (64 - header) / 4);
+        assert_eq!(fds_in(&huge).len(), (64 - header) / 4);
     }
 
     #[test]
@@ -431,5 +489,30 @@ mod tests {
     fn abstract_and_empty_paths_are_refused() {
         assert!(Channel::connect(Path::new("")).is_err());
         assert!(Channel::connect(Path::new("\0spacer")).is_err());
+    }
+
+    #[test]
+    fn a_channel_that_asks_learns_each_senders_uid_pid_and_pidfd() {
+        let (a, mut b) = Channel::pair().unwrap();
+        b.tell_senders().unwrap();
+        a.send(b"x", &[]).unwrap();
+        let mut buf = [0u8; 8];
+        let got = b.recv(&mut buf, 0).unwrap().unwrap();
+        let sender = got.sender.expect("a sender");
+        let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+        assert_eq!(sender.uid, me);
+        assert_eq!(sender.pid, std::process::id() as i32);
+        let pidfd = sender.pidfd.expect("SO_PASSPIDFD (Linux 6.5)");
+        assert!(crate::fd::is_pidfd(pidfd.as_fd()));
+        // Rights on a message that takes none: refused, every fd closed,
+        // the sender's pidfd with them.
+        let (reader, writer) = std::io::pipe().unwrap();
+        a.send(b"y", &[writer.as_fd()]).unwrap();
+        drop(writer);
+        assert!(matches!(b.recv(&mut buf, 0), Err(RecvError::UnexpectedFds)));
+        assert_eq!(copies_of(&reader), 1);
+        // Without asking, nothing is said.
+        b.send(b"z", &[]).unwrap();
+        assert!(a.recv(&mut buf, 0).unwrap().unwrap().sender.is_none());
     }
 }

@@ -180,3 +180,28 @@ pub(crate) fn pass_fd_as(cmd: &mut std::process::Command, fd: RawFd, target: Raw
         cmd.pre_exec(hook);
     }
 }
+
+/// `SO_PASSPIDFD` (Linux 6.5; not in glibc 2.36).
+const SO_PASSPIDFD: libc::c_int = 76;
+
+/// Turns `SO_PASSPIDFD` on: every datagram then carries a pidfd of its
+/// sender (`SCM_PIDFD`).
+pub(crate) fn set_pass_pidfd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value points to a live local int and its size is
+    // passed with it; `fd` is a live borrowed socket.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

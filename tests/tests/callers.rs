@@ -128,3 +128,73 @@ fn a_tenant_in_a_container_view_keeps_it_through_a_subspace() {
     assert_eq!(lines, ["file", "end"], "{err}");
     b.assert_fds_back_to(&base);
 }
+
+#[test]
+fn a_tenant_in_a_pid_namespace_gets_a_pid_subspace_below_its_own() {
+    // A tenant inside a PID namespace of its own (`unshare -pf
+    // --mount-proc`, as a container would put it) asks for a user+PID
+    // subspace: its command is PID 1 there, and visible in the tenant's
+    // PID namespace (so the new one is below it), where no process of the
+    // service stays.
+    let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
+    let inner = "echo pid=$$; readlink /proc/self >/dev/null && echo seen-from-caller; \
+                 cat /proc/[0-9]*/comm | grep -c spacer-subspace";
+    let out = output_retrying(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--", "setpriv"])
+            .args([
+                "--reuid",
+                &TENANT.to_string(),
+                "--regid",
+                &TENANT.to_string(),
+            ])
+            .args(["--clear-groups", "--"])
+            .arg(b.copy_bin("spacer"))
+            .args(["run", "--user", "--pid", "--", "sh", "-c", inner])
+            .env("SPACER_SOCKET", &b.socket)
+            .current_dir(b.dir()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["pid=1", "seen-from-caller", "0"],
+        "{err}\n{}",
+        b.log_text()
+    );
+    b.assert_fds_back_to(&base);
+}
+
+#[test]
+fn a_nested_subspace_below_a_pid_subspace_leaves_its_pid_1_alone() {
+    // The tenant's first process in its PID subspace is PID 1; a nested
+    // user+PID subspace asked from inside gets a namespace below that one,
+    // and PID 1 carries on after the nested conn has closed.
+    let b = Broker::start(&format!(
+        "[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"pid\"]\nmax_depth = 2\n"
+    ));
+    let base = b.fd_counts();
+    let spacer = b.copy_bin("spacer");
+    let s = spacer.display();
+    let out = b.spacer_as(
+        TENANT,
+        TENANT,
+        &[
+            "run",
+            "--user",
+            "--pid",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo outer=$$; {s} run --user --pid -- sh -c 'echo inner=$$'; echo after=$$"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", b.log_text());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, ["outer=1", "inner=1", "after=1"], "{err}");
+    b.assert_fds_back_to(&base);
+}

@@ -129,12 +129,18 @@ fn entries() -> Vec<Entry> {
         // Maker::go_home: back into the worker's own namespace of one type;
         // subspace::setup: a nested subspace worker joins its parent
         // subspace's user namespace (less privilege than the host's, which
-        // it leaves for good). setns(fd, 0) would join any type: only
+        // it leaves for good), and a new subspace worker takes the
+        // requester's PID namespace for its children (the one that makes
+        // the new PID namespace). setns(fd, 0) would join any type: only
         // single flags pass.
         arg_in(
             libc::SYS_setns,
             1,
-            &[&ROOM_FLAGS[..], &[libc::CLONE_NEWUSER as u64]].concat(),
+            &[
+                &ROOM_FLAGS[..],
+                &[libc::CLONE_NEWUSER as u64, libc::CLONE_NEWPID as u64],
+            ]
+            .concat(),
         ),
         // maker::make_root_private: MS_REC|MS_PRIVATE changes propagation
         // only; no bind, move, remount or new filesystem can pass.
@@ -220,6 +226,9 @@ fn entries() -> Vec<Entry> {
                 libc::PR_CAP_AMBIENT as u64,
                 // serve::spawn_serving: the spawner's name.
                 libc::PR_SET_NAME as u64,
+                // subspace::pid_namespace_below: its short-lived child dies
+                // with the new worker.
+                libc::PR_SET_PDEATHSIG as u64,
             ],
         ),
         // Memory for the allocator; never executable.

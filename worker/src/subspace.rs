@@ -297,8 +297,14 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
         } => {
             if let Some(caller) = caller {
                 // Still root on the host: the requester's mount and UTS
-                // namespaces, which the rooms this worker makes will copy.
-                for t in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS] {
+                // namespaces, which the rooms this worker makes will copy,
+                // and for a new PID namespace the requester's PID namespace
+                // for this process's children (see `pid_namespace_below`).
+                let mut types = vec![CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS];
+                if spaces.contains(Spaces::PID) {
+                    types.push(CloneFlags::CLONE_NEWPID);
+                }
+                for t in types {
                     crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
                         setns(&caller, t)
                     })?
@@ -318,6 +324,10 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
         }
         Requester::Own => map_own_root_if_needed(),
     }
+    // A private worker's requester is its own caller, whose PID namespace
+    // is this process's: it makes the PID namespace itself. Under the broker
+    // a short-lived child born in the requester's does.
+    let pid_flag = if own { pid_flag } else { CloneFlags::empty() };
     let mut offsets_file = None;
     if spaces.contains(Spaces::USER) {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
@@ -325,7 +335,9 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
             .map_err(|e| fail("creating the user namespace", e))?;
         offsets_file = write_own_maps(proc.as_fd(), outer_uid, outer_gid, own)?;
     } else {
-        unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
+        if !pid_flag.is_empty() {
+            unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
+        }
         if joined {
             // Opened with all capabilities in the parent subspace's user
             // namespace, which owns every time namespace this worker makes.
@@ -342,16 +354,85 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
     } else {
         None
     };
-    let pidns = if spaces.contains(Spaces::PID) {
+    let pidns = if !spaces.contains(Spaces::PID) {
+        None
+    } else if own {
         Some(
-            fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren).map_err(|e| {
-                format!("opening the new PID namespace (needs Linux 6.11 or later): {e}")
-            })?,
+            fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
+                .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))?,
         )
     } else {
-        None
+        Some(pid_namespace_below()?)
     };
     Ok((user, pidns, offsets_file))
+}
+
+const NEEDS_6_11: &str = " (needs Linux 6.11 or later)";
+
+/// A new, empty PID namespace, child of the one this process's children are
+/// born in (the requester's, after `setns`) and owned by this process's
+/// user namespace. The kernel makes a PID namespace only below a process's
+/// *active* one, so a child born there makes it and sends it back, then
+/// ends: that child is the only process of the service the requester's PID
+/// namespace ever sees, for a moment. The serving worker stays where it is,
+/// so the requester's first process in the new namespace is its PID 1.
+///
+/// The child may be stopped by the requester (it is in a user namespace the
+/// requester owns): it dies with this process (`PR_SET_PDEATHSIG`), which
+/// the spawner kills at the setup deadline.
+fn pid_namespace_below() -> Result<OwnedFd, String> {
+    let io_fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let (mine, theirs) =
+        Channel::pair().map_err(|e| io_fail("creating the PID namespace channel", e))?;
+    match sys::clone_with_pidfd().map_err(|e| io_fail("starting the PID namespace maker", e))? {
+        Cloned::Child => {
+            drop(mine);
+            sys::child_exit(|| {
+                // The parent's end is closed here, so a parent that died
+                // before the death signal was armed shows as a hung-up peer.
+                if prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                    || theirs.peer_closed()
+                {
+                    return 1;
+                }
+                let made = unshare(CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| fail_text("creating the PID namespace", e))
+                    .and_then(|()| {
+                        let me = fd::pidfd_open(std::process::id() as i32)
+                            .map_err(|e| format!("opening own pidfd: {e}"))?;
+                        fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
+                            .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))
+                    });
+                let sent = match &made {
+                    Ok(ns) => theirs.send(b"", &[ns.as_fd()]),
+                    Err(reason) => theirs.send(reason.as_bytes(), &[]),
+                };
+                i32::from(sent.is_err())
+            })
+        }
+        Cloned::Parent { .. } => {
+            drop(theirs);
+            let mut buf = [0u8; 256];
+            match mine.recv(&mut buf, 1) {
+                Ok(Some(got)) if got.fds.len() == 1 => {
+                    let ns = got.fds.into_iter().next().expect("one fd");
+                    if fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid) {
+                        Ok(ns)
+                    } else {
+                        Err("the PID namespace maker sent something else".into())
+                    }
+                }
+                Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => {
+                    Err(String::from_utf8_lossy(&buf[..got.len]).into_owned())
+                }
+                _ => Err("the PID namespace maker ended".into()),
+            }
+        }
+    }
+}
+
+fn fail_text(what: &str, e: Errno) -> String {
+    format!("{what}: {}", errno_text(e))
 }
 
 /// Takes the requester's ids as the *effective* ids only: real and saved
