@@ -243,6 +243,17 @@ pub struct Decision {
     /// The subspace the request came through, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subspace: Option<SubspaceRef>,
+    /// A subspace's id map choice, when not the default (`current`,
+    /// `auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<&'static str>,
+    /// The uid map a subspace's user namespace was given, lines joined by
+    /// commas (`"0 1000 1,1 100000 65536"`), when not `0 <uid> 1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid_map: Option<String>,
+    /// Its gid map, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid_map: Option<String>,
     /// For an allowed subspace: the new subspace's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_subspace: Option<u64>,

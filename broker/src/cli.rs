@@ -120,6 +120,12 @@ pub struct Args {
     /// (counted until the namespace is really gone, whoever holds it).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_rooms_per_uid: u32,
+    /// The subordinate uid file, read at each `map = "auto"` request.
+    #[arg(long, default_value = "/etc/subuid", value_name = "FILE")]
+    pub subuid: PathBuf,
+    /// The subordinate gid file, likewise.
+    #[arg(long, default_value = "/etc/subgid", value_name = "FILE")]
+    pub subgid: PathBuf,
     /// Development: log syscalls outside the worker's allow-list instead of
     /// killing it (see `dmesg`).
     #[arg(long, value_enum, default_value = "kill")]

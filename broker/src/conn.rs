@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 use spacer_policy::{Decision as PolicyDecision, Op, Peer, Policy};
 use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
 use spacer_proto::wire::{self, ErrorKind, Request, Response};
-use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, RoomOptions, Spaces};
+use spacer_proto::{
+    check_spaces, fd, Channel, IdMaps, MapChoice, NsType, RecvError, RoomOptions, Spaces,
+};
 use tokio::sync::Notify;
 
 use crate::achan::AsyncChannel;
 use crate::audit::{self, Decision, SubspaceRef};
 use crate::pool::{CallError, Pool};
+use crate::subids;
 use crate::usage::Counters;
 
 /// Time limits of a connection.
@@ -58,6 +61,8 @@ pub struct Ctx {
     pub next_subspace: Cell<u64>,
     /// Live subspaces in all.
     pub max_subspaces: u32,
+    /// Where the subordinate id files are.
+    pub subids: subids::Files,
     /// Set on shutdown.
     pub stopping: Cell<bool>,
     /// Wakes connections on shutdown.
@@ -361,6 +366,9 @@ fn record(peer: &PeerInfo, sub_ref: Option<SubspaceRef>) -> Decision {
         namespaces: BTreeMap::new(),
         options: None,
         subspace: sub_ref,
+        map: None,
+        uid_map: None,
+        gid_map: None,
         new_subspace: None,
         delivered: false,
         duration_us: 0,
@@ -423,17 +431,29 @@ async fn handle(
     rec.request = req.op();
     rec.spaces = Spaces::from_bits_truncate(req.spaces()).names();
     let raw_spaces = req.spaces();
-    let (op, valid, options) = match req {
-        Request::Rooms { options, .. } => (Op::Rooms, Spaces::ROOMS, options),
-        Request::Subspace { .. } => (Op::Subspace, Spaces::SUBSPACE, RoomOptions::default()),
+    let (op, valid, options, map) = match req {
+        Request::Rooms { options, .. } => (Op::Rooms, Spaces::ROOMS, options, MapChoice::Root),
+        Request::Subspace { map, .. } => {
+            (Op::Subspace, Spaces::SUBSPACE, RoomOptions::default(), map)
+        }
     };
     // Recorded before anything is checked: a refused request is audited
     // with everything it asked for.
     rec.options = audit::options(&options);
+    rec.map = (map != MapChoice::Root).then_some(map.name());
     let spaces = match check_spaces(raw_spaces, valid) {
         Ok(s) => s,
         Err(e) => return fail(rec, ErrorKind::Invalid, e.to_string()).await,
     };
+    if map != MapChoice::Root && !spaces.contains(Spaces::USER) {
+        let reason = "map is for a new user namespace: ask for user".to_owned();
+        return fail(rec, ErrorKind::Invalid, reason).await;
+    }
+    if map != MapChoice::Root && depth > 0 {
+        let reason =
+            "map is for first-level subspaces only (a nested one maps its parent's ids)".to_owned();
+        return fail(rec, ErrorKind::Invalid, reason).await;
+    }
     if let Err(e) = options.check(spaces) {
         return fail(rec, ErrorKind::Invalid, e.to_string()).await;
     }
@@ -462,6 +482,49 @@ async fn handle(
                 forget_gone_rooms(ctx, peer.uid, t).await;
             }
         }
+    }
+    // Subordinate ids: only where the policy grants them and the request
+    // would pass anyway; the files are read off the event loop (a name
+    // lookup may be slow). Decided again below, after this wait, before
+    // anything is charged.
+    let maps = match map {
+        MapChoice::Root => None,
+        MapChoice::Current => Some(IdMaps::single(peer.uid, peer.uid, peer.gid, peer.gid)),
+        MapChoice::Auto => {
+            let usage = ctx.counters.usage(peer.uid, depth);
+            let early = match policy.decide(&peer_view, op, spaces, &[], &usage) {
+                PolicyDecision::Deny { rule, reason } => Some((rule, reason)),
+                PolicyDecision::Allow { rule } => match policy.check_subids(&peer_view) {
+                    Err(reason) => Some((rule, reason)),
+                    Ok(()) if peer.uid == 0 => {
+                        Some((rule, "uid 0 has no subordinate ids to map".to_owned()))
+                    }
+                    Ok(()) => None,
+                },
+            };
+            if let Some((rule, reason)) = early {
+                rec.rule = Some(rule.id());
+                rec.rule_name = rule.name().map(str::to_owned);
+                rec.decision = "deny";
+                return fail(rec, ErrorKind::Denied, reason).await;
+            }
+            let (files, uid, gid) = (ctx.subids.clone(), peer.uid, peer.gid);
+            match tokio::task::spawn_blocking(move || subids::auto_maps(&files, uid, gid)).await {
+                Ok(Ok(m)) => Some(m),
+                Ok(Err(e)) => {
+                    rec.decision = "deny";
+                    return fail(rec, ErrorKind::Denied, e.to_string()).await;
+                }
+                Err(_) => {
+                    let reason = "looking up subordinate ids failed".to_owned();
+                    return fail(rec, ErrorKind::Failed, reason).await;
+                }
+            }
+        }
+    };
+    if let Some(m) = &maps {
+        rec.uid_map = Some(IdMaps::summary(&m.uid));
+        rec.gid_map = Some(IdMaps::summary(&m.gid));
     }
     let usage = ctx.counters.usage(peer.uid, depth);
     let decision = policy.decide(&peer_view, op, spaces, &options.used(), &usage);
@@ -532,6 +595,7 @@ async fn handle(
             gid: peer.gid,
             parent: parent.is_some(),
             caller: caller.is_some(),
+            maps: maps.clone(),
         },
     };
     let result = match (op, backend) {

@@ -19,6 +19,7 @@ mod journal;
 mod listen;
 mod pool;
 mod privs;
+mod subids;
 #[allow(unsafe_code)]
 mod sys;
 mod usage;
@@ -346,6 +347,10 @@ async fn serve(
         },
         next_subspace: Cell::new(1),
         max_subspaces: args.max_connections,
+        subids: subids::Files {
+            subuid: args.subuid.clone(),
+            subgid: args.subgid.clone(),
+        },
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
     });

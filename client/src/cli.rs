@@ -62,6 +62,15 @@ pub enum Cmd {
         /// the command's status (the `docker run --init` habit).
         #[arg(long, requires = "pid")]
         init: bool,
+        /// With --user: you are uid 0 inside, and from uid and gid 1 on the
+        /// ranges /etc/subuid and /etc/subgid give you are mapped (if the
+        /// policy grants subids), so that chown, tar and container
+        /// runtimes work inside.
+        #[arg(long, requires = "user", conflicts_with = "map_current_user")]
+        map_auto: bool,
+        /// With --user: you keep your own uid and gid inside, not 0.
+        #[arg(long, requires = "user")]
+        map_current_user: bool,
         #[command(flatten)]
         types: RoomTypes,
         #[command(flatten)]

@@ -44,7 +44,8 @@ pub use spacer_proto::wire::Rooms;
 use spacer_proto::wire::{
     self, decode_reply, ErrorKind, Reply, Request, ResponseError, SubspaceFds,
 };
-use spacer_proto::{Channel, RecvError};
+pub use spacer_proto::MapChoice;
+use spacer_proto::{Channel, IdMaps, RecvError};
 pub use spacer_proto::{NsType, Offset, OptionError, RoomOption, RoomOptions, Spaces};
 
 /// The socket used when neither a path nor `SPACER_SOCKET` is given.
@@ -334,8 +335,23 @@ impl Client {
     /// `Client` ends the subspace's service (not the namespaces: they live
     /// as long as something holds them).
     pub fn subspace(&self, spaces: Spaces) -> Result<(Client, Subspace), Error> {
+        self.subspace_mapped(spaces, MapChoice::Root)
+    }
+
+    /// [`subspace`](Client::subspace) with a choice of id maps for a new
+    /// user namespace: [`MapChoice::Current`] keeps the caller's uid and gid
+    /// inside (`unshare --map-current-user`); [`MapChoice::Auto`] maps the
+    /// caller to 0 and, from 1 on, the subordinate ids `/etc/subuid` and
+    /// `/etc/subgid` give it, if the policy grants `subids`
+    /// (`unshare --map-auto`; not in private mode).
+    pub fn subspace_mapped(
+        &self,
+        spaces: Spaces,
+        map: MapChoice,
+    ) -> Result<(Client, Subspace), Error> {
         match self.call(Request::Subspace {
             spaces: spaces.bits(),
+            map,
         })? {
             Reply::Subspace(s) => {
                 let got = [
@@ -386,14 +402,29 @@ impl Client {
                 uid: nix::unistd::geteuid().as_raw(),
                 caller: false,
             },
-            Request::Subspace { spaces } => WorkerRequest::Subspace {
-                id,
-                spaces,
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-                parent: false,
-                caller: false,
-            },
+            Request::Subspace { spaces, map } => {
+                let (uid, gid) = (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                );
+                let maps = match map {
+                    MapChoice::Root => None,
+                    MapChoice::Current => Some(IdMaps::single(uid, uid, gid, gid)),
+                    MapChoice::Auto => return Err(Error::Failed(
+                        "subordinate ids are granted by the broker's policy, not in private mode"
+                            .into(),
+                    )),
+                };
+                WorkerRequest::Subspace {
+                    id,
+                    spaces,
+                    uid,
+                    gid,
+                    parent: false,
+                    caller: false,
+                    maps,
+                }
+            }
         };
         self.chan
             .send(&internal::encode(&msg), &[])

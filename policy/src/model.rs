@@ -90,6 +90,9 @@ pub struct Grant {
     pub options: Vec<RoomOption>,
     /// Limits; `None` is unlimited.
     pub limits: Limits,
+    /// Whether a subspace may map the subordinate ids `/etc/subuid` and
+    /// `/etc/subgid` give the peer (`subids = true`, rules only).
+    pub subids: bool,
 }
 
 /// The optional limits of a grant.
@@ -246,6 +249,17 @@ impl Policy {
             }
         }
         (RuleRef::Defaults, &self.defaults)
+    }
+
+    /// Whether the grant that decides for `peer` lets a subspace map its
+    /// subordinate ids: `Err` with the denial's reason if not. Pure.
+    pub fn check_subids(&self, peer: &Peer<'_>) -> Result<(), String> {
+        let (rule, grant) = self.matching(peer);
+        if grant.subids {
+            Ok(())
+        } else {
+            Err(format!("subordinate ids not allowed by {rule}"))
+        }
     }
 
     /// Decides a request. Pure: no I/O, no clock, no state but `usage`.

@@ -81,6 +81,7 @@ struct RawRule {
     max_depth: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     max_rooms: Option<Spanned<i64>>,
+    subids: Option<bool>,
 }
 
 struct Ctx<'a> {
@@ -128,6 +129,7 @@ pub fn parse(
                         d.max_rooms,
                     ],
                 )?,
+                subids: false,
             }
         }
         None => Grant::default(),
@@ -160,6 +162,7 @@ pub fn parse(
                     r.max_rooms,
                 ],
             )?,
+            subids: r.subids.unwrap_or(false),
         };
         rules.push(Rule {
             index: i + 1,

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::fd;
+use crate::idmap::IdMaps;
 use crate::ns::{NsType, Spaces};
 use crate::options::RoomOptions;
 
@@ -72,6 +73,9 @@ pub enum WorkerRequest {
         /// attached (after the parent's): the subspace worker lives in its
         /// mount and UTS namespaces, so the rooms it makes copy those.
         caller: bool,
+        /// The id maps of a new user namespace, if not `0 <uid> 1` and
+        /// `0 <gid> 1` (checked again by the worker: [`IdMaps::check`]).
+        maps: Option<IdMaps>,
     },
     /// To the broker's spawner: the subspace worker `pid` it started is to
     /// end (its connection closed): killed, whatever state it is in.
@@ -338,6 +342,33 @@ mod tests {
                 gid: 100,
                 parent: true,
                 caller: true,
+                maps: None,
+            },
+            WorkerRequest::Subspace {
+                id: u64::MAX,
+                spaces: 7,
+                uid: u32::MAX,
+                gid: u32::MAX,
+                parent: false,
+                caller: true,
+                maps: Some(IdMaps {
+                    uid: vec![
+                        crate::Extent {
+                            inside: u32::MAX,
+                            outside: u32::MAX,
+                            count: u32::MAX
+                        };
+                        crate::idmap::MAX_EXTENTS
+                    ],
+                    gid: vec![
+                        crate::Extent {
+                            inside: u32::MAX,
+                            outside: u32::MAX,
+                            count: u32::MAX
+                        };
+                        crate::idmap::MAX_EXTENTS
+                    ],
+                }),
             },
             WorkerRequest::End { id: 2, pid: 77 },
         ];

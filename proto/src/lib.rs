@@ -10,6 +10,7 @@
 //! * [`Channel`]: `AF_UNIX` `SOCK_SEQPACKET` I/O with fds in `SCM_RIGHTS`,
 //!   hard caps on size and fd count, `MSG_TRUNC`/`MSG_CTRUNC` as errors.
 //! * [`ns`] and [`fd`]: namespace types and fd kind checks.
+//! * [`idmap`]: the id maps a subspace's user namespace may have.
 //! * [`options`]: what a `Rooms` request may ask the worker to do in the
 //!   new namespaces (loopback up, host name, clock offsets), validated here
 //!   for every side.
@@ -21,6 +22,7 @@
 
 pub mod channel;
 pub mod fd;
+pub mod idmap;
 pub mod internal;
 pub mod launch;
 pub mod ns;
@@ -29,6 +31,7 @@ pub mod options;
 mod sys;
 pub mod wire;
 
-pub use channel::{Channel, Received, RecvError};
+pub use channel::{Channel, Received, RecvError, Sender};
+pub use idmap::{Extent, IdMaps, MapChoice};
 pub use ns::{check_spaces, NsType, SpaceError, Spaces};
 pub use options::{Offset, OptionError, RoomOption, RoomOptions};

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use crate::fd;
+use crate::idmap::MapChoice;
 use crate::ns::{NsType, Spaces};
 use crate::options::{Offset, RoomOptions};
 
@@ -44,6 +45,8 @@ pub enum Request {
     Subspace {
         /// `CLONE_NEW*` bits.
         spaces: u64,
+        /// Which ids a new user namespace maps.
+        map: MapChoice,
     },
 }
 
@@ -67,7 +70,7 @@ impl Request {
     /// The raw `spaces` mask.
     pub fn spaces(&self) -> u64 {
         match *self {
-            Request::Rooms { spaces, .. } | Request::Subspace { spaces } => spaces,
+            Request::Rooms { spaces, .. } | Request::Subspace { spaces, .. } => spaces,
         }
     }
 
@@ -92,6 +95,10 @@ impl Request {
             domainname: o.domainname.as_deref(),
             monotonic_offset: o.monotonic_offset,
             boottime_offset: o.boottime_offset,
+            map: match self {
+                Request::Subspace { map, .. } if *map != MapChoice::Root => Some(map.name()),
+                _ => None,
+            },
         };
         rmp_serde::to_vec_named(&frame).expect("a request always encodes")
     }
@@ -118,12 +125,17 @@ impl Request {
             boottime_offset: frame.boottime_offset,
         };
         match frame.op {
-            "rooms" => Ok(Request::Rooms {
+            "rooms" if frame.map.is_none() => Ok(Request::Rooms {
                 spaces: frame.spaces,
                 options,
             }),
+            "rooms" => Err(RequestError::MapOnRooms),
             "subspace" if options.is_empty() => Ok(Request::Subspace {
                 spaces: frame.spaces,
+                map: match frame.map {
+                    None => MapChoice::Root,
+                    Some(m) => MapChoice::from_name(m).ok_or(RequestError::UnknownMap)?,
+                },
             }),
             "subspace" => Err(RequestError::OptionsOnSubspace),
             _ => Err(RequestError::UnknownOp),
@@ -150,6 +162,12 @@ pub enum RequestError {
     /// More bytes after the request's map (a datagram carries one).
     #[error("trailing bytes after the request")]
     Trailing,
+    /// A `map` on a `Rooms` request.
+    #[error("map is for subspace requests only")]
+    MapOnRooms,
+    /// A `map` value other than `root`, `current`, `auto`.
+    #[error("unknown map (root, current or auto)")]
+    UnknownMap,
 }
 
 /// Decodes one MessagePack value that must fill `bytes` exactly: `Ok(None)`
@@ -196,6 +214,8 @@ struct RequestFrame<'a> {
     monotonic_offset: Option<Offset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     boottime_offset: Option<Offset>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    map: Option<&'a str>,
 }
 
 /// What kind of failure an error response reports.
@@ -612,6 +632,15 @@ mod tests {
             Request::rooms(Spaces::NET.bits()),
             Request::Subspace {
                 spaces: (Spaces::USER | Spaces::PID).bits(),
+                map: MapChoice::Root,
+            },
+            Request::Subspace {
+                spaces: Spaces::USER.bits(),
+                map: MapChoice::Auto,
+            },
+            Request::Subspace {
+                spaces: Spaces::USER.bits(),
+                map: MapChoice::Current,
             },
             Request::rooms(u64::MAX),
             Request::Rooms {

@@ -64,7 +64,10 @@ fn every_example_is_what_the_code_sends_and_accepts() {
                 }
                 let want = match *op {
                     "rooms" => Request::Rooms { spaces, options },
-                    _ => Request::Subspace { spaces },
+                    _ => Request::Subspace {
+                        spaces,
+                        map: spacer_proto::MapChoice::Root,
+                    },
                 };
                 assert_eq!(Request::decode(&bytes).as_ref(), Ok(&want), "{check}");
                 assert_eq!(want.encode(), bytes, "{check}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use spacer_client::{Error, NsType, Spaces};
 use spacer_proto::wire::{decode_reply, ErrorKind, Reply, Request};
-use spacer_proto::{fd, Channel};
+use spacer_proto::{fd, Channel, MapChoice};
 use spacer_tests::*;
 
 fn raw_call(b: &Broker, bytes: &[u8]) -> Reply {
@@ -273,12 +273,17 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
             "out of space",
         ),
         (
-            Request::Subspace { spaces: 0 }.encode(),
+            Request::Subspace {
+                spaces: 0,
+                map: MapChoice::Root,
+            }
+            .encode(),
             "no space requested",
         ),
         (
             Request::Subspace {
                 spaces: Spaces::NET.bits(),
+                map: MapChoice::Root,
             }
             .encode(),
             "out of space",
@@ -286,6 +291,7 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
         (
             Request::Subspace {
                 spaces: (Spaces::USER | Spaces::UTS).bits(),
+                map: MapChoice::Root,
             }
             .encode(),
             "out of space",

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use spacer_proto::internal::{
     self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
 };
-use spacer_proto::{check_spaces, fd, Channel, NsType, RecvError, Spaces};
+use spacer_proto::{check_spaces, fd, Channel, IdMaps, NsType, RecvError, Spaces};
 
 use crate::maker::Maker;
 use crate::subspace::{self, Requester, SpawnError};
@@ -246,6 +246,36 @@ fn finish(p: Pending, done: Done, started: &mut Vec<(i32, OwnedFd)>) -> Answer {
     }
 }
 
+/// The worker's own check of a subspace's id maps, whatever the broker
+/// said: only with a new user namespace, only at the first level (a nested
+/// map would name the parent subspace's ids), subordinate ids only from the
+/// spawner, and every line as [`IdMaps::check`] wants it for the requester
+/// (a private worker's requester is itself).
+fn check_maps(
+    maps: Option<&IdMaps>,
+    spaces: Spaces,
+    role: Role,
+    parent: bool,
+    uid: u32,
+    gid: u32,
+) -> Result<(), &'static str> {
+    let Some(maps) = maps else { return Ok(()) };
+    if !spaces.contains(Spaces::USER) {
+        return Err("id maps need a new user namespace");
+    }
+    let (uid, gid) = match role {
+        Role::Spawner if parent => return Err("id maps are for first-level subspaces only"),
+        Role::Spawner => (uid, gid),
+        Role::Private if !maps.has_subordinate_ids() => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+        Role::Private => return Err("subordinate ids are mapped by the broker's spawner only"),
+        _ => return Err("id maps are for first-level subspaces only"),
+    };
+    maps.check(uid, gid)
+}
+
 /// Leaving: a private worker takes its subspace workers, at any depth, with
 /// it (and reaps them: nothing is left for init); the spawner ends every
 /// subspace worker it started (the broker has gone).
@@ -381,11 +411,15 @@ fn handle(
             gid,
             parent,
             caller,
+            maps,
         } => {
             let spaces = match check_spaces(spaces, Spaces::SUBSPACE) {
                 Ok(s) => s,
                 Err(e) => return Handled::Now(invalid(id, e.to_string())),
             };
+            if let Err(reason) = check_maps(maps.as_ref(), spaces, role, parent, uid, gid) {
+                return Handled::Now(invalid(id, reason.into()));
+            }
             let requester = match role {
                 Role::Host | Role::HostSubspace => {
                     return Handled::Now(invalid(
@@ -429,7 +463,7 @@ fn handle(
                 }
                 Role::Private | Role::Subspace => Requester::Own,
             };
-            match subspace::start(spaces, requester) {
+            match subspace::start(spaces, requester, maps) {
                 Ok(starting) => Handled::Later(Pending {
                     id,
                     starting,

@@ -48,7 +48,7 @@ use nix::sys::prctl;
 use nix::unistd::{getegid, geteuid, setgroups, setresgid, setresuid, Gid, Uid};
 use spacer_proto::fd::{self, Which};
 use spacer_proto::internal::{self, SubspaceReady};
-use spacer_proto::{Channel, NsType, Spaces};
+use spacer_proto::{Channel, IdMaps, NsType, Spaces};
 
 use crate::confine;
 use crate::maker::errno_text;
@@ -129,7 +129,11 @@ pub struct Starting {
 }
 
 /// Starts a subspace worker for `requester`.
-pub fn start(spaces: Spaces, requester: Requester) -> Result<Starting, SpawnError> {
+pub fn start(
+    spaces: Spaces,
+    requester: Requester,
+    maps: Option<IdMaps>,
+) -> Result<Starting, SpawnError> {
     let (parent_end, child_end) = Channel::pair().map_err(|e| {
         SpawnError::Start(
             "creating the subspace channel",
@@ -145,7 +149,7 @@ pub fn start(spaces: Spaces, requester: Requester) -> Result<Starting, SpawnErro
     match cloned {
         Cloned::Child => {
             drop(parent_end);
-            sys::child_exit(|| become_subspace(child_end, spaces, requester))
+            sys::child_exit(|| become_subspace(child_end, spaces, requester, maps))
         }
         Cloned::Parent { pid, pidfd } => {
             drop(child_end);
@@ -220,7 +224,12 @@ fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
 }
 
 /// The new process: set up, report, serve. Returns the exit code.
-fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i32 {
+fn become_subspace(
+    channel: Channel,
+    spaces: Spaces,
+    requester: Requester,
+    maps: Option<IdMaps>,
+) -> i32 {
     // Nothing of the parent's but the channel (and the parent user
     // namespace to join): no broker channel, no homes, and not the
     // service's stderr: this process will run as the requester.
@@ -240,7 +249,11 @@ fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i3
         ),
         Requester::Own => (serve::Role::Subspace, spaces.contains(Spaces::USER)),
     };
-    match setup(spaces, requester) {
+    // The ids the worker has inside: the requester's, as the maps name them.
+    let me_inside = maps
+        .as_ref()
+        .map_or((0, 0), |m| (m.uid[0].inside, m.gid[0].inside));
+    match setup(spaces, requester, maps) {
         Ok((user, pidns, offsets_file)) => {
             let ready = SubspaceReady::Ready {
                 user: user.is_some(),
@@ -253,7 +266,7 @@ fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i3
             }
             drop((user, pidns));
             if inside {
-                if let Err(e) = become_root_inside() {
+                if let Err(e) = become_inside(me_inside) {
                     eprintln!("spacer-worker: {e}");
                     return 1;
                 }
@@ -270,7 +283,7 @@ fn become_subspace(channel: Channel, spaces: Spaces, requester: Requester) -> i3
 /// The new user and PID namespaces, and the time offsets file.
 type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>, Option<File>), String>;
 
-fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
+fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupResult {
     let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
     let pid_flag = if spaces.contains(Spaces::PID) {
         CloneFlags::CLONE_NEWPID
@@ -288,6 +301,13 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| fail("opening /proc", e))?;
+    // Subordinate ids are written by a process in the parent user namespace
+    // with CAP_SETUID and CAP_SETGID there: a child of this one, started
+    // while it is still root on the host and in the host's PID namespace.
+    let writer = match &maps {
+        Some(m) if m.has_subordinate_ids() => Some(start_map_writer(proc.as_fd(), m)?),
+        _ => None,
+    };
     match requester {
         Requester::Host {
             uid,
@@ -333,7 +353,24 @@ fn setup(spaces: Spaces, requester: Requester) -> SetupResult {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
         unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
             .map_err(|e| fail("creating the user namespace", e))?;
-        offsets_file = write_own_maps(proc.as_fd(), outer_uid, outer_gid, own)?;
+        offsets_file = match (writer, &maps) {
+            (Some(writer), _) => {
+                finish_map_writer(writer)?;
+                crate::prepare::open_offsets_file_at(proc.as_fd()).ok()
+            }
+            (None, Some(m)) => {
+                let (u, g) = (m.uid[0], m.gid[0]);
+                let lines = (
+                    format!("{} {outer_uid} 1", u.inside),
+                    format!("{} {outer_gid} 1", g.inside),
+                );
+                write_own_maps(proc.as_fd(), lines, own)?
+            }
+            (None, None) => {
+                let lines = (format!("0 {outer_uid} 1"), format!("0 {outer_gid} 1"));
+                write_own_maps(proc.as_fd(), lines, own)?
+            }
+        };
     } else {
         if !pid_flag.is_empty() {
             unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
@@ -466,16 +503,18 @@ fn take_effective_ids(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
     Ok(())
 }
 
-/// Once the maps exist (or in a parent subspace's user namespace): uid and
-/// gid 0 of the current user namespace (all ids, the filesystem ones too),
-/// which are the requester's on the host, and only
-/// [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS).
-fn become_root_inside() -> Result<(), String> {
+/// Once the maps exist (or in a parent subspace's user namespace): the
+/// requester's uid and gid in the current user namespace (all ids, the
+/// filesystem ones too; 0 unless the maps keep the requester's own ids),
+/// and only [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS). Capabilities in the
+/// namespace survive a non-zero uid: `SECBIT_NO_SETUID_FIXUP` (the
+/// spawner's, inherited) or ids that do not change (a private worker's).
+fn become_inside((uid, gid): (u32, u32)) -> Result<(), String> {
     let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
-    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
-        .map_err(|e| fail("becoming gid 0 in the user namespace", e))?;
-    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
-        .map_err(|e| fail("becoming uid 0 in the user namespace", e))?;
+    setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+        .map_err(|e| fail("becoming the requester's gid in the user namespace", e))?;
+    setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+        .map_err(|e| fail("becoming the requester's uid in the user namespace", e))?;
     confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_EFFECTIVE)
         .map_err(|e| e.to_string())
 }
@@ -506,8 +545,7 @@ fn map_own_root_if_needed() {
 /// no capability outside the new namespace.
 fn write_own_maps(
     proc: BorrowedFd<'_>,
-    uid: u32,
-    gid: u32,
+    (uid_line, gid_line): (String, String),
     dumpable: bool,
 ) -> Result<Option<File>, String> {
     if dumpable {
@@ -515,8 +553,8 @@ fn write_own_maps(
     }
     let result = (|| {
         write_proc(proc, "self/setgroups", "deny")?;
-        write_proc(proc, "self/uid_map", &format!("0 {uid} 1"))?;
-        write_proc(proc, "self/gid_map", &format!("0 {gid} 1"))
+        write_proc(proc, "self/uid_map", &uid_line)?;
+        write_proc(proc, "self/gid_map", &gid_line)
     })();
     let offsets_file = crate::prepare::open_offsets_file_at(proc).ok();
     if dumpable {
@@ -539,4 +577,75 @@ fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Str
     let mut f = std::fs::File::from(fd);
     f.write_all(content.as_bytes())
         .map_err(|e| format!("writing {path}: {e}"))
+}
+
+/// Starts the map writer: a child, still root on the host, that waits for
+/// this process's new user namespace and then writes `maps` (checked by the
+/// caller of [`start`]) to this process's `uid_map` and `gid_map`, as
+/// `newuidmap`/`newgidmap` would, with `CAP_SYS_ADMIN`, `CAP_SETUID` and
+/// `CAP_SETGID` (the kernel wants them of the opener and of the writer in
+/// the parent namespace). It leaves `setgroups` as it is (`allow`), as
+/// `newgidmap` does for a map with subordinate gids. It dies with this
+/// process (`PR_SET_PDEATHSIG`), so the pid it writes to is always ours.
+fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, String> {
+    let io_fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let me = std::process::id();
+    let (mine, theirs) =
+        Channel::pair().map_err(|e| io_fail("creating the map writer's channel", e))?;
+    match sys::clone_with_pidfd().map_err(|e| io_fail("starting the map writer", e))? {
+        Cloned::Child => {
+            drop(mine);
+            sys::child_exit(|| {
+                if prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                    || theirs.peer_closed()
+                {
+                    return 1;
+                }
+                let mut go = [0u8; 1];
+                if !matches!(theirs.recv(&mut go, 0), Ok(Some(got)) if got.len == 1) {
+                    return 1;
+                }
+                let reply = match write_maps_of(proc, me, maps) {
+                    Ok(()) => "+".to_owned(),
+                    Err(reason) => format!("-{reason}"),
+                };
+                i32::from(theirs.send(reply.as_bytes(), &[]).is_err())
+            })
+        }
+        Cloned::Parent { .. } => {
+            drop(theirs);
+            Ok(mine)
+        }
+    }
+}
+
+/// Tells the map writer the new user namespace exists and waits for it.
+fn finish_map_writer(writer: Channel) -> Result<(), String> {
+    let lost = || "the map writer ended".to_owned();
+    writer.send(b"g", &[]).map_err(|_| lost())?;
+    // `+`, or `-` and why not (never empty: an empty datagram from a peer
+    // that has just exited reads as end of stream).
+    let mut buf = [0u8; 256];
+    match writer.recv(&mut buf, 0) {
+        Ok(Some(got)) if got.len == 1 && buf[0] == b'+' => Ok(()),
+        Ok(Some(got)) if got.len > 1 && buf[0] == b'-' => {
+            Err(String::from_utf8_lossy(&buf[1..got.len]).into_owned())
+        }
+        _ => Err(lost()),
+    }
+}
+
+fn write_maps_of(proc: BorrowedFd<'_>, pid: u32, maps: &IdMaps) -> Result<(), String> {
+    use caps::{CapSet, Capability};
+    let need: caps::CapsHashSet = [
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+    ]
+    .into_iter()
+    .collect();
+    caps::set(None, CapSet::Effective, &need)
+        .map_err(|_| "raising CAP_SETUID and CAP_SETGID to write the id maps".to_owned())?;
+    write_proc(proc, &format!("{pid}/uid_map"), &IdMaps::text(&maps.uid))?;
+    write_proc(proc, &format!("{pid}/gid_map"), &IdMaps::text(&maps.gid))
 }

@@ -310,6 +310,7 @@ fn rechecks_spaces_itself() {
             gid: 0,
             parent: false,
             caller: false,
+            maps: None,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
@@ -323,9 +324,64 @@ fn rechecks_spaces_itself() {
             gid: 0,
             parent: false,
             caller: false,
+            maps: None,
         },
     );
     assert!(matches!(reply, WorkerReply::Invalid { id: 2, .. }));
+    // The spawner maps no id it was not asked for in a way it accepts:
+    // host uid 0 beside the requester's, lines that overlap, a first line
+    // that is not the requester, maps without a user namespace.
+    let line = |inside, outside, count| spacer_proto::Extent {
+        inside,
+        outside,
+        count,
+    };
+    for (maps, spaces, reason) in [
+        (
+            vec![line(0, 4343, 1), line(1, 0, 100)],
+            Spaces::USER,
+            "the uid map names uid 0 of the host",
+        ),
+        (
+            vec![line(0, 4343, 1), line(1, 4000, 1000)],
+            Spaces::USER,
+            "the uid map's lines overlap",
+        ),
+        (
+            vec![line(0, 4344, 1)],
+            Spaces::USER,
+            "the uid map does not start with the requester's uid",
+        ),
+        (
+            vec![line(0, 4343, 1)],
+            Spaces::PID,
+            "id maps need a new user namespace",
+        ),
+    ] {
+        let (reply, fds) = call(
+            &spawner,
+            &WorkerRequest::Subspace {
+                id: 3,
+                spaces: spaces.bits(),
+                uid: 4343,
+                gid: 4343,
+                parent: false,
+                caller: false,
+                maps: Some(spacer_proto::IdMaps {
+                    uid: maps,
+                    gid: vec![line(0, 4343, 1)],
+                }),
+            },
+        );
+        assert_eq!(
+            reply,
+            WorkerReply::Invalid {
+                id: 3,
+                reason: reason.into()
+            }
+        );
+        assert!(fds.is_empty());
+    }
     // The spawner makes no rooms.
     let (reply, _) = call(
         &spawner,
@@ -349,6 +405,7 @@ fn rechecks_spaces_itself() {
             gid: 65534,
             parent: true,
             caller: false,
+            maps: None,
         },
         &[net.as_fd()],
     );
@@ -366,6 +423,7 @@ fn rechecks_spaces_itself() {
             gid: 0,
             parent: false,
             caller: false,
+            maps: None,
         },
     );
     assert!(
@@ -434,6 +492,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             gid: 65534,
             parent: false,
             caller: false,
+            maps: None,
         },
     );
     let WorkerReply::Subspace {
@@ -483,6 +542,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             gid: 65534,
             parent: false,
             caller: false,
+            maps: None,
         },
     );
     assert!(
@@ -498,6 +558,7 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
             gid: 65534,
             parent: true,
             caller: false,
+            maps: None,
         },
         &[user_ns.as_fd()],
     );

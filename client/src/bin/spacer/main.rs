@@ -34,7 +34,9 @@ use clap::Parser;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use spacer_client::cli::{Cli, Cmd, PolicyCmd, RoomOptionArgs};
-use spacer_client::{Client, CommandExt as _, Error, NsType, RoomOptions, Rooms, Spaces};
+use spacer_client::{
+    Client, CommandExt as _, Error, MapChoice, NsType, RoomOptions, Rooms, Spaces,
+};
 use spacer_policy::{Decision, FileCheck, Op, Peer, Policy, RuleRef, SystemResolver, Usage};
 
 /// Exit status for "denied by policy".
@@ -119,10 +121,17 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             user,
             pid,
             init,
+            map_auto,
+            map_current_user,
             types,
             options,
             command,
         } => {
+            let map = match (map_auto, map_current_user) {
+                (true, _) => MapChoice::Auto,
+                (_, true) => MapChoice::Current,
+                _ => MapChoice::Root,
+            };
             let spaces = types.spaces();
             let options = checked_options(spaces, &options)?;
             if !user && !pid && spaces.is_empty() {
@@ -165,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 command
             };
-            run_command(&cli.socket, user, pid, spaces, &options, &command)
+            run_command(&cli.socket, (user, map), pid, spaces, &options, &command)
         }
         Cmd::Bench {
             types,
@@ -361,7 +370,7 @@ fn enter(fd: &OwnedFd, t: NsType) -> Result<(), Failure> {
 
 fn run_command(
     socket: &Option<PathBuf>,
-    user: bool,
+    (user, map): (bool, MapChoice),
     pid: bool,
     rooms: Spaces,
     options: &RoomOptions,
@@ -376,7 +385,7 @@ fn run_command(
     let (sub_client, sub) = if sub_spaces.is_empty() {
         (None, None)
     } else {
-        let (c, s) = client.subspace(sub_spaces)?;
+        let (c, s) = client.subspace_mapped(sub_spaces, map)?;
         (Some(c), Some(s))
     };
     let made = if rooms.is_empty() {
@@ -557,14 +566,17 @@ fn describe(spaces: Spaces) -> String {
     }
 }
 
-/// `; options loopback, hostname` or nothing.
+/// `; options loopback, hostname` (and `; subordinate ids`) or nothing.
 fn options_text(grant: &spacer_policy::Grant) -> String {
-    if grant.options.is_empty() {
-        String::new()
-    } else {
+    let mut text = String::new();
+    if !grant.options.is_empty() {
         let names: Vec<&str> = grant.options.iter().map(|o| o.name()).collect();
-        format!("; options {}", names.join(", "))
+        text = format!("; options {}", names.join(", "));
     }
+    if grant.subids {
+        text.push_str("; subordinate ids (/etc/subuid, /etc/subgid)");
+    }
+    text
 }
 
 fn limits_text(l: &spacer_policy::Limits) -> String {
@@ -638,6 +650,12 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
             names.join(", ")
         }
     );
+    if grant.subids {
+        println!(
+            "  subordinate ids: a user subspace may map the ranges /etc/subuid and /etc/subgid \
+             give this uid (spacer run --map-auto)"
+        );
+    }
     let lim = limits_text(&grant.limits);
     println!(
         "  limits (the broker's default caps where the policy sets none): {}",
