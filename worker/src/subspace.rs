@@ -345,9 +345,16 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
         Requester::Own => map_own_root_if_needed(),
     }
     // A private worker's requester is its own caller, whose PID namespace
-    // is this process's: it makes the PID namespace itself. Under the broker
-    // a short-lived child born in the requester's does.
-    let pid_flag = if own { pid_flag } else { CloneFlags::empty() };
+    // is this process's, and so is that of a requester in the host's PID
+    // namespace: then this process makes the PID namespace itself. For a
+    // requester in another PID namespace, a short-lived child born there
+    // does (`pid_namespace_below`; a fork more).
+    let pid_here = own || !pid_flag.is_empty() && children_born_here()?;
+    let pid_flag = if pid_here {
+        pid_flag
+    } else {
+        CloneFlags::empty()
+    };
     let mut offsets_file = None;
     if spaces.contains(Spaces::USER) {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
@@ -393,7 +400,7 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
     };
     let pidns = if !spaces.contains(Spaces::PID) {
         None
-    } else if own {
+    } else if pid_here {
         Some(
             fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
                 .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))?,
@@ -405,6 +412,19 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
 }
 
 const NEEDS_6_11: &str = " (needs Linux 6.11 or later)";
+
+/// Whether this process's children are born in its own PID namespace
+/// (after `setns(CLONE_NEWPID)` into a requester's that is the same).
+fn children_born_here() -> Result<bool, String> {
+    let fail = |e: std::io::Error| format!("reading own PID namespaces{NEEDS_6_11}: {e}");
+    let me = fd::pidfd_open(std::process::id() as i32).map_err(fail)?;
+    let inode = |which| {
+        fd::pidfd_namespace(me.as_fd(), NsType::Pid, which)
+            .and_then(|ns| fd::namespace_inode(ns.as_fd()))
+            .map_err(fail)
+    };
+    Ok(inode(Which::Current)? == inode(Which::ForChildren)?)
+}
 
 /// A new, empty PID namespace, child of the one this process's children are
 /// born in (the requester's, after `setns`) and owned by this process's
