@@ -438,53 +438,35 @@ fn children_born_here() -> Result<bool, String> {
 /// requester owns): it dies with this process (`PR_SET_PDEATHSIG`), which
 /// the spawner kills at the setup deadline.
 fn pid_namespace_below() -> Result<OwnedFd, String> {
-    let io_fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let (mine, theirs) =
-        Channel::pair().map_err(|e| io_fail("creating the PID namespace channel", e))?;
-    match sys::clone_with_pidfd().map_err(|e| io_fail("starting the PID namespace maker", e))? {
-        Cloned::Child => {
-            drop(mine);
-            sys::child_exit(|| {
-                // The parent's end is closed here, so a parent that died
-                // before the death signal was armed shows as a hung-up peer.
-                if prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-                    || theirs.peer_closed()
-                {
-                    return 1;
-                }
-                let made = unshare(CloneFlags::CLONE_NEWPID)
-                    .map_err(|e| fail_text("creating the PID namespace", e))
-                    .and_then(|()| {
-                        let me = fd::pidfd_open(std::process::id() as i32)
-                            .map_err(|e| format!("opening own pidfd: {e}"))?;
-                        fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
-                            .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))
-                    });
-                let sent = match &made {
-                    Ok(ns) => theirs.send(b"", &[ns.as_fd()]),
-                    Err(reason) => theirs.send(reason.as_bytes(), &[]),
-                };
-                i32::from(sent.is_err())
-            })
-        }
-        Cloned::Parent { .. } => {
-            drop(theirs);
-            let mut buf = [0u8; 256];
-            match mine.recv(&mut buf, 1) {
-                Ok(Some(got)) if got.fds.len() == 1 => {
-                    let ns = got.fds.into_iter().next().expect("one fd");
-                    if fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid) {
-                        Ok(ns)
-                    } else {
-                        Err("the PID namespace maker sent something else".into())
-                    }
-                }
-                Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => {
-                    Err(String::from_utf8_lossy(&buf[..got.len]).into_owned())
-                }
-                _ => Err("the PID namespace maker ended".into()),
+    let mine = start_helper("the PID namespace maker", |theirs| {
+        let made = unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| fail_text("creating the PID namespace", e))
+            .and_then(|()| {
+                let me = fd::pidfd_open(std::process::id() as i32)
+                    .map_err(|e| format!("opening own pidfd: {e}"))?;
+                fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
+                    .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))
+            });
+        let sent = match &made {
+            Ok(ns) => theirs.send(b"", &[ns.as_fd()]),
+            Err(reason) => theirs.send(reason.as_bytes(), &[]),
+        };
+        i32::from(sent.is_err())
+    })?;
+    let mut buf = [0u8; 256];
+    match mine.recv(&mut buf, 1) {
+        Ok(Some(got)) if got.fds.len() == 1 => {
+            let ns = got.fds.into_iter().next().expect("one fd");
+            if fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid) {
+                Ok(ns)
+            } else {
+                Err("the PID namespace maker sent something else".into())
             }
         }
+        Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => {
+            Err(String::from_utf8_lossy(&buf[..got.len]).into_owned())
+        }
+        _ => Err("the PID namespace maker ended".into()),
     }
 }
 
@@ -608,11 +590,28 @@ fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Str
 /// `newgidmap` does for a map with subordinate gids. It dies with this
 /// process (`PR_SET_PDEATHSIG`), so the pid it writes to is always ours.
 fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, String> {
-    let io_fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let me = std::process::id();
+    start_helper("the map writer", |theirs| {
+        let mut go = [0u8; 1];
+        if !matches!(theirs.recv(&mut go, 0), Ok(Some(got)) if got.len == 1) {
+            return 1;
+        }
+        let reply = match write_maps_of(proc, me, maps) {
+            Ok(()) => "+".to_owned(),
+            Err(reason) => format!("-{reason}"),
+        };
+        i32::from(theirs.send(reply.as_bytes(), &[]).is_err())
+    })
+}
+
+/// Forks a helper that runs `body` on its end of a new channel and exits
+/// with its code; returns this process's end. The helper dies with this
+/// process (`PR_SET_PDEATHSIG`): this end is closed in it, so a parent that
+/// died before the death signal was armed shows as a hung-up peer.
+fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channel, String> {
     let (mine, theirs) =
-        Channel::pair().map_err(|e| io_fail("creating the map writer's channel", e))?;
-    match sys::clone_with_pidfd().map_err(|e| io_fail("starting the map writer", e))? {
+        Channel::pair().map_err(|e| format!("creating the channel to {what}: {e}"))?;
+    match sys::clone_with_pidfd().map_err(|e| format!("starting {what}: {e}"))? {
         Cloned::Child => {
             drop(mine);
             sys::child_exit(|| {
@@ -621,21 +620,10 @@ fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Stri
                 {
                     return 1;
                 }
-                let mut go = [0u8; 1];
-                if !matches!(theirs.recv(&mut go, 0), Ok(Some(got)) if got.len == 1) {
-                    return 1;
-                }
-                let reply = match write_maps_of(proc, me, maps) {
-                    Ok(()) => "+".to_owned(),
-                    Err(reason) => format!("-{reason}"),
-                };
-                i32::from(theirs.send(reply.as_bytes(), &[]).is_err())
+                body(&theirs)
             })
         }
-        Cloned::Parent { .. } => {
-            drop(theirs);
-            Ok(mine)
-        }
+        Cloned::Parent { .. } => Ok(mine),
     }
 }
 
