@@ -1,6 +1,8 @@
 //! Subordinate ids: a subspace whose user namespace maps, beside the tenant
 //! at 0, the ranges the subordinate id files give it (`--map-auto`), and
-//! one that keeps the tenant's own ids (`--map-current-user`).
+//! one that keeps the tenant's own ids (`--map-current-user`). The tenant
+//! runs where it may not make user namespaces of its own, as on the hosts
+//! this is for, and runs a real OCI runtime inside.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -57,6 +59,20 @@ fn start(subids: bool, files: &SubidFiles) -> Broker {
     Broker::start_with(&policy(subids), &args)
 }
 
+/// Runs `spacer ARGS` as the tenant on a host that forbids it user
+/// namespaces of its own (`spacer-probe no-userns`).
+fn restricted(b: &Broker, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(b.copy_bin("spacer-probe"));
+    cmd.arg("no-userns")
+        .arg(b.copy_bin("spacer"))
+        .args(args)
+        .env("SPACER_SOCKET", &b.socket)
+        .current_dir(b.dir())
+        .stdin(std::process::Stdio::null())
+        .uid_gid(TENANT);
+    output_retrying(&mut cmd)
+}
+
 const ENTRY: &str = "4343:200000:65536\n";
 
 #[test]
@@ -64,9 +80,8 @@ fn map_auto_maps_the_tenant_at_0_and_its_subordinate_ids_from_1() {
     let files = SubidFiles::new(&format!("bob:100000:65536\n{ENTRY}"), ENTRY);
     let b = start(true, &files);
     let base = b.fd_counts();
-    let out = b.spacer_as(
-        TENANT,
-        TENANT,
+    let out = restricted(
+        &b,
         &[
             "run",
             "--user",
@@ -124,9 +139,8 @@ fn inside_chown_and_tar_keep_owners_that_the_host_sees_as_subordinate_ids() {
          tar xpf t.tar && stat -c '%n %u %g' f x/a x/b",
         w = work.display()
     );
-    let out = b.spacer_as(
-        TENANT,
-        TENANT,
+    let out = restricted(
+        &b,
         &["run", "--user", "--map-auto", "--", "sh", "-c", &script],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -172,11 +186,7 @@ fn map_auto_is_refused_without_the_grant_an_entry_or_with_an_overlap() {
         let files = SubidFiles::new(&subuid, ENTRY);
         let b = start(subids, &files);
         let base = b.fd_counts();
-        let out = b.spacer_as(
-            TENANT,
-            TENANT,
-            &["run", "--user", "--map-auto", "--", "true"],
-        );
+        let out = restricted(&b, &["run", "--user", "--map-auto", "--", "true"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains(want), "{want:?} in {err}");
@@ -196,9 +206,8 @@ fn map_auto_is_refused_without_the_grant_an_entry_or_with_an_overlap() {
 fn map_current_user_keeps_the_tenants_own_ids_inside() {
     let files = SubidFiles::new("", "");
     let b = start(false, &files);
-    let out = b.spacer_as(
-        TENANT,
-        TENANT,
+    let out = restricted(
+        &b,
         &[
             "run",
             "--user",
@@ -222,9 +231,8 @@ fn map_current_user_keeps_the_tenants_own_ids_inside() {
         "{err}"
     );
     // Rooms through it still work: its worker keeps its capabilities there.
-    let out = b.spacer_as(
-        TENANT,
-        TENANT,
+    let out = restricted(
+        &b,
         &["run", "--user", "--map-current-user", "--mnt", "--", "true"],
     );
     assert!(
@@ -232,4 +240,122 @@ fn map_current_user_keeps_the_tenants_own_ids_inside() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Where the tools the container test needs are, or a clear failure.
+fn tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is missing: install runc and busybox-static (.ci/run does)")
+        })
+}
+
+#[test]
+fn a_real_oci_runtime_runs_a_container_inside_where_the_tenant_may_not_make_user_namespaces() {
+    // A host that forbids unprivileged user namespaces, played by a
+    // seccomp filter on the tenant's whole process tree (`spacer-probe
+    // no-userns`). There, `spacer run --user --map-auto` gives the tenant
+    // a user namespace with its subordinate ids, in which runc runs a
+    // busybox container with its own mount, PID, UTS, IPC and net
+    // namespaces, as a subordinate id.
+    let (runc, busybox) = (tool("runc"), tool("busybox"));
+    let files = SubidFiles::new(ENTRY, ENTRY);
+    let b = start(true, &files);
+    let base = b.fd_counts();
+    let work = b.dir().join("oci");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(TENANT), Some(TENANT)).unwrap();
+    // The runtime's own template, with what this host's hybrid cgroup
+    // layout needs: no cgroup namespace, no resource limits.
+    let bundle = work.join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let out = std::process::Command::new(&runc)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::os::unix::fs::chown(&bundle, Some(TENANT), Some(TENANT)).unwrap();
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    spec["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "echo host=$(hostname) id=$(id -u):$(id -g) pid=$$; \
+         cat /proc/self/uid_map; touch /tmp/made-inside"
+    ]);
+    spec["hostname"] = "container".into();
+    spec["root"]["readonly"] = false.into();
+    let linux = &mut spec["linux"];
+    linux.as_object_mut().unwrap().remove("resources");
+    let kept: Vec<serde_json::Value> = linux["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "cgroup")
+        .cloned()
+        .collect();
+    linux["namespaces"] = kept.into();
+    std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    // The tenant builds the root file system and runs the container.
+    let script = format!(
+        "unshare --user true 2>/dev/null && echo userns-allowed || echo userns-forbidden; \
+         \"$SPACER\" run --user --map-auto -- sh -c '\
+           unshare --user true 2>/dev/null && echo inner-userns-allowed; \
+           cd {bundle} && mkdir -p rootfs/bin rootfs/tmp && chmod 1777 rootfs/tmp && \
+           cp {busybox} rootfs/bin/busybox && \
+           for c in sh echo id hostname ls grep cat touch; do ln -s busybox rootfs/bin/$c; done && \
+           {runc} --root {state} run spacer-test; echo runc=$?'",
+        bundle = bundle.display(),
+        busybox = busybox.display(),
+        runc = runc.display(),
+        state = work.join("state").display(),
+    );
+    let probe = b.copy_bin("spacer-probe");
+    let out = output_retrying(
+        std::process::Command::new(probe)
+            .args(["no-userns", "sh", "-c", &script])
+            .env("SPACER", b.copy_bin("spacer"))
+            .env("SPACER_SOCKET", &b.socket)
+            .current_dir(&work)
+            .stdin(std::process::Stdio::null())
+            .uid_gid(TENANT),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{err}");
+    assert!(out.status.success(), "{err}\n{}", b.log_text());
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "userns-forbidden",
+            "host=container id=1000:1000 pid=1",
+            "0 4343 1",
+            "1 200000 65536",
+            "runc=0",
+        ],
+        "{err}"
+    );
+    // Made by the container's uid 1000: the host sees the subordinate id.
+    let made = std::fs::metadata(bundle.join("rootfs/tmp/made-inside")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (200_999, 200_999));
+    assert!(eventually(Duration::from_secs(5), || b
+        .subspace_workers()
+        .is_empty()));
+    b.assert_fds_back_to(&base);
 }

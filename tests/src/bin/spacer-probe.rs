@@ -21,6 +21,12 @@
 //! waits for that, then asks for uts and prints the outcome.
 //! `spacer-probe soak N`: N mixed requests: allowed, denied, malformed,
 //! abandoned.
+//! `spacer-probe no-userns CMD [ARG...]`: execs CMD where no process may
+//! make a user namespace, as on a host that forbids unprivileged ones: a
+//! seccomp filter (no_new_privs, inherited by every descendant) fails
+//! `unshare` and `clone` with `CLONE_NEWUSER` with EPERM, and `clone3`
+//! (whose flags a filter cannot read) with ENOSYS, so libc falls back to
+//! `clone`.
 //! `spacer-probe clocks`: prints this process's `CLOCK_MONOTONIC` and
 //! `CLOCK_BOOTTIME`, in seconds.
 //! `spacer-probe time-rooms SECS... [nested SECS...]`: a user subspace,
@@ -224,9 +230,55 @@ fn ino(f: &OwnedFd) -> u64 {
     fd::namespace_inode(f.as_fd()).expect("namespace inode")
 }
 
+/// Forbids user namespaces to this process and its descendants, then
+/// execs `cmd` (see `no-userns` above).
+fn exec_without_userns(cmd: &[String]) -> ! {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    use std::os::unix::process::CommandExt;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).expect("architecture");
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let with_newuser = || {
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(newuser),
+            newuser,
+        )
+        .expect("condition")])
+        .expect("rule")]
+    };
+    let filter = |rules: Vec<(i64, Vec<SeccompRule>)>, errno: i32| -> seccompiler::BpfProgram {
+        SeccompFilter::new(
+            rules.into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .expect("filter")
+        .try_into()
+        .expect("bpf")
+    };
+    let no_newuser = filter(
+        vec![
+            (libc::SYS_unshare, with_newuser()),
+            (libc::SYS_clone, with_newuser()),
+        ],
+        libc::EPERM,
+    );
+    let no_clone3 = filter(vec![(libc::SYS_clone3, vec![])], libc::ENOSYS);
+    seccompiler::apply_filter(&no_newuser).expect("seccomp");
+    seccompiler::apply_filter(&no_clone3).expect("seccomp");
+    let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    panic!("exec {}: {err}", cmd[0]);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("no-userns") => exec_without_userns(&args[1..]),
         Some("clocks") => {
             use nix::time::{clock_gettime, ClockId};
             let secs = |c| {
