@@ -1,7 +1,6 @@
 //! Creating rooms: one new namespace per requested type, handed out as an
 //! fd, with the worker back in its own namespaces before it answers.
 
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -11,6 +10,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use spacer_proto::fd::{self, Which};
 use spacer_proto::{NsType, RoomOptions, Spaces};
+
+use crate::sys::{Ctx, Error};
 
 /// Where the worker returns to after making a room of one type.
 enum Home {
@@ -31,66 +32,24 @@ pub struct Maker {
     offsets_file: Option<std::fs::File>,
 }
 
-/// Why a room could not be made. Nothing is handed out on error.
+/// Why a room could not be made (nothing is handed out), and whether the
+/// worker's own namespaces may now be wrong: then it must not serve any
+/// further request.
 #[derive(Debug)]
-pub enum MakeError {
-    /// `unshare(2)` failed.
-    Create(NsType, Errno),
-    /// Joining the requesting process's namespace of this type (to copy
-    /// it) failed.
-    Enter(NsType, Errno),
-    /// Making `/` recursively private in a new mount namespace failed.
-    Private(Errno),
-    /// A room option could not be applied to the new namespace.
-    Option(NsType, String),
-    /// Getting an fd for the new namespace failed.
-    Open(NsType, io::Error),
-    /// Going back to the worker's own namespace failed: the worker must not
-    /// serve any further request.
-    Return(NsType, Errno),
+pub struct RoomError {
+    /// What failed.
+    pub error: Error,
+    /// The worker could not return to its own namespace.
+    pub fatal: bool,
 }
 
-impl MakeError {
-    /// Whether the worker's own namespaces may now be wrong.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, MakeError::Return(..))
-    }
-
-    /// Whether the kernel refused for lack of privilege.
-    pub fn is_permission(&self) -> bool {
-        matches!(self, MakeError::Create(_, Errno::EPERM))
-    }
-}
-
-impl fmt::Display for MakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MakeError::Create(t, e) => write!(f, "creating {t} namespace: {}", errno_text(*e)),
-            MakeError::Enter(t, e) => write!(
-                f,
-                "entering the requesting process's {t} namespace: {}",
-                errno_text(*e)
-            ),
-            MakeError::Private(e) => write!(
-                f,
-                "making / private in the new mount namespace: {}",
-                errno_text(*e)
-            ),
-            MakeError::Option(t, e) => write!(f, "preparing the new {t} namespace: {e}"),
-            MakeError::Open(t, e) => write!(f, "opening the new {t} namespace: {e}"),
-            MakeError::Return(t, e) => write!(
-                f,
-                "returning to the worker's own {t} namespace: {}",
-                errno_text(*e)
-            ),
+impl From<Error> for RoomError {
+    fn from(error: Error) -> RoomError {
+        RoomError {
+            error,
+            fatal: false,
         }
     }
-}
-
-/// `EPERM (Operation not permitted)`: the name for searching, the text for
-/// reading.
-pub fn errno_text(e: Errno) -> String {
-    format!("{e:?} ({})", e.desc())
 }
 
 impl Maker {
@@ -98,7 +57,11 @@ impl Maker {
     /// its own user namespace can be returned to; the others get a private
     /// home on first use. `offsets_file`: a subspace worker's time offsets
     /// file, opened during its setup.
-    pub fn new(offsets_file: Option<std::fs::File>) -> io::Result<Maker> {
+    pub fn new(offsets_file: Option<std::fs::File>) -> Result<Maker, Error> {
+        Maker::record(offsets_file).ctx("recording own namespaces")
+    }
+
+    fn record(offsets_file: Option<std::fs::File>) -> io::Result<Maker> {
         let me = fd::pidfd_open(std::process::id() as i32)?;
         let own_user = current(&me, NsType::User)?;
         let own_user_ino = fd::namespace_inode(own_user.as_fd())?;
@@ -133,7 +96,7 @@ impl Maker {
         spaces: Spaces,
         options: &RoomOptions,
         requester: Option<BorrowedFd<'_>>,
-    ) -> Result<Vec<(NsType, OwnedFd)>, MakeError> {
+    ) -> Result<Vec<(NsType, OwnedFd)>, RoomError> {
         let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
         for t in spaces.types() {
             self.ensure_home(t)?;
@@ -142,13 +105,14 @@ impl Maker {
                 // The copy is made from there. Nothing is opened by path
                 // while in it (the requester may control what paths mean).
                 // (The caller holds CAP_SYS_PTRACE effective for this.)
-                setns(pidfd, clone_flag(t)).map_err(|e| MakeError::Enter(t, e))?;
+                setns(pidfd, clone_flag(t))
+                    .ctx(&format!("entering the requesting process's {t} namespace"))?;
             }
             if let Err(e) = unshare(clone_flag(t)) {
                 if from.is_some() {
                     self.go_home(t)?;
                 }
-                return Err(MakeError::Create(t, e));
+                return Err(create_error(t, e).into());
             }
             let fd = self.finish_new(t, options);
             // Back home before looking at the result: whatever happened, the
@@ -160,31 +124,33 @@ impl Maker {
     }
 
     /// In a namespace just made: make it ready and take an fd for it.
-    fn finish_new(&self, t: NsType, options: &RoomOptions) -> Result<OwnedFd, MakeError> {
+    fn finish_new(&self, t: NsType, options: &RoomOptions) -> Result<OwnedFd, RoomError> {
         if t == NsType::Mnt {
-            make_root_private().map_err(MakeError::Private)?;
+            make_root_private()?;
         }
         crate::prepare::apply(t, options, self.offsets_file.as_ref())
-            .map_err(|e| MakeError::Option(t, e))?;
-        current(&self.me, t).map_err(|e| MakeError::Open(t, e))
+            .map_err(|e| Error::msg(format!("preparing the new {t} namespace: {e}")))?;
+        Ok(current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?)
     }
 
-    fn go_home(&self, t: NsType) -> Result<(), MakeError> {
+    fn go_home(&self, t: NsType) -> Result<(), RoomError> {
         match &self.homes[index(t)] {
-            Home::Ready(home) => setns(home, clone_flag(t)).map_err(|e| MakeError::Return(t, e)),
+            Home::Ready(home) => setns(home, clone_flag(t))
+                .ctx(&format!("returning to the worker's own {t} namespace"))
+                .map_err(|error| RoomError { error, fatal: true }),
             Home::NotYet => unreachable!("ensure_home ran first"),
         }
     }
 
     /// Makes a private home of type `t` if the process cannot return to the
     /// namespace it started in.
-    fn ensure_home(&mut self, t: NsType) -> Result<(), MakeError> {
+    fn ensure_home(&mut self, t: NsType) -> Result<(), RoomError> {
         if let Home::NotYet = self.homes[index(t)] {
-            unshare(clone_flag(t)).map_err(|e| MakeError::Create(t, e))?;
+            unshare(clone_flag(t)).map_err(|e| create_error(t, e))?;
             if t == NsType::Mnt {
-                make_root_private().map_err(MakeError::Private)?;
+                make_root_private()?;
             }
-            let home = current(&self.me, t).map_err(|e| MakeError::Open(t, e))?;
+            let home = current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?;
             self.homes[index(t)] = Home::Ready(home);
         }
         Ok(())
@@ -203,10 +169,15 @@ pub fn clone_flag(t: NsType) -> CloneFlags {
     CloneFlags::from_bits_retain(t.flag().bits() as libc::c_int)
 }
 
+fn create_error(t: NsType, e: Errno) -> Error {
+    Error::os(format!("creating {t} namespace"), e)
+}
+
 /// `mount --make-rprivate /`: nothing done in the new mount namespace
 /// propagates anywhere, and nothing propagates into it.
-fn make_root_private() -> Result<(), Errno> {
+fn make_root_private() -> Result<(), Error> {
     mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
+        .ctx("making / private in the new mount namespace")
 }
 
 /// The namespace of type `t` a new child of this process would get: for

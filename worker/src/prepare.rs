@@ -11,20 +11,20 @@
 use std::fs::File;
 use std::io::Write;
 
-use caps::{CapSet, Capability};
+use caps::Capability;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::time::{clock_gettime, ClockId};
 use spacer_proto::{NsType, Offset, RoomOptions};
 
-use crate::maker::errno_text;
-use crate::sys;
+use crate::privilege::with_cap;
+use crate::sys::{self, Ctx, Error};
 
 /// What the worker's own clock must allow before a time namespace is made:
 /// the kernel refuses offsets that would take the clock below zero or past
 /// its limit, and the request is refused before anything is created.
-pub fn check_clocks(options: &RoomOptions) -> Result<(), String> {
+pub fn check_clocks(options: &RoomOptions) -> Result<(), Error> {
     for (what, clock, offset) in [
         (
             "monotonic",
@@ -34,14 +34,13 @@ pub fn check_clocks(options: &RoomOptions) -> Result<(), String> {
         ("boottime", ClockId::CLOCK_BOOTTIME, options.boottime_offset),
     ] {
         if let Some(o) = offset {
-            let now = clock_gettime(clock)
-                .map_err(|e| format!("reading the {what} clock: {}", errno_text(e)))?;
+            let now = clock_gettime(clock).ctx(&format!("reading the {what} clock"))?;
             let now = Offset {
                 secs: now.tv_sec(),
                 nanos: now.tv_nsec() as u32,
             };
             o.applies_to(now)
-                .map_err(|why| format!("invalid {what} offset: {why}"))?;
+                .map_err(|why| Error::msg(format!("invalid {what} offset: {why}")))?;
         }
     }
     Ok(())
@@ -49,18 +48,17 @@ pub fn check_clocks(options: &RoomOptions) -> Result<(), String> {
 
 /// Applies the options that concern a new namespace of type `t`.
 /// `offsets_file` is a subspace worker's [`open_offsets_file`].
-pub fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Result<(), String> {
+pub fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Result<(), Error> {
     match t {
         NsType::Net if options.loopback_up => with_cap(Capability::CAP_NET_ADMIN, || {
-            sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))
+            sys::loopback_up().ctx("bringing lo up")
         })?,
         NsType::Uts => {
             if let Some(name) = &options.hostname {
-                nix::unistd::sethostname(name)
-                    .map_err(|e| format!("setting the host name: {}", errno_text(e)))?;
+                nix::unistd::sethostname(name).ctx("setting the host name")?;
             }
             if let Some(name) = &options.domainname {
-                sys::set_domainname(name).map_err(|e| format!("setting the domain name: {e}"))?;
+                sys::set_domainname(name).ctx("setting the domain name")?;
             }
             Ok(())
         }
@@ -104,7 +102,7 @@ pub fn open_offsets_file_at(proc: std::os::fd::BorrowedFd<'_>) -> Result<File, E
 /// `/proc/self/timens_offsets`: through the file opened during a subspace
 /// worker's setup, or else (a worker that is root on the host) opened now
 /// with `CAP_SYS_TIME` raised, since the kernel checks the *opener*.
-fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), String> {
+fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), Error> {
     let lines: String = [
         (libc::CLOCK_MONOTONIC, options.monotonic_offset),
         (libc::CLOCK_BOOTTIME, options.boottime_offset),
@@ -120,29 +118,8 @@ fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), String
     let written = match preopened {
         Some(mut file) => file.write_all(lines.as_bytes()),
         None => with_cap(Capability::CAP_SYS_TIME, open_offsets_file)?
-            .map_err(|e| format!("opening /proc/self/timens_offsets: {}", errno_text(e)))?
+            .ctx("opening /proc/self/timens_offsets")?
             .write_all(lines.as_bytes()),
     };
-    written.map_err(|e| format!("setting the clock offsets: {e}"))
-}
-
-/// Runs `f` with `cap` in the effective set (raised from the permitted set
-/// unless it is effective already), and lowers it again after. If it
-/// cannot be lowered the worker exits: it must not serve on with more
-/// privilege than it had.
-pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, String> {
-    let was = caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
-    // Raising fails when the permitted set lacks it.
-    if !was && caps::raise(None, CapSet::Effective, cap).is_err() {
-        return Err(format!(
-            "the worker does not hold {cap} (it was not in the service's capability \
-             bounding set, or the caller of a private worker lacks it)"
-        ));
-    }
-    let out = f();
-    if !was && caps::drop(None, CapSet::Effective, cap).is_err() {
-        eprintln!("spacer-worker: cannot lower {cap}; exiting");
-        std::process::exit(1);
-    }
-    Ok(out)
+    written.ctx("setting the clock offsets")
 }

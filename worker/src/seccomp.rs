@@ -13,6 +13,7 @@ use seccompiler::{
 };
 
 use crate::sys::CLONE_FLAGS;
+use crate::Role;
 
 /// What a syscall outside the list does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,11 +275,6 @@ fn entries() -> Vec<Entry> {
     ]
 }
 
-/// The number of syscalls on the allow-list (for reports and tests).
-pub fn allow_list_len() -> usize {
-    entries().len()
-}
-
 fn arch() -> Result<TargetArch, String> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())
 }
@@ -308,10 +304,9 @@ fn build(
         .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
-/// Installs the two filters on the calling thread (the worker has no
-/// other): `clone3` → `ENOSYS`, and the allow-list. The kernel runs both;
-/// `ENOSYS` outranks the allow-list's `Allow` for `clone3`.
-pub fn install(mode: SeccompMode) -> Result<(), String> {
+/// The filters of [`install`], built but not applied (a test builds them
+/// before it forks, then applies them in the child with [`apply`]).
+pub fn filters(mode: SeccompMode, _role: Role) -> Result<Vec<BpfProgram>, String> {
     let enosys = build(
         vec![always(libc::SYS_clone3)],
         SeccompAction::Allow,
@@ -321,44 +316,36 @@ pub fn install(mode: SeccompMode) -> Result<(), String> {
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let allow = build(entries(), mismatch, SeccompAction::Allow)?;
-    // In this order: installing a filter calls prctl and seccomp, which the
-    // allow-list does not allow.
-    seccompiler::apply_filter(&enosys).map_err(|e| e.to_string())?;
-    seccompiler::apply_filter(&allow).map_err(|e| e.to_string())?;
+    Ok(vec![
+        enosys,
+        build(entries(), mismatch, SeccompAction::Allow)?,
+    ])
+}
+
+/// Applies `filters` to the calling thread (the worker has no other), in
+/// order: `clone3` → `ENOSYS` first, since installing a filter calls
+/// `prctl` and `seccomp`, which the allow-list does not allow. The kernel
+/// runs both; `ENOSYS` outranks the allow-list's `Allow` for `clone3`.
+pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
+    for f in filters {
+        seccompiler::apply_filter(f).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
-/// The forbidden calls `--seccomp-selftest` can make, each with arguments
-/// that would be harmless if the filter let it through.
-pub const SELFTEST_CALLS: [&str; 12] = [
-    "ptrace",
-    "bpf",
-    "init_module",
-    "kexec_load",
-    "open_by_handle_at",
-    "execve",
-    "mount-bind",
-    "mount-move",
-    "setns-any-type",
-    "unshare-files",
-    "clone-thread",
-    "ioctl-tiocsti",
-];
+/// Installs the filters of a process that takes `role` first.
+pub fn install(mode: SeccompMode, role: Role) -> Result<(), String> {
+    MODE.store(
+        mode == SeccompMode::Log,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    apply(&filters(mode, role)?)
+}
 
-/// Installs the filter and makes the forbidden call `name`. Returns only if
-/// the call was let through (`--seccomp log`), with exit code 3; 2 for an
-/// unknown name or a filter that could not be installed.
-pub fn selftest(name: &str, mode: SeccompMode) -> i32 {
-    if !SELFTEST_CALLS.contains(&name) {
-        eprintln!("spacer-worker: unknown selftest call {name:?}; known: {SELFTEST_CALLS:?}");
-        return 2;
-    }
-    if let Err(e) = install(mode) {
-        eprintln!("spacer-worker: cannot install the filter: {e}");
-        return 2;
-    }
-    crate::sys::forbidden_call(name);
-    eprintln!("spacer-worker: {name} was let through");
-    3
+/// Whether this process's filters log instead of killing.
+static MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Narrows the filter of a process forked into `role` (filters stack).
+pub fn narrow(_role: Role) -> Result<(), String> {
+    Ok(())
 }

@@ -37,7 +37,6 @@
 //! The parent keeps serving; the setup is finished when `Ready` arrives, or
 //! the child is killed at [`SETUP_DEADLINE`].
 
-use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -50,10 +49,12 @@ use spacer_proto::fd::{self, Which};
 use spacer_proto::internal::{self, SubspaceReady};
 use spacer_proto::{Channel, IdMaps, NsType, Spaces};
 
-use crate::confine;
-use crate::maker::errno_text;
-use crate::serve;
-use crate::sys::{self, Cloned};
+use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
+use crate::sys::{self, Cloned, Ctx, Error};
+use crate::Role;
+
+/// How a subspace worker serves once set up ([`crate::serve::serve`]).
+pub type Serve = fn(Channel, Role, Option<File>) -> i32;
 
 /// A started subspace worker, as its parent hands it to the broker.
 pub struct Spawned {
@@ -69,26 +70,8 @@ pub struct Spawned {
     pub pidns: Option<OwnedFd>,
 }
 
-/// Why a subspace could not be made.
-#[derive(Debug)]
-pub enum SpawnError {
-    /// Creating the channel or the process failed.
-    Start(&'static str, Errno),
-    /// The new subspace worker reported a failed setup step.
-    Setup(String),
-    /// The new subspace worker ended or answered nonsense during setup.
-    Lost,
-}
-
-impl fmt::Display for SpawnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpawnError::Start(what, e) => write!(f, "{what}: {}", errno_text(*e)),
-            SpawnError::Setup(reason) => f.write_str(reason),
-            SpawnError::Lost => f.write_str("the subspace worker ended during setup"),
-        }
-    }
-}
+/// Why a setup failed when its worker ended or answered nonsense.
+pub const LOST: &str = "the subspace worker ended during setup";
 
 /// How long a new subspace worker has to report `Ready`.
 pub const SETUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -133,23 +116,13 @@ pub fn start(
     spaces: Spaces,
     requester: Requester,
     maps: Option<IdMaps>,
-) -> Result<Starting, SpawnError> {
-    let (parent_end, child_end) = Channel::pair().map_err(|e| {
-        SpawnError::Start(
-            "creating the subspace channel",
-            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
-    })?;
-    let cloned = sys::clone_with_pidfd().map_err(|e| {
-        SpawnError::Start(
-            "starting the subspace worker",
-            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
-    })?;
-    match cloned {
+    serve: Serve,
+) -> Result<Starting, Error> {
+    let (parent_end, child_end) = Channel::pair().ctx("creating the subspace channel")?;
+    match sys::clone_with_pidfd().ctx("starting the subspace worker")? {
         Cloned::Child => {
             drop(parent_end);
-            sys::child_exit(|| become_subspace(child_end, spaces, requester, maps))
+            sys::child_exit(|| become_subspace(child_end, spaces, requester, maps, serve))
         }
         Cloned::Parent { pid, pidfd } => {
             drop(child_end);
@@ -166,7 +139,7 @@ pub fn start(
 impl Starting {
     /// The new worker's `Ready` (or failure) can be read: take it. Does not
     /// block beyond reading that one datagram.
-    pub fn finish(self) -> Result<Spawned, SpawnError> {
+    pub fn finish(self) -> Result<Spawned, Error> {
         match read_ready(&self.channel) {
             Ok((user, pidns)) => Ok(Spawned {
                 channel: self.channel.into_fd(),
@@ -184,18 +157,18 @@ impl Starting {
 
     /// Gives up: kills the new worker (its pidfd pins it).
     pub fn abandon(self) {
-        confine::kill(self.pidfd.as_fd());
+        privilege::kill(self.pidfd.as_fd());
     }
 }
 
 type NsFds = (Option<OwnedFd>, Option<OwnedFd>);
 
 /// The parent's side of the setup, once `Ready` is readable.
-fn read_ready(chan: &Channel) -> Result<NsFds, SpawnError> {
+fn read_ready(chan: &Channel) -> Result<NsFds, Error> {
     let mut buf = [0u8; 1024];
     let got = match chan.recv(&mut buf, 2) {
         Ok(Some(got)) => got,
-        _ => return Err(SpawnError::Lost),
+        _ => return Err(Error::msg(LOST)),
     };
     match internal::decode::<SubspaceReady>(&buf[..got.len]) {
         Ok(SubspaceReady::Ready { user, pid: has_pid })
@@ -206,8 +179,8 @@ fn read_ready(chan: &Channel) -> Result<NsFds, SpawnError> {
             let pidns = if has_pid { fds.next() } else { None };
             Ok((user, pidns))
         }
-        Ok(SubspaceReady::Failed { reason }) => Err(SpawnError::Setup(reason)),
-        _ => Err(SpawnError::Lost),
+        Ok(SubspaceReady::Failed { reason }) => Err(Error::msg(reason)),
+        _ => Err(Error::msg(LOST)),
     }
 }
 
@@ -229,6 +202,7 @@ fn become_subspace(
     spaces: Spaces,
     requester: Requester,
     maps: Option<IdMaps>,
+    serve: Serve,
 ) -> i32 {
     // Nothing of the parent's but the channel (and the parent user
     // namespace to join): no broker channel, no homes, and not the
@@ -237,17 +211,21 @@ fn become_subspace(
     if let Requester::Host { parent, caller, .. } = &requester {
         keep.extend(parent.iter().chain(caller.iter()).map(|f| f.as_raw_fd()));
     }
-    if sys::close_fds_except(&keep).is_err() || sys::stdio_to_dev_null().is_err() {
+    // SAFETY: a fresh child that never returns to the frames owning the
+    // other fds.
+    #[allow(unsafe_code)]
+    let closed = unsafe { sys::close_fds_except(&keep) };
+    if closed.is_err() || sys::stdio_to_dev_null().is_err() {
         return 1;
     }
     // Told apart from the service's own workers in `ps`.
     let _ = prctl::set_name(c"spacer-subspace");
     let (role, inside) = match &requester {
         Requester::Host { parent, .. } => (
-            serve::Role::HostSubspace,
+            Role::HostSubspace,
             spaces.contains(Spaces::USER) || parent.is_some(),
         ),
-        Requester::Own => (serve::Role::Subspace, spaces.contains(Spaces::USER)),
+        Requester::Own => (Role::Subspace, spaces.contains(Spaces::USER)),
     };
     // The ids the worker has inside: the requester's, as the maps name them.
     let me_inside = maps
@@ -271,9 +249,14 @@ fn become_subspace(
                     return 1;
                 }
             }
-            serve::serve(channel, role, offsets_file)
+            if let Err(e) = crate::seccomp::narrow(role) {
+                eprintln!("spacer-worker: installing the {role:?} filter: {e}");
+                return 1;
+            }
+            serve(channel, role, offsets_file)
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             let _ = channel.send(&internal::encode(&SubspaceReady::Failed { reason }), &[]);
             1
         }
@@ -281,10 +264,9 @@ fn become_subspace(
 }
 
 /// The new user and PID namespaces, and the time offsets file.
-type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>, Option<File>), String>;
+type SetupResult = Result<(Option<OwnedFd>, Option<OwnedFd>, Option<File>), Error>;
 
 fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupResult {
-    let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
     let pid_flag = if spaces.contains(Spaces::PID) {
         CloneFlags::CLONE_NEWPID
     } else {
@@ -300,7 +282,7 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| fail("opening /proc", e))?;
+    .ctx("opening /proc")?;
     // Subordinate ids are written by a process in the parent user namespace
     // with CAP_SETUID and CAP_SETGID there: a child of this one, started
     // while it is still root on the host and in the host's PID namespace.
@@ -325,20 +307,18 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
                     types.push(CloneFlags::CLONE_NEWPID);
                 }
                 for t in types {
-                    crate::prepare::with_cap(caps::Capability::CAP_SYS_PTRACE, || {
-                        setns(&caller, t)
-                    })?
-                    .map_err(|e| fail("entering the requesting process's namespaces", e))?;
+                    with_cap(caps::Capability::CAP_SYS_PTRACE, || setns(&caller, t))?
+                        .ctx("entering the requesting process's namespaces")?;
                 }
             }
             if spaces.contains(Spaces::USER) || parent.is_some() {
-                take_effective_ids(uid, gid).map_err(|(w, e)| fail(w, e))?;
+                take_effective_ids(uid, gid)?;
             }
             if let Some(parent) = parent {
                 // Full capabilities in the parent subspace's user namespace
                 // from here on (and none on the host).
                 setns(&parent, CloneFlags::CLONE_NEWUSER)
-                    .map_err(|e| fail("joining the parent subspace's user namespace", e))?;
+                    .ctx("joining the parent subspace's user namespace")?;
                 joined = true;
             }
         }
@@ -358,8 +338,7 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
     let mut offsets_file = None;
     if spaces.contains(Spaces::USER) {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
-        unshare(CloneFlags::CLONE_NEWUSER | pid_flag)
-            .map_err(|e| fail("creating the user namespace", e))?;
+        unshare(CloneFlags::CLONE_NEWUSER | pid_flag).ctx("creating the user namespace")?;
         offsets_file = match (writer, &maps) {
             (Some(writer), _) => {
                 finish_map_writer(writer)?;
@@ -380,7 +359,7 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
         };
     } else {
         if !pid_flag.is_empty() {
-            unshare(pid_flag).map_err(|e| fail("creating the PID namespace", e))?;
+            unshare(pid_flag).ctx("creating the PID namespace")?;
         }
         if joined {
             // Opened with all capabilities in the parent subspace's user
@@ -388,12 +367,11 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
             offsets_file = crate::prepare::open_offsets_file_at(proc.as_fd()).ok();
         }
     }
-    let me =
-        fd::pidfd_open(std::process::id() as i32).map_err(|e| format!("opening own pidfd: {e}"))?;
+    let me = fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")?;
     let user = if spaces.contains(Spaces::USER) {
         Some(
             fd::pidfd_namespace(me.as_fd(), NsType::User, Which::Current)
-                .map_err(|e| format!("opening the new user namespace: {e}"))?,
+                .ctx("opening the new user namespace")?,
         )
     } else {
         None
@@ -403,7 +381,7 @@ fn setup(spaces: Spaces, requester: Requester, maps: Option<IdMaps>) -> SetupRes
     } else if pid_here {
         Some(
             fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
-                .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))?,
+                .ctx(&format!("opening the new PID namespace{NEEDS_6_11}"))?,
         )
     } else {
         Some(pid_namespace_below()?)
@@ -415,13 +393,13 @@ const NEEDS_6_11: &str = " (needs Linux 6.11 or later)";
 
 /// Whether this process's children are born in its own PID namespace
 /// (after `setns(CLONE_NEWPID)` into a requester's that is the same).
-fn children_born_here() -> Result<bool, String> {
-    let fail = |e: std::io::Error| format!("reading own PID namespaces{NEEDS_6_11}: {e}");
-    let me = fd::pidfd_open(std::process::id() as i32).map_err(fail)?;
+fn children_born_here() -> Result<bool, Error> {
+    let what = format!("reading own PID namespaces{NEEDS_6_11}");
+    let me = fd::pidfd_open(std::process::id() as i32).ctx(&what)?;
     let inode = |which| {
         fd::pidfd_namespace(me.as_fd(), NsType::Pid, which)
             .and_then(|ns| fd::namespace_inode(ns.as_fd()))
-            .map_err(fail)
+            .ctx(&what)
     };
     Ok(inode(Which::Current)? == inode(Which::ForChildren)?)
 }
@@ -437,19 +415,18 @@ fn children_born_here() -> Result<bool, String> {
 /// The child may be stopped by the requester (it is in a user namespace the
 /// requester owns): it dies with this process (`PR_SET_PDEATHSIG`), which
 /// the spawner kills at the setup deadline.
-fn pid_namespace_below() -> Result<OwnedFd, String> {
+fn pid_namespace_below() -> Result<OwnedFd, Error> {
     let mine = start_helper("the PID namespace maker", |theirs| {
         let made = unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(|e| fail_text("creating the PID namespace", e))
+            .ctx("creating the PID namespace")
             .and_then(|()| {
-                let me = fd::pidfd_open(std::process::id() as i32)
-                    .map_err(|e| format!("opening own pidfd: {e}"))?;
+                let me = fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")?;
                 fd::pidfd_namespace(me.as_fd(), NsType::Pid, Which::ForChildren)
-                    .map_err(|e| format!("opening the new PID namespace{NEEDS_6_11}: {e}"))
+                    .ctx(&format!("opening the new PID namespace{NEEDS_6_11}"))
             });
         let sent = match &made {
             Ok(ns) => theirs.send(b"", &[ns.as_fd()]),
-            Err(reason) => theirs.send(reason.as_bytes(), &[]),
+            Err(e) => theirs.send(e.to_string().as_bytes(), &[]),
         };
         i32::from(sent.is_err())
     })?;
@@ -460,18 +437,14 @@ fn pid_namespace_below() -> Result<OwnedFd, String> {
             if fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid) {
                 Ok(ns)
             } else {
-                Err("the PID namespace maker sent something else".into())
+                Err(Error::msg("the PID namespace maker sent something else"))
             }
         }
-        Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => {
-            Err(String::from_utf8_lossy(&buf[..got.len]).into_owned())
-        }
-        _ => Err("the PID namespace maker ended".into()),
+        Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => Err(Error::msg(
+            String::from_utf8_lossy(&buf[..got.len]).into_owned(),
+        )),
+        _ => Err(Error::msg("the PID namespace maker ended")),
     }
-}
-
-fn fail_text(what: &str, e: Errno) -> String {
-    format!("{what}: {}", errno_text(e))
 }
 
 /// Takes the requester's ids as the *effective* ids only: real and saved
@@ -484,41 +457,39 @@ fn fail_text(what: &str, e: Errno) -> String {
 /// unprivileged user namespaces still allow with it, and for `setns` into a
 /// parent subspace's user namespace), with `CAP_SETFCAP` for a root
 /// requester (mapping uid 0 of the host needs it at `unshare`).
-fn take_effective_ids(uid: u32, gid: u32) -> Result<(), (&'static str, Errno)> {
+fn take_effective_ids(uid: u32, gid: u32) -> Result<(), Error> {
     use caps::{CapSet, Capability};
-    setgroups(&[]).map_err(|e| ("dropping supplementary groups", e))?;
+    setgroups(&[]).ctx("dropping supplementary groups")?;
     setresgid(Gid::from_raw(0), Gid::from_raw(gid), Gid::from_raw(0))
-        .map_err(|e| ("taking the requester's gid", e))?;
+        .ctx("taking the requester's gid")?;
     setresuid(Uid::from_raw(0), Uid::from_raw(uid), Uid::from_raw(0))
-        .map_err(|e| ("taking the requester's uid", e))?;
-    // Allowed without a capability: 0 is the real uid. Returns the old value.
+        .ctx("taking the requester's uid")?;
+    // Allowed without a capability: 0 is the real uid. Returns the old value;
+    // -1 (no valid id) only asks for it.
     nix::unistd::setfsuid(Uid::from_raw(0));
     if nix::unistd::setfsuid(Uid::from_raw(u32::MAX)) != Uid::from_raw(0) {
-        return Err(("keeping filesystem uid 0", Errno::EPERM));
+        return Err(Error::os("keeping filesystem uid 0", Errno::EPERM));
     }
     let mut need: caps::CapsHashSet = [Capability::CAP_SYS_ADMIN].into_iter().collect();
     if uid == 0 {
         need.insert(Capability::CAP_SETFCAP);
     }
     caps::set(None, CapSet::Effective, &need)
-        .map_err(|_| ("raising CAP_SYS_ADMIN", Errno::EPERM))?;
-    Ok(())
+        .map_err(|_| Error::os("raising CAP_SYS_ADMIN", Errno::EPERM))
 }
 
 /// Once the maps exist (or in a parent subspace's user namespace): the
 /// requester's uid and gid in the current user namespace (all ids, the
 /// filesystem ones too; 0 unless the maps keep the requester's own ids),
-/// and only [`SUBSPACE_CAPS`](confine::SUBSPACE_CAPS). Capabilities in the
+/// and only [`SUBSPACE_CAPS`]. Capabilities in the
 /// namespace survive a non-zero uid: `SECBIT_NO_SETUID_FIXUP` (the
 /// spawner's, inherited) or ids that do not change (a private worker's).
-fn become_inside((uid, gid): (u32, u32)) -> Result<(), String> {
-    let fail = |what: &str, e: Errno| format!("{what}: {}", errno_text(e));
+fn become_inside((uid, gid): (u32, u32)) -> Result<(), Error> {
     setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
-        .map_err(|e| fail("becoming the requester's gid in the user namespace", e))?;
+        .ctx("becoming the requester's gid in the user namespace")?;
     setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
-        .map_err(|e| fail("becoming the requester's uid in the user namespace", e))?;
-    confine::keep_only(&confine::SUBSPACE_CAPS, &confine::SUBSPACE_EFFECTIVE)
-        .map_err(|e| e.to_string())
+        .ctx("becoming the requester's uid in the user namespace")?;
+    privilege::keep_only(&SUBSPACE_CAPS, &SUBSPACE_EFFECTIVE)
 }
 
 /// A process that stays itself and is uid 0 (a root private worker, or a
@@ -549,9 +520,9 @@ fn write_own_maps(
     proc: BorrowedFd<'_>,
     (uid_line, gid_line): (String, String),
     dumpable: bool,
-) -> Result<Option<File>, String> {
+) -> Result<Option<File>, Error> {
     if dumpable {
-        prctl::set_dumpable(true).map_err(|e| format!("becoming dumpable: {}", errno_text(e)))?;
+        prctl::set_dumpable(true).ctx("becoming dumpable")?;
     }
     let result = (|| {
         write_proc(proc, "self/setgroups", "deny")?;
@@ -560,25 +531,23 @@ fn write_own_maps(
     })();
     let offsets_file = crate::prepare::open_offsets_file_at(proc).ok();
     if dumpable {
-        prctl::set_dumpable(false)
-            .map_err(|e| format!("becoming non-dumpable: {}", errno_text(e)))?;
+        prctl::set_dumpable(false).ctx("becoming non-dumpable")?;
     }
     result.map(|()| offsets_file)
 }
 
 /// Writes `content` to `path` under `proc` (this process's own `/proc`).
-fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), String> {
+fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Error> {
     let fd = nix::fcntl::openat(
         proc,
         path,
         nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("opening /proc/{path}: {}", errno_text(e)))?;
-    let path = format!("/proc/{path}");
-    let mut f = std::fs::File::from(fd);
-    f.write_all(content.as_bytes())
-        .map_err(|e| format!("writing {path}: {e}"))
+    .ctx(&format!("opening /proc/{path}"))?;
+    std::fs::File::from(fd)
+        .write_all(content.as_bytes())
+        .ctx(&format!("writing /proc/{path}"))
 }
 
 /// Starts the map writer: a child, still root on the host, that waits for
@@ -589,7 +558,7 @@ fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Str
 /// the parent namespace). It leaves `setgroups` as it is (`allow`), as
 /// `newgidmap` does for a map with subordinate gids. It dies with this
 /// process (`PR_SET_PDEATHSIG`), so the pid it writes to is always ours.
-fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, String> {
+fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Error> {
     let me = std::process::id();
     start_helper("the map writer", |theirs| {
         let mut go = [0u8; 1];
@@ -598,7 +567,7 @@ fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Stri
         }
         let reply = match write_maps_of(proc, me, maps) {
             Ok(()) => "+".to_owned(),
-            Err(reason) => format!("-{reason}"),
+            Err(e) => format!("-{e}"),
         };
         i32::from(theirs.send(reply.as_bytes(), &[]).is_err())
     })
@@ -608,10 +577,9 @@ fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Stri
 /// with its code; returns this process's end. The helper dies with this
 /// process (`PR_SET_PDEATHSIG`): this end is closed in it, so a parent that
 /// died before the death signal was armed shows as a hung-up peer.
-fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channel, String> {
-    let (mine, theirs) =
-        Channel::pair().map_err(|e| format!("creating the channel to {what}: {e}"))?;
-    match sys::clone_with_pidfd().map_err(|e| format!("starting {what}: {e}"))? {
+fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channel, Error> {
+    let (mine, theirs) = Channel::pair().ctx(&format!("creating the channel to {what}"))?;
+    match sys::clone_with_pidfd().ctx(&format!("starting {what}"))? {
         Cloned::Child => {
             drop(mine);
             sys::child_exit(|| {
@@ -628,22 +596,22 @@ fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channe
 }
 
 /// Tells the map writer the new user namespace exists and waits for it.
-fn finish_map_writer(writer: Channel) -> Result<(), String> {
-    let lost = || "the map writer ended".to_owned();
+fn finish_map_writer(writer: Channel) -> Result<(), Error> {
+    let lost = || Error::msg("the map writer ended");
     writer.send(b"g", &[]).map_err(|_| lost())?;
     // `+`, or `-` and why not (never empty: an empty datagram from a peer
     // that has just exited reads as end of stream).
     let mut buf = [0u8; 256];
     match writer.recv(&mut buf, 0) {
         Ok(Some(got)) if got.len == 1 && buf[0] == b'+' => Ok(()),
-        Ok(Some(got)) if got.len > 1 && buf[0] == b'-' => {
-            Err(String::from_utf8_lossy(&buf[1..got.len]).into_owned())
-        }
+        Ok(Some(got)) if got.len > 1 && buf[0] == b'-' => Err(Error::msg(
+            String::from_utf8_lossy(&buf[1..got.len]).into_owned(),
+        )),
         _ => Err(lost()),
     }
 }
 
-fn write_maps_of(proc: BorrowedFd<'_>, pid: u32, maps: &IdMaps) -> Result<(), String> {
+fn write_maps_of(proc: BorrowedFd<'_>, pid: u32, maps: &IdMaps) -> Result<(), Error> {
     use caps::{CapSet, Capability};
     let need: caps::CapsHashSet = [
         Capability::CAP_SYS_ADMIN,
@@ -653,7 +621,7 @@ fn write_maps_of(proc: BorrowedFd<'_>, pid: u32, maps: &IdMaps) -> Result<(), St
     .into_iter()
     .collect();
     caps::set(None, CapSet::Effective, &need)
-        .map_err(|_| "raising CAP_SETUID and CAP_SETGID to write the id maps".to_owned())?;
+        .map_err(|_| Error::msg("raising CAP_SETUID and CAP_SETGID to write the id maps"))?;
     write_proc(proc, &format!("{pid}/uid_map"), &IdMaps::text(&maps.uid))?;
     write_proc(proc, &format!("{pid}/gid_map"), &IdMaps::text(&maps.gid))
 }

@@ -1,8 +1,73 @@
-//! The worker's system calls without a safe wrapper. Every `unsafe` block of
-//! the worker lives here.
+//! The worker's system calls without a safe wrapper, and its one error
+//! type. Every `unsafe` block of the worker lives here.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+/// A failed operation: what the worker was doing, and the kernel's errno
+/// if it gave one (shown as `EPERM (Operation not permitted)`: the name
+/// for searching, the text for reading).
+#[derive(Debug)]
+pub struct Error {
+    what: String,
+    errno: Option<Errno>,
+}
+
+impl Error {
+    /// A failure that `what` describes completely.
+    pub fn msg(what: impl Into<String>) -> Error {
+        Error {
+            what: what.into(),
+            errno: None,
+        }
+    }
+
+    /// A call that failed with `errno`.
+    pub fn os(what: impl Into<String>, errno: Errno) -> Error {
+        Error {
+            what: what.into(),
+            errno: Some(errno),
+        }
+    }
+
+    /// The kernel's errno, if any.
+    pub fn errno(&self) -> Option<Errno> {
+        self.errno
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errno {
+            Some(e) => write!(f, "{}: {e:?} ({})", self.what, e.desc()),
+            None => f.write_str(&self.what),
+        }
+    }
+}
+
+/// `.ctx("what was being done")` on a failed call's result.
+pub trait Ctx<T> {
+    /// The error as an [`Error`] saying what failed.
+    fn ctx(self, what: &str) -> Result<T, Error>;
+}
+
+impl<T> Ctx<T> for Result<T, Errno> {
+    fn ctx(self, what: &str) -> Result<T, Error> {
+        self.map_err(|e| Error::os(what, e))
+    }
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, what: &str) -> Result<T, Error> {
+        self.map_err(|e| match e.raw_os_error() {
+            Some(n) => Error::os(what, Errno::from_raw(n)),
+            None => Error::msg(format!("{what}: {e}")),
+        })
+    }
+}
 
 /// The outcome of [`clone_with_pidfd`].
 pub enum Cloned {
@@ -68,20 +133,20 @@ pub fn child_exit(body: impl FnOnce() -> i32) -> ! {
 
 /// Closes every fd from 3 up except those in `keep`, by `close_range(2)`.
 ///
-/// Nothing in the process may still use an `OwnedFd` for a closed number
-/// afterwards; callers use this at start-up and in a freshly cloned child,
-/// before any such fd is touched again.
-pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+/// # Safety
+///
+/// No `OwnedFd` (or other owner) of a closed number may be used or dropped
+/// afterwards: call it at start-up, before anything owns an inherited fd,
+/// or in a freshly cloned child that never returns to its parent's frames.
+pub unsafe fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= 3).collect();
     keep.sort_unstable();
     let mut first: RawFd = 3;
     for k in keep.into_iter().chain(std::iter::once(libc::c_int::MAX)) {
         if first < k {
             let last = if k == libc::c_int::MAX { k } else { k - 1 };
-            // SAFETY: close_range takes integers only. The fds it closes are
-            // the ones this process inherited or that belong to frames it
-            // will never return to (see the function's contract), so no
-            // live owner is left with a dangling number.
+            // SAFETY: close_range takes integers only; that no owner of a
+            // closed number is used afterwards is the caller's contract.
             let ret = unsafe { libc::close_range(first as libc::c_uint, last as libc::c_uint, 0) };
             if ret < 0 {
                 return Err(io::Error::last_os_error());
@@ -95,13 +160,17 @@ pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
 /// Takes ownership of an fd number passed on the command line by the
 /// process that started us, if it is open. The caller checks right after
 /// that it is the socket it should be.
-pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+///
+/// # Safety
+///
+/// Nothing else in the process may own `fd`: call it once, at start-up.
+pub unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: F_GETFD reads the fd table entry and touches no memory of ours.
     if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return None;
     }
-    // SAFETY: the fd is open, and the number came from our parent, which left
-    // exactly this fd for us; nothing else in this fresh process refers to it.
+    // SAFETY: the fd is open, and by the caller's contract nothing else
+    // owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -129,63 +198,19 @@ pub fn stdio_to_dev_null() -> io::Result<()> {
         // a subspace worker (std's stdio handles do not close them); closing
         // and reopening them is what this function is for.
         unsafe { libc::close(fd) };
-        // SAFETY: the path is a NUL-terminated literal; open returns the
-        // lowest free fd, which is `fd` since 0..fd are open and `fd` was
-        // just closed.
+        // SAFETY: the path is a NUL-terminated literal that outlives the
+        // call. (open returns the lowest free fd: `fd`, as 0..fd are open.)
         let got = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_CLOEXEC) };
-        if got != fd {
+        if got < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if got != fd {
+            // SAFETY: `got` was opened just above; nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(got) });
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
     }
     Ok(())
-}
-
-/// One call the seccomp filter must refuse, by name (see
-/// `seccomp::SELFTEST_CALLS`), with arguments that do nothing harmful if it
-/// were allowed: null pointers, invalid fds, a zero pid.
-pub fn forbidden_call(name: &str) {
-    let (nr, args): (libc::c_long, [libc::c_long; 5]) = match name {
-        "ptrace" => (
-            libc::SYS_ptrace,
-            [libc::PTRACE_TRACEME as libc::c_long, 0, 0, 0, 0],
-        ),
-        "bpf" => (libc::SYS_bpf, [-1, 0, 0, 0, 0]),
-        "init_module" => (libc::SYS_init_module, [0, 0, 0, 0, 0]),
-        "kexec_load" => (libc::SYS_kexec_load, [0, 0, 0, 0, 0]),
-        "open_by_handle_at" => (libc::SYS_open_by_handle_at, [-1, 0, 0, 0, 0]),
-        "execve" => (libc::SYS_execve, [0, 0, 0, 0, 0]),
-        "mount-bind" => (libc::SYS_mount, [0, 0, 0, libc::MS_BIND as libc::c_long, 0]),
-        "mount-move" => (libc::SYS_mount, [0, 0, 0, libc::MS_MOVE as libc::c_long, 0]),
-        "setns-any-type" => (libc::SYS_setns, [-1, 0, 0, 0, 0]),
-        "unshare-files" => (
-            libc::SYS_unshare,
-            [libc::CLONE_FILES as libc::c_long, 0, 0, 0, 0],
-        ),
-        "clone-thread" => (
-            libc::SYS_clone,
-            [
-                (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as libc::c_long,
-                -1,
-                0,
-                0,
-                0,
-            ],
-        ),
-        "ioctl-tiocsti" => (
-            libc::SYS_ioctl,
-            [-1, libc::TIOCSTI as libc::c_long, 0, 0, 0],
-        ),
-        _ => return,
-    };
-    // SAFETY: every argument set above is inert: null pointers (which the
-    // kernel rejects with EFAULT before touching memory), fd -1 (EBADF), or
-    // flags without a pointer to follow. The one exception, clone with
-    // CLONE_VM|CLONE_THREAD, passes an invalid stack (-1) and is refused by
-    // the filter before the kernel would use it; if it were let through the
-    // selftest would fail loudly, which is what it is for.
-    unsafe {
-        libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]);
-    }
 }
 
 /// Kills every descendant of this process and waits until none is left.

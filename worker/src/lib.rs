@@ -1,0 +1,138 @@
+//! # spacer-worker
+//!
+//! The privileged half of spacer. Trust level: **privileged** — it holds
+//! `CAP_SYS_ADMIN` (and the others in [`privilege::WORKER_CAPS`]), so every
+//! line is attack surface. It:
+//!
+//! * talks only over the socket its parent handed it (no path a client could
+//!   connect to) and refuses to run when that is not a socket to its parent;
+//! * drops to its few capabilities, sets no_new_privs, becomes non-dumpable,
+//!   and installs a seccomp allow-list before reading a request;
+//! * re-checks every request against its own fixed vocabulary;
+//! * leaves its own namespaces as they were after every request.
+//!
+//! Started by `spacer-broker` it is the *supervisor*, which forks serving
+//! workers on the broker's request (and kills hung ones). Started by the
+//! client library's private mode (`--private`) it serves directly, with the
+//! caller's own privileges. It never links `policy`, `toml` or `clap`.
+//! The library exists for the binary and for the tests of its seccomp
+//! filter ([`seccomp`]); it is no API.
+
+#![deny(unsafe_code)]
+
+mod confine;
+mod maker;
+mod prepare;
+mod privilege;
+pub mod seccomp;
+mod serve;
+mod subspace;
+mod supervise;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::process::ExitCode;
+
+use spacer_proto::Channel;
+
+use crate::seccomp::SeccompMode;
+
+/// What a worker process does; each has its own seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Started by the broker: forks room workers and the spawner on its
+    /// request, and kills hung ones.
+    Supervisor,
+    /// Making rooms in the host's namespaces for the broker.
+    Rooms,
+    /// Starting every subspace worker for the broker, at any depth; it sees
+    /// no room request, and ends the subspace workers it started when asked
+    /// to or when the broker goes.
+    Spawner,
+    /// Serving a client library directly (private mode), with that
+    /// process's own privileges: never switches ids; when its client goes,
+    /// it ends every subspace worker below it.
+    Private,
+    /// Serving inside a subspace of a private worker: already the
+    /// requester; starts nested subspaces itself.
+    Subspace,
+    /// Serving inside a subspace the spawner started: already the
+    /// requester; nested subspaces are the spawner's job.
+    HostSubspace,
+}
+
+const USAGE: &str = "spacer-worker is started by spacer-broker (or by the spacer client \
+library's private mode), never by hand; run spacer-broker instead";
+
+struct Args {
+    channel_fd: i32,
+    seccomp: SeccompMode,
+    private: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let (mut channel_fd, mut seccomp, mut private) = (None, SeccompMode::Kill, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--channel-fd" => {
+                let v = args.next().ok_or("--channel-fd needs a value")?;
+                channel_fd = Some(v.parse::<i32>().map_err(|_| "bad --channel-fd")?);
+            }
+            "--seccomp" => match args.next().as_deref() {
+                Some("kill") => seccomp = SeccompMode::Kill,
+                Some("log") => seccomp = SeccompMode::Log,
+                _ => return Err("--seccomp takes kill or log".into()),
+            },
+            "--private" => private = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    match channel_fd {
+        Some(channel_fd) if channel_fd >= 3 => Ok(Args {
+            channel_fd,
+            seccomp,
+            private,
+        }),
+        Some(_) => Err("bad --channel-fd".into()),
+        None => Err("no --channel-fd".into()),
+    }
+}
+
+/// The worker process.
+pub fn main() -> ExitCode {
+    let refuse = |e: &dyn std::fmt::Display| {
+        eprintln!("spacer-worker: refusing to run: {e}\n{USAGE}");
+        ExitCode::from(2)
+    };
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => return refuse(&e),
+    };
+    // SAFETY: the number is the one fd our parent left for us, and nothing
+    // in this fresh process owns it yet.
+    #[allow(unsafe_code)]
+    let inherited = unsafe { sys::adopt_inherited_fd(args.channel_fd) }
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF));
+    let channel = match inherited.and_then(Channel::from_fd) {
+        Ok(c) => c,
+        Err(e) => return refuse(&format!("channel: {e}")),
+    };
+    if let Err(e) = confine::check_channel(&channel) {
+        return refuse(&e);
+    }
+    let role = if args.private {
+        Role::Private
+    } else {
+        Role::Supervisor
+    };
+    if let Err(e) = confine::confine(&channel, args.seccomp, role) {
+        eprintln!("spacer-worker: cannot confine itself: {e}");
+        return ExitCode::from(1);
+    }
+    let code = match role {
+        Role::Private => serve::serve(channel, role, None),
+        _ => supervise::supervise(channel),
+    };
+    ExitCode::from(code as u8)
+}

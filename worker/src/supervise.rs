@@ -1,0 +1,95 @@
+//! The supervisor: starts serving workers on the broker's request (each a
+//! fork of this process, so already confined) and kills hung ones. Serving
+//! workers are reaped by the kernel (`SIGCHLD` ignored).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use spacer_proto::internal::{self, SupervisorReply, SupervisorRequest, WorkerKind};
+use spacer_proto::{fd, Channel, RecvError};
+
+use crate::sys::{self, Cloned, Ctx, Error};
+use crate::Role;
+
+/// Serves the broker until it closes the channel. Returns the exit code.
+pub fn supervise(channel: Channel) -> i32 {
+    let mut workers: Vec<(i32, OwnedFd)> = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let got = match channel.recv(&mut buf, 0) {
+            Ok(Some(got)) => got,
+            Ok(None) => return 0,
+            Err(RecvError::Io(e)) => {
+                eprintln!("spacer-worker: supervisor receiving: {e}");
+                return 1;
+            }
+            Err(_) => continue,
+        };
+        match internal::decode::<SupervisorRequest>(&buf[..got.len]) {
+            Ok(SupervisorRequest::Spawn { kind }) => {
+                let (msg, fds) = match spawn_serving(&mut workers, kind) {
+                    Ok((pid, chan, pidfd)) => (SupervisorReply::Spawned { pid }, vec![chan, pidfd]),
+                    Err(e) => (
+                        SupervisorReply::Failed {
+                            reason: e.to_string(),
+                        },
+                        Vec::new(),
+                    ),
+                };
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                if channel.send(&internal::encode(&msg), &borrowed).is_err() {
+                    return 0;
+                }
+            }
+            Ok(SupervisorRequest::Kill { pid }) => {
+                if let Some(i) = workers.iter().position(|(p, _)| *p == pid) {
+                    let (_, pidfd) = workers.swap_remove(i);
+                    // ESRCH: it had already exited. Nothing else can fail here.
+                    let _ = fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Forks a serving worker; returns its pid, the broker's end of its
+/// channel and a pidfd (a duplicate stays here for `Kill`).
+fn spawn_serving(
+    workers: &mut Vec<(i32, OwnedFd)>,
+    kind: WorkerKind,
+) -> Result<(i32, OwnedFd, OwnedFd), Error> {
+    let (broker_end, worker_end) = Channel::pair().ctx("creating a worker channel")?;
+    match sys::clone_with_pidfd().ctx("starting a worker")? {
+        Cloned::Child => {
+            drop(broker_end);
+            sys::child_exit(|| {
+                // SAFETY: a fresh child that never returns to the frames
+                // owning the other fds (`workers`, the supervisor's channel).
+                #[allow(unsafe_code)]
+                let closed = unsafe { sys::close_fds_except(&[worker_end.as_raw_fd()]) };
+                if closed.is_err() {
+                    return 1;
+                }
+                let role = match kind {
+                    WorkerKind::Rooms => Role::Rooms,
+                    WorkerKind::Subspaces => {
+                        // Told apart in `ps` (and by the tests).
+                        let _ = nix::sys::prctl::set_name(c"spacer-spawner");
+                        Role::Spawner
+                    }
+                };
+                if let Err(e) = crate::seccomp::narrow(role) {
+                    eprintln!("spacer-worker: installing the {role:?} filter: {e}");
+                    return 1;
+                }
+                crate::serve::serve(worker_end, role, None)
+            })
+        }
+        Cloned::Parent { pid, pidfd } => {
+            drop(worker_end);
+            let for_broker = pidfd.try_clone().ctx("duplicating a pidfd")?;
+            workers.push((pid, pidfd));
+            Ok((pid, broker_end.into_fd(), for_broker))
+        }
+    }
+}
