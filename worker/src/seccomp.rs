@@ -6,6 +6,7 @@
 //! filter checks the architecture first (seccompiler emits that check).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
@@ -29,8 +30,11 @@ pub enum SeccompMode {
 /// conditions (each an AND of comparisons).
 struct Entry {
     nr: libc::c_long,
-    any_of: Vec<Vec<(u8, Len, Op, u64)>>,
+    any_of: Vec<Vec<Cond>>,
 }
+
+/// One comparison: argument, width, operator, value.
+type Cond = (u8, Len, Op, u64);
 
 fn always(nr: libc::c_long) -> Entry {
     Entry {
@@ -85,30 +89,136 @@ const ROOM_FLAGS: [u64; 6] = [
     libc::CLONE_NEWUTS as u64,
 ];
 
-/// The allow-list. Callers are named per entry; `tests/` runs the real
-/// binary under this filter for every request type.
-fn entries() -> Vec<Entry> {
-    let unshare_allowed = ROOM_FLAGS.iter().fold(0, |a, f| a | f)
-        | libc::CLONE_NEWUSER as u64
-        | libc::CLONE_NEWPID as u64;
-    // NS_GET_USERNS, NS_GET_NSTYPE and the ten PIDFD_GET_*_NAMESPACE ioctls;
+fn flags(fs: &[libc::c_int]) -> Vec<u64> {
+    fs.iter().map(|&f| f as u64).collect()
+}
+
+/// `openat` read-only or write-only, never creating or truncating.
+fn openat() -> Entry {
+    arg_in(
+        libc::SYS_openat,
+        2,
+        &flags(&[
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        ]),
+    )
+}
+
+/// `prctl` with these options only.
+fn prctl(options: &[libc::c_int]) -> Entry {
+    arg_in(libc::SYS_prctl, 0, &flags(options))
+}
+
+/// Every process: the channel, memory (never executable), stderr, Rust's
+/// runtime, leaving.
+fn common() -> Vec<Entry> {
+    vec![
+        // Channel::recv / Channel::send: the only way requests come and go.
+        always(libc::SYS_recvmsg),
+        always(libc::SYS_sendmsg),
+        // Dropping fds; diagnostics on stderr.
+        always(libc::SYS_close),
+        always(libc::SYS_write),
+        always(libc::SYS_brk),
+        Entry {
+            nr: libc::SYS_mmap,
+            any_of: vec![vec![(
+                2,
+                Len::Dword,
+                Op::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )]],
+        },
+        always(libc::SYS_munmap),
+        always(libc::SYS_mremap),
+        always(libc::SYS_madvise),
+        // Rust std: lock slow paths, signals, std::process::id; caps crate
+        // (HashSet seeds, reading capability sets).
+        always(libc::SYS_futex),
+        always(libc::SYS_rt_sigreturn),
+        always(libc::SYS_rt_sigprocmask),
+        always(libc::SYS_sigaltstack),
+        always(libc::SYS_restart_syscall),
+        always(libc::SYS_getpid),
+        always(libc::SYS_gettid),
+        always(libc::SYS_getrandom),
+        always(libc::SYS_capget),
+        // prepare::check_clocks (and std's Instant, if the vDSO is missing).
+        always(libc::SYS_clock_gettime),
+        // std's OwnedFd::drop checks F_GETFD first in debug builds;
+        // OwnedFd::try_clone (pidfds kept by the supervisor and spawner).
+        arg_in(
+            libc::SYS_fcntl,
+            1,
+            &flags(&[libc::F_GETFD, libc::F_DUPFD_CLOEXEC]),
+        ),
+        always(libc::SYS_exit),
+        always(libc::SYS_exit_group),
+        // Allowed here so that the first filter's ENOSYS (not a kill) decides.
+        always(libc::SYS_clone3),
+    ]
+}
+
+/// Starting other workers: sys::clone_with_pidfd (fork-like only), the
+/// channel to each (a connected pair cannot be aimed at any other socket),
+/// closing the parent's fds in the child, ending one (SIGKILL, only ever
+/// through a pidfd).
+fn forking() -> Vec<Entry> {
+    vec![
+        long_arg_in(libc::SYS_clone, 0, &[CLONE_FLAGS]),
+        Entry {
+            nr: libc::SYS_socketpair,
+            any_of: vec![vec![
+                (0, Len::Dword, Op::Eq, libc::AF_UNIX as u64),
+                (
+                    1,
+                    Len::Dword,
+                    Op::Eq,
+                    (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+                ),
+            ]],
+        },
+        always(libc::SYS_close_range),
+        arg_in(libc::SYS_pidfd_send_signal, 1, &[libc::SIGKILL as u64]),
+        // supervise::spawn_serving: the spawner's name.
+        prctl(&[libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]),
+        // narrow, in the new process: one more filter (seccompiler sets
+        // no_new_privs, already set, first). A filter can only take
+        // permissions away.
+        Entry {
+            nr: libc::SYS_seccomp,
+            any_of: vec![vec![
+                (0, Len::Dword, Op::Eq, libc::SECCOMP_SET_MODE_FILTER as u64),
+                (1, Len::Dword, Op::Eq, 0),
+            ]],
+        },
+    ]
+}
+
+/// Making rooms (maker, prepare).
+fn rooms() -> Vec<Entry> {
+    // NS_GET_USERNS, NS_GET_NSTYPE and the ten PIDFD_GET_*_NAMESPACE ioctls
+    // (fd::namespace_type, fd::owning_user_namespace, maker::current);
     // sys::loopback_up: SIOCGIFFLAGS, SIOCSIFFLAGS.
     let mut ioctls = vec![0xb701, 0xb703];
     ioctls.extend((1..=10).map(|n| 0xff00 | n));
     ioctls.extend([libc::SIOCGIFFLAGS, libc::SIOCSIFFLAGS]);
     vec![
-        // Channel::recv / Channel::send: the only way requests come and go.
-        always(libc::SYS_recvmsg),
-        always(libc::SYS_sendmsg),
-        // Channel::peer_closed (poll with zero timeout; glibc may use either).
-        always(libc::SYS_poll),
-        always(libc::SYS_ppoll),
-        // fd::is_unix_seqpacket on a new subspace's channel.
-        always(libc::SYS_getsockopt),
-        always(libc::SYS_getsockname),
-        // subspace::spawn: the channel to a new subspace worker;
-        // sys::loopback_up: a socket for the interface ioctls (a connected
-        // pair cannot be aimed at any other socket).
+        // Maker::rooms: one type at a time; Maker::go_home: back into the
+        // worker's own namespace of that type (setns(fd, 0) would join any
+        // type: only single flags pass).
+        arg_within(
+            libc::SYS_unshare,
+            0,
+            ROOM_FLAGS.iter().fold(0, |a, f| a | f),
+        ),
+        arg_in(libc::SYS_setns, 1, &ROOM_FLAGS),
+        // maker::make_root_private: MS_REC|MS_PRIVATE changes propagation
+        // only; no bind, move, remount or new filesystem can pass.
+        long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
+        long_arg_in(libc::SYS_ioctl, 1, &ioctls),
+        // sys::loopback_up: the socket for the interface ioctls.
         Entry {
             nr: libc::SYS_socketpair,
             any_of: vec![vec![
@@ -125,154 +235,178 @@ fn entries() -> Vec<Entry> {
         // it while these run).
         always(libc::SYS_sethostname),
         always(libc::SYS_setdomainname),
-        // Maker::rooms (one type at a time) and subspace setup (user+pid).
-        arg_within(libc::SYS_unshare, 0, unshare_allowed),
-        // Maker::go_home: back into the worker's own namespace of one type;
-        // subspace::setup: a nested subspace worker joins its parent
-        // subspace's user namespace (less privilege than the host's, which
-        // it leaves for good), and a new subspace worker takes the
-        // requester's PID namespace for its children (the one that makes
-        // the new PID namespace). setns(fd, 0) would join any type: only
-        // single flags pass.
-        arg_in(
-            libc::SYS_setns,
-            1,
-            &[
-                &ROOM_FLAGS[..],
-                &[libc::CLONE_NEWUSER as u64, libc::CLONE_NEWPID as u64],
-            ]
-            .concat(),
-        ),
-        // maker::make_root_private: MS_REC|MS_PRIVATE changes propagation
-        // only; no bind, move, remount or new filesystem can pass.
-        long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
-        // fd::namespace_type, fd::owning_user_namespace, maker::current.
-        long_arg_in(libc::SYS_ioctl, 1, &ioctls),
+        // maker::current's fallback to /proc/thread-self/ns (read-only),
+        // prepare::offsets opening timens_offsets.
+        openat(),
         // fd::namespace_inode (fstat; glibc uses newfstatat or statx).
         always(libc::SYS_fstat),
         always(libc::SYS_newfstatat),
         always(libc::SYS_statx),
-        // sys::clone_with_pidfd: subspace and serving workers, fork-like only.
-        long_arg_in(libc::SYS_clone, 0, &[CLONE_FLAGS]),
-        // Maker::new, subspace setup: own pidfd.
+        // Maker::new: own pidfd.
         arg_in(libc::SYS_pidfd_open, 1, &[0]),
-        // fd::is_pidfd (signal 0), Supervisor::kill and kill_descendants
-        // (SIGKILL): only ever through a pidfd.
-        arg_in(libc::SYS_pidfd_send_signal, 1, &[0, libc::SIGKILL as u64]),
-        // maker::current fallback to /proc/thread-self/ns (read-only),
-        // subspace setup writing its own uid_map, gid_map, setgroups, and
-        // prepare::offsets writing timens_offsets.
-        arg_in(
-            libc::SYS_openat,
-            2,
-            &[
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
-            ],
+        // privilege::with_cap.
+        always(libc::SYS_capset),
+    ]
+}
+
+/// A new subspace worker's setup (subspace::setup and the helpers it
+/// forks), until it narrows its filter: joining the requester's
+/// namespaces and a parent subspace's user namespace, taking the
+/// requester's ids, making the user and PID namespaces, writing the maps.
+fn subspace_setup() -> Vec<Entry> {
+    vec![
+        arg_within(
+            libc::SYS_unshare,
+            0,
+            (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64,
         ),
-        // sys::namespace_alive (a room worker, for the broker's count of
-        // live rooms): only with the nsfs marker as "mount fd", so only a
-        // namespace can be opened, read-only. Any other mount fd (a file
-        // system's) still kills the process.
-        Entry {
-            nr: libc::SYS_open_by_handle_at,
-            any_of: vec![vec![
-                (
-                    0,
-                    Len::Dword,
-                    Op::Eq,
-                    crate::sys::FD_NSFS_ROOT as u32 as u64,
-                ),
-                (
-                    2,
-                    Len::Dword,
-                    Op::Eq,
-                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                ),
-            ]],
-        },
-        // Writing the id maps and clock offsets; diagnostics on stderr.
-        always(libc::SYS_write),
-        // Dropping fds; sys::close_fds_except in a new subspace worker.
-        always(libc::SYS_close),
-        always(libc::SYS_close_range),
-        // Subspace setup: become the requester, then root of the new user ns;
-        // serve::as_requester: a room worker's effective uid for a request.
+        arg_in(
+            libc::SYS_setns,
+            1,
+            &flags(&[
+                libc::CLONE_NEWNS,
+                libc::CLONE_NEWUTS,
+                libc::CLONE_NEWPID,
+                libc::CLONE_NEWUSER,
+            ]),
+        ),
         always(libc::SYS_setresuid),
         always(libc::SYS_setresgid),
         always(libc::SYS_setgroups),
         // subspace::take_effective_ids: filesystem uid back to 0 (the real
         // uid), so a never-dumpable new worker can open its own /proc files.
         always(libc::SYS_setfsuid),
-        always(libc::SYS_getuid),
         always(libc::SYS_geteuid),
-        always(libc::SYS_getgid),
         always(libc::SYS_getegid),
-        always(libc::SYS_getpid),
-        always(libc::SYS_getppid),
-        always(libc::SYS_gettid),
-        // confine::keep_only in a subspace worker, prepare::with_cap (caps
-        // crate).
-        always(libc::SYS_capget),
+        // /dev/null for stdio, /proc, the id maps and timens_offsets.
+        openat(),
+        // Channel::peer_closed in a helper (poll with zero timeout).
+        always(libc::SYS_poll),
+        always(libc::SYS_ppoll),
+        // privilege::keep_only (bounding, ambient sets) in become_inside;
+        // a private worker's child is dumpable while it writes its maps;
+        // helpers die with the new worker.
+        prctl(&[
+            libc::PR_SET_NAME,
+            libc::PR_SET_DUMPABLE,
+            libc::PR_CAPBSET_READ,
+            libc::PR_CAPBSET_DROP,
+            libc::PR_CAP_AMBIENT,
+            libc::PR_SET_PDEATHSIG,
+        ]),
         always(libc::SYS_capset),
-        arg_in(
-            libc::SYS_prctl,
-            0,
-            &[
-                libc::PR_SET_KEEPCAPS as u64,
-                libc::PR_SET_DUMPABLE as u64,
-                libc::PR_GET_DUMPABLE as u64,
-                libc::PR_CAPBSET_READ as u64,
-                libc::PR_CAPBSET_DROP as u64,
-                libc::PR_CAP_AMBIENT as u64,
-                // serve::spawn_serving: the spawner's name.
-                libc::PR_SET_NAME as u64,
-                // subspace::pid_namespace_below: its short-lived child dies
-                // with the new worker.
-                libc::PR_SET_PDEATHSIG as u64,
-            ],
-        ),
-        // Memory for the allocator; never executable.
-        always(libc::SYS_brk),
-        Entry {
-            nr: libc::SYS_mmap,
-            any_of: vec![vec![(
-                2,
-                Len::Dword,
-                Op::MaskedEq(libc::PROT_EXEC as u64),
-                0,
-            )]],
-        },
-        always(libc::SYS_munmap),
-        always(libc::SYS_mremap),
-        always(libc::SYS_madvise),
-        // Rust std: HashSet seeds (caps crate), lock slow paths, signals.
-        always(libc::SYS_getrandom),
-        always(libc::SYS_futex),
-        always(libc::SYS_rt_sigreturn),
-        always(libc::SYS_rt_sigprocmask),
-        always(libc::SYS_sigaltstack),
-        always(libc::SYS_restart_syscall),
-        // prepare::check_clocks (and std's Instant, if the vDSO is missing).
-        always(libc::SYS_clock_gettime),
-        // OwnedFd::try_clone in the supervisor (a pidfd kept for Kill);
-        // std's OwnedFd::drop checks F_GETFD first in debug builds.
-        arg_in(
-            libc::SYS_fcntl,
-            1,
-            &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
-        ),
-        // sys::kill_descendants (private mode) reads its children list and
-        // their status from /proc.
-        always(libc::SYS_read),
-        always(libc::SYS_nanosleep),
-        always(libc::SYS_clock_nanosleep),
-        // Leaving.
-        always(libc::SYS_exit),
-        always(libc::SYS_exit_group),
-        // Allowed here so that the first filter's ENOSYS (not a kill) decides.
-        always(libc::SYS_clone3),
+        arg_in(libc::SYS_pidfd_open, 1, &[0]),
     ]
+}
+
+/// What a process in `role` calls itself.
+fn calls(role: Role) -> Vec<Entry> {
+    let mut e = common();
+    match role {
+        Role::Supervisor => e.extend(forking()),
+        Role::Rooms => {
+            e.extend(rooms());
+            e.extend([
+                // privilege::as_requester: the requester's effective uid.
+                always(libc::SYS_setresuid),
+                always(libc::SYS_setfsuid),
+                // fd::is_pidfd on the requester's pidfd (signal 0).
+                arg_in(libc::SYS_pidfd_send_signal, 1, &[0]),
+                // sys::namespace_alive, for the broker's count of live
+                // rooms: only with the nsfs marker as "mount fd", so only a
+                // namespace can be opened, read-only.
+                Entry {
+                    nr: libc::SYS_open_by_handle_at,
+                    any_of: vec![vec![
+                        (
+                            0,
+                            Len::Dword,
+                            Op::Eq,
+                            crate::sys::FD_NSFS_ROOT as u32 as u64,
+                        ),
+                        (
+                            2,
+                            Len::Dword,
+                            Op::Eq,
+                            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                        ),
+                    ]],
+                },
+            ]);
+        }
+        Role::Spawner => {
+            e.extend(forking());
+            e.extend(subspace_setup());
+            // fd::is_pidfd on the requester's pidfd (signal 0).
+            e.push(arg_in(libc::SYS_pidfd_send_signal, 1, &[0]));
+        }
+        Role::HostSubspace => e.extend(rooms()),
+        Role::Private | Role::Subspace => {
+            e.extend(rooms());
+            e.extend(forking());
+            e.extend(subspace_setup());
+            // sys::kill_descendants: its children list and their status
+            // from /proc, and a pause between rounds.
+            e.extend([
+                always(libc::SYS_read),
+                always(libc::SYS_nanosleep),
+                always(libc::SYS_clock_nanosleep),
+            ]);
+        }
+    }
+    e
+}
+
+/// The roles of the processes a process in `role` may become or fork
+/// (filters stack: a child can only narrow its parent's).
+fn tree(role: Role) -> &'static [Role] {
+    match role {
+        Role::Supervisor => &[
+            Role::Supervisor,
+            Role::Rooms,
+            Role::Spawner,
+            Role::HostSubspace,
+        ],
+        Role::Spawner => &[Role::Spawner, Role::HostSubspace],
+        Role::Rooms => &[Role::Rooms],
+        Role::HostSubspace => &[Role::HostSubspace],
+        Role::Private => &[Role::Private, Role::Subspace],
+        Role::Subspace => &[Role::Subspace],
+    }
+}
+
+/// The allow-list of a process in `role`: what it and every process below
+/// it call. One syscall allowed by several roles under different argument
+/// conditions is allowed under any of them.
+fn entries(role: Role) -> Vec<Entry> {
+    let mut merged: BTreeMap<libc::c_long, Option<Vec<Vec<Cond>>>> = BTreeMap::new();
+    for e in tree(role).iter().flat_map(|&r| calls(r)) {
+        let slot = merged.entry(e.nr).or_insert_with(|| Some(Vec::new()));
+        match (slot.as_mut(), e.any_of.is_empty()) {
+            // Unconditional wins over any condition.
+            (_, true) => *slot = None,
+            (Some(conds), false) => {
+                for c in e.any_of {
+                    if !conds.contains(&c) {
+                        conds.push(c);
+                    }
+                }
+            }
+            (None, false) => {}
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(nr, any_of)| Entry {
+            nr,
+            any_of: any_of.unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The number of syscalls each role's own filter allows.
+pub fn allowed(role: Role) -> usize {
+    entries(role).len()
 }
 
 fn arch() -> Result<TargetArch, String> {
@@ -304,22 +438,23 @@ fn build(
         .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
-/// The filters of [`install`], built but not applied (a test builds them
-/// before it forks, then applies them in the child with [`apply`]).
-pub fn filters(mode: SeccompMode, _role: Role) -> Result<Vec<BpfProgram>, String> {
+/// The filters of a process that takes `role` first: `clone3` →
+/// `ENOSYS`, and the allow-list of `role` and everything below it.
+pub fn filters(mode: SeccompMode, role: Role) -> Result<Vec<BpfProgram>, String> {
     let enosys = build(
         vec![always(libc::SYS_clone3)],
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
     )?;
+    Ok(vec![enosys, allow_list(mode, role)?])
+}
+
+fn allow_list(mode: SeccompMode, role: Role) -> Result<BpfProgram, String> {
     let mismatch = match mode {
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
     };
-    Ok(vec![
-        enosys,
-        build(entries(), mismatch, SeccompAction::Allow)?,
-    ])
+    build(entries(role), mismatch, SeccompAction::Allow)
 }
 
 /// Applies `filters` to the calling thread (the worker has no other), in
@@ -333,19 +468,23 @@ pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this process's filters log instead of killing.
+static LOG: AtomicBool = AtomicBool::new(false);
+
 /// Installs the filters of a process that takes `role` first.
 pub fn install(mode: SeccompMode, role: Role) -> Result<(), String> {
-    MODE.store(
-        mode == SeccompMode::Log,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    LOG.store(mode == SeccompMode::Log, Ordering::Relaxed);
     apply(&filters(mode, role)?)
 }
 
-/// Whether this process's filters log instead of killing.
-static MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Narrows the filter of a process forked into `role` (filters stack).
-pub fn narrow(_role: Role) -> Result<(), String> {
-    Ok(())
+/// Narrows the filters of a process forked into `role`: its own allow-list
+/// is added (filters stack; a call must pass all of them), in the mode
+/// the first was installed with.
+pub fn narrow(role: Role) -> Result<(), String> {
+    let mode = if LOG.load(Ordering::Relaxed) {
+        SeccompMode::Log
+    } else {
+        SeccompMode::Kill
+    };
+    apply(&[allow_list(mode, role)?])
 }
