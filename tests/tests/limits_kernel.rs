@@ -93,12 +93,12 @@ fn broken_audit_sink_fails_grants_closed_and_says_why() {
         "{r:?}"
     );
     // Denials need no grant: still answered.
-    let out = std::process::Command::new(copy_bin_to(dir.path(), "spacer"))
-        .args(["rooms", "--net"])
-        .env("SPACER_SOCKET", &sock)
-        .uid_gid(STRANGER)
-        .output()
-        .unwrap();
+    let out = output_retrying(
+        std::process::Command::new(copy_bin_to(dir.path(), "spacer"))
+            .args(["rooms", "--net"])
+            .env("SPACER_SOCKET", &sock)
+            .uid_gid(STRANGER),
+    );
     assert_eq!(out.status.code(), Some(3));
     let _ = child.kill();
     let _ = child.wait();

@@ -1,9 +1,10 @@
-//! The worker's system call allow-list, as typed code: one entry per
-//! syscall, each naming the code that needs it, with arguments constrained
-//! where seccomp can see them (it cannot follow pointers). Anything else
-//! kills the whole process (`SECCOMP_RET_KILL_PROCESS`); `clone3` answers
-//! `ENOSYS` so that a libc fallback would use the filtered `clone`. The
-//! filter checks the architecture first (seccompiler emits that check).
+//! The workers' system call allow-lists, as typed code, one per process
+//! [`Role`]: each entry names the code that needs it, with arguments
+//! constrained where seccomp can see them (it cannot follow pointers).
+//! Anything else kills the whole process (`SECCOMP_RET_KILL_PROCESS`);
+//! `clone3` answers `ENOSYS` so that a libc fallback would use the filtered
+//! `clone`. The filter checks the architecture first (seccompiler emits
+//! that check). How the lists were checked: docs/ARCHITECTURE.md, "Seccomp".
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,12 +115,18 @@ fn prctl(options: &[libc::c_int]) -> Entry {
 /// runtime, leaving.
 fn common() -> Vec<Entry> {
     vec![
-        // Channel::recv / Channel::send: the only way requests come and go.
+        // Channel::recv / Channel::send: the only way requests come and go;
+        // Channel::peer_closed (poll, zero timeout) tells end of stream from
+        // an empty datagram; serve's loop waits for pending setups.
         always(libc::SYS_recvmsg),
         always(libc::SYS_sendmsg),
-        // Dropping fds; diagnostics on stderr.
+        always(libc::SYS_poll),
+        // Dropping fds; diagnostics on stderr (a subspace worker's is
+        // /dev/null).
         always(libc::SYS_close),
         always(libc::SYS_write),
+        // The allocator. The suite never grows the heap a worker starts
+        // with; these stay so that a larger request cannot kill a worker.
         always(libc::SYS_brk),
         Entry {
             nr: libc::SYS_mmap,
@@ -130,21 +137,20 @@ fn common() -> Vec<Entry> {
                 0,
             )]],
         },
-        always(libc::SYS_munmap),
         always(libc::SYS_mremap),
         always(libc::SYS_madvise),
-        // Rust std: lock slow paths, signals, std::process::id; caps crate
-        // (HashSet seeds, reading capability sets).
-        always(libc::SYS_futex),
-        always(libc::SYS_rt_sigreturn),
-        always(libc::SYS_rt_sigprocmask),
+        // Leaving: std frees the main thread's signal stack.
+        always(libc::SYS_munmap),
         always(libc::SYS_sigaltstack),
-        always(libc::SYS_restart_syscall),
-        always(libc::SYS_getpid),
+        always(libc::SYS_exit_group),
+        // std's locks; std::process::id; the caps crate reads the sets.
+        always(libc::SYS_futex),
         always(libc::SYS_gettid),
-        always(libc::SYS_getrandom),
+        always(libc::SYS_getpid),
         always(libc::SYS_capget),
-        // prepare::check_clocks (and std's Instant, if the vDSO is missing).
+        // A stopped and continued process resumes an interrupted wait.
+        always(libc::SYS_restart_syscall),
+        // Deadlines (std's Instant) where the clock has no vDSO.
         always(libc::SYS_clock_gettime),
         // std's OwnedFd::drop checks F_GETFD first in debug builds;
         // OwnedFd::try_clone (pidfds kept by the supervisor and spawner).
@@ -153,8 +159,6 @@ fn common() -> Vec<Entry> {
             1,
             &flags(&[libc::F_GETFD, libc::F_DUPFD_CLOEXEC]),
         ),
-        always(libc::SYS_exit),
-        always(libc::SYS_exit_group),
         // Allowed here so that the first filter's ENOSYS (not a kill) decides.
         always(libc::SYS_clone3),
     ]
@@ -162,30 +166,16 @@ fn common() -> Vec<Entry> {
 
 /// Starting other workers: sys::clone_with_pidfd (fork-like only), the
 /// channel to each (a connected pair cannot be aimed at any other socket),
-/// closing the parent's fds in the child, ending one (SIGKILL, only ever
-/// through a pidfd).
+/// closing the parent's fds in the child, its name, narrowing its filter,
+/// ending one (SIGKILL, only ever through a pidfd).
 fn forking() -> Vec<Entry> {
     vec![
         long_arg_in(libc::SYS_clone, 0, &[CLONE_FLAGS]),
-        Entry {
-            nr: libc::SYS_socketpair,
-            any_of: vec![vec![
-                (0, Len::Dword, Op::Eq, libc::AF_UNIX as u64),
-                (
-                    1,
-                    Len::Dword,
-                    Op::Eq,
-                    (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
-                ),
-            ]],
-        },
+        socketpair(),
         always(libc::SYS_close_range),
-        arg_in(libc::SYS_pidfd_send_signal, 1, &[libc::SIGKILL as u64]),
-        // supervise::spawn_serving: the spawner's name.
         prctl(&[libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]),
-        // narrow, in the new process: one more filter (seccompiler sets
-        // no_new_privs, already set, first). A filter can only take
-        // permissions away.
+        // narrow, in the new process: one more filter. A filter can only
+        // take permissions away.
         Entry {
             nr: libc::SYS_seccomp,
             any_of: vec![vec![
@@ -193,7 +183,24 @@ fn forking() -> Vec<Entry> {
                 (1, Len::Dword, Op::Eq, 0),
             ]],
         },
+        arg_in(libc::SYS_pidfd_send_signal, 1, &[libc::SIGKILL as u64]),
     ]
+}
+
+/// An `AF_UNIX` `SOCK_SEQPACKET` pair, the only socket a worker makes.
+fn socketpair() -> Entry {
+    Entry {
+        nr: libc::SYS_socketpair,
+        any_of: vec![vec![
+            (0, Len::Dword, Op::Eq, libc::AF_UNIX as u64),
+            (
+                1,
+                Len::Dword,
+                Op::Eq,
+                (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+            ),
+        ]],
+    }
 }
 
 /// Making rooms (maker, prepare).
@@ -219,84 +226,75 @@ fn rooms() -> Vec<Entry> {
         long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
         long_arg_in(libc::SYS_ioctl, 1, &ioctls),
         // sys::loopback_up: the socket for the interface ioctls.
-        Entry {
-            nr: libc::SYS_socketpair,
-            any_of: vec![vec![
-                (0, Len::Dword, Op::Eq, libc::AF_UNIX as u64),
-                (
-                    1,
-                    Len::Dword,
-                    Op::Eq,
-                    (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
-                ),
-            ]],
-        },
+        socketpair(),
         // prepare::apply: the names of a new UTS namespace (the worker is in
         // it while these run).
         always(libc::SYS_sethostname),
         always(libc::SYS_setdomainname),
-        // maker::current's fallback to /proc/thread-self/ns (read-only),
-        // prepare::offsets opening timens_offsets.
-        openat(),
-        // fd::namespace_inode (fstat; glibc uses newfstatat or statx).
-        always(libc::SYS_fstat),
+        // fd::namespace_inode (fstat, which glibc makes newfstatat).
         always(libc::SYS_newfstatat),
-        always(libc::SYS_statx),
         // Maker::new: own pidfd.
         arg_in(libc::SYS_pidfd_open, 1, &[0]),
-        // privilege::with_cap.
+        // privilege::with_cap (loopback, clock offsets, the requester's
+        // namespaces).
         always(libc::SYS_capset),
     ]
 }
 
-/// A new subspace worker's setup (subspace::setup and the helpers it
-/// forks), until it narrows its filter: joining the requester's
-/// namespaces and a parent subspace's user namespace, taking the
-/// requester's ids, making the user and PID namespaces, writing the maps.
-fn subspace_setup() -> Vec<Entry> {
-    vec![
+/// A new subspace worker's setup (subspace::setup), until it narrows its
+/// filter: making the user and PID namespaces, writing the maps, becoming
+/// the requester inside. `host`: started by the spawner, which also joins
+/// the requester's namespaces and a parent subspace's user namespace,
+/// takes the requester's ids first, and forks helpers that die with it.
+fn subspace_setup(host: bool) -> Vec<Entry> {
+    let mut e = vec![
         arg_within(
             libc::SYS_unshare,
             0,
             (libc::CLONE_NEWUSER | libc::CLONE_NEWPID) as u64,
         ),
-        arg_in(
-            libc::SYS_setns,
-            1,
-            &flags(&[
-                libc::CLONE_NEWNS,
-                libc::CLONE_NEWUTS,
-                libc::CLONE_NEWPID,
-                libc::CLONE_NEWUSER,
-            ]),
-        ),
         always(libc::SYS_setresuid),
         always(libc::SYS_setresgid),
-        always(libc::SYS_setgroups),
-        // subspace::take_effective_ids: filesystem uid back to 0 (the real
-        // uid), so a never-dumpable new worker can open its own /proc files.
-        always(libc::SYS_setfsuid),
         always(libc::SYS_geteuid),
         always(libc::SYS_getegid),
         // /dev/null for stdio, /proc, the id maps and timens_offsets.
         openat(),
-        // Channel::peer_closed in a helper (poll with zero timeout).
-        always(libc::SYS_poll),
-        always(libc::SYS_ppoll),
-        // privilege::keep_only (bounding, ambient sets) in become_inside;
-        // a private worker's child is dumpable while it writes its maps;
-        // helpers die with the new worker.
+        always(libc::SYS_capset),
+        arg_in(libc::SYS_pidfd_open, 1, &[0]),
+        // privilege::keep_only (bounding and ambient sets) in become_inside.
         prctl(&[
             libc::PR_SET_NAME,
-            libc::PR_SET_DUMPABLE,
             libc::PR_CAPBSET_READ,
             libc::PR_CAPBSET_DROP,
             libc::PR_CAP_AMBIENT,
-            libc::PR_SET_PDEATHSIG,
         ]),
-        always(libc::SYS_capset),
-        arg_in(libc::SYS_pidfd_open, 1, &[0]),
-    ]
+    ];
+    if host {
+        e.extend([
+            arg_in(
+                libc::SYS_setns,
+                1,
+                &flags(&[
+                    libc::CLONE_NEWNS,
+                    libc::CLONE_NEWUTS,
+                    libc::CLONE_NEWPID,
+                    libc::CLONE_NEWUSER,
+                ]),
+            ),
+            always(libc::SYS_setgroups),
+            // subspace::take_effective_ids: filesystem uid back to 0 (the
+            // real uid), so a never-dumpable new worker can open its own
+            // /proc files.
+            always(libc::SYS_setfsuid),
+            // subspace::start_helper: the helper dies with the new worker.
+            prctl(&[libc::PR_SET_PDEATHSIG]),
+        ]);
+    } else {
+        // subspace::write_own_maps: a private worker's child is dumpable
+        // while it writes its own maps.
+        e.push(prctl(&[libc::PR_SET_DUMPABLE]));
+    }
+    e
 }
 
 /// What a process in `role` calls itself.
@@ -307,6 +305,10 @@ fn calls(role: Role) -> Vec<Entry> {
         Role::Rooms => {
             e.extend(rooms());
             e.extend([
+                // prepare::offsets opening timens_offsets (and
+                // maker::current's fallback to /proc/thread-self/ns before
+                // Linux 6.11).
+                openat(),
                 // privilege::as_requester: the requester's effective uid.
                 always(libc::SYS_setresuid),
                 always(libc::SYS_setfsuid),
@@ -336,7 +338,7 @@ fn calls(role: Role) -> Vec<Entry> {
         }
         Role::Spawner => {
             e.extend(forking());
-            e.extend(subspace_setup());
+            e.extend(subspace_setup(true));
             // fd::is_pidfd on the requester's pidfd (signal 0).
             e.push(arg_in(libc::SYS_pidfd_send_signal, 1, &[0]));
         }
@@ -344,14 +346,17 @@ fn calls(role: Role) -> Vec<Entry> {
         Role::Private | Role::Subspace => {
             e.extend(rooms());
             e.extend(forking());
-            e.extend(subspace_setup());
-            // sys::kill_descendants: its children list and their status
-            // from /proc, and a pause between rounds.
-            e.extend([
-                always(libc::SYS_read),
-                always(libc::SYS_nanosleep),
-                always(libc::SYS_clock_nanosleep),
-            ]);
+            e.extend(subspace_setup(false));
+            if role == Role::Private {
+                // sys::kill_descendants: its children list and their status
+                // from /proc (std sizes the read by statx), and a pause
+                // between rounds.
+                e.extend([
+                    always(libc::SYS_read),
+                    always(libc::SYS_statx),
+                    always(libc::SYS_clock_nanosleep),
+                ]);
+            }
         }
     }
     e

@@ -126,4 +126,22 @@ fn main() {
     let st = run("ptrace", 0, true);
     assert_eq!(st.code(), Some(3), "log mode: {st:?}");
     println!("seccomp: {checked} forbidden calls killed the process; log mode let one through");
+    // A forked worker's list narrows its parent's.
+    let n = |r: Role| seccomp::allowed(r);
+    for (child, parent) in [
+        (Role::Rooms, Role::Supervisor),
+        (Role::Spawner, Role::Supervisor),
+        (Role::HostSubspace, Role::Spawner),
+        (Role::Subspace, Role::Private),
+    ] {
+        assert!(
+            n(child) < n(parent),
+            "{child:?} {} < {parent:?} {}",
+            n(child),
+            n(parent)
+        );
+    }
+    for r in ROLES {
+        println!("seccomp: {r:?} allows {} syscalls", n(r));
+    }
 }
