@@ -111,14 +111,14 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: u32,
     /// Open connections per uid where the policy sets no max_connections.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_connections_per_uid: u32,
     /// Live subspaces per uid where the policy sets no max_subspaces.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_subspaces_per_uid: u32,
     /// Live rooms of each type per uid where the policy sets no max_rooms
     /// (counted until the namespace is really gone, whoever holds it).
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_rooms_per_uid: u32,
     /// The subordinate uid file, read at each `map = "auto"` request.
     #[arg(long, default_value = "/etc/subuid", value_name = "FILE")]
