@@ -232,12 +232,15 @@ impl RoomOptionArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCmd {
-    /// Validate a policy file; print a summary of each rule and warnings.
+    /// Validate a policy file as spacer-broker loads it (its owner and mode
+    /// too: owned by root, writable by root only); print a summary of each
+    /// rule and warnings.
     Check {
         /// The policy file.
         file: PathBuf,
     },
-    /// Show which rule decides for a peer and what it may do.
+    /// Show which rule decides for a peer, what it may do and the limits
+    /// that apply (the broker's default caps where the policy sets none).
     Explain {
         /// The policy file.
         file: PathBuf,
@@ -245,6 +248,8 @@ pub enum PolicyCmd {
         #[arg(long)]
         uid: u32,
         /// The peer's gids (primary first; repeat for supplementary groups).
+        /// Without it, the groups a login of that uid's user has (its
+        /// primary group and those /etc/group lists it in).
         #[arg(long = "gid", value_name = "GID")]
         gids: Vec<u32>,
     },
