@@ -132,6 +132,20 @@ pub struct Args {
     pub seccomp: SeccompArg,
 }
 
+/// The exit status of `spacer-broker`, for its manual page: (status,
+/// meaning).
+pub const EXIT_STATUS: &[(&str, &str)] = &[
+    ("0", "Stopped by SIGTERM or SIGINT."),
+    (
+        "1",
+        "Could not start (not started as root, an invalid policy or one not \
+         owned by root and writable by root only, the socket in use, the \
+         worker not starting), or had to stop (the worker supervisor \
+         exited).",
+    ),
+    ("2", "A usage error: the command line is wrong."),
+];
+
 /// The clap command, for manual pages and completions.
 pub fn command() -> clap::Command {
     <Args as clap::CommandFactory>::command()

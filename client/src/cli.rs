@@ -255,6 +255,29 @@ pub enum PolicyCmd {
     },
 }
 
+/// The exit status of `spacer`, for its manual pages: (status, meaning).
+pub const EXIT_STATUS: &[(&str, &str)] = &[
+    ("0", "Success."),
+    (
+        "1",
+        "An error: the broker cannot be reached, the request is invalid, \
+         making the namespaces failed, the service is unavailable, or a \
+         policy file is invalid or not one the broker would load.",
+    ),
+    ("2", "A usage error: the command line is wrong."),
+    (
+        "3",
+        "Denied by the policy; the broker's reason is on standard error as \
+         \"spacer: denied: REASON\".",
+    ),
+    (
+        "other",
+        "spacer run exits with the command's status: 128+N when signal N \
+         ended it, 127 when the command is not there, 126 when it cannot be \
+         executed.",
+    ),
+];
+
 /// The clap command, for manual pages and completions.
 pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
