@@ -303,6 +303,11 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
             assert_eq!(invalid_reason(reply(c)), "fds attached to a request");
         }
     }
+    // Fds attached come first, even on a datagram too large: answered so,
+    // and the connection kept.
+    let big = vec![0x80; spacer_proto::wire::MAX_REQUEST_BYTES + 1];
+    chan.send(&big, &[null.as_fd()]).unwrap();
+    assert_eq!(invalid_reason(reply(&chan)), "fds attached to a request");
     // The connection is still usable.
     chan.send(&req, &[]).unwrap();
     assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));

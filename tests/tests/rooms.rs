@@ -320,6 +320,11 @@ fn bad_requests_get_stable_reasons_and_the_connection_stays_usable() {
             .concat(),
             "unsupported protocol version 2 (this side speaks 1)",
         ),
+        // {"v": 1, "op": "ping"}: no spaces, so not even an unknown request.
+        (
+            [&[0x82, 0xa1, b'v', 1, 0xa2, b'o', b'p', 0xa4][..], b"ping"].concat(),
+            "malformed request",
+        ),
         (b"garbage".to_vec(), "malformed request"),
         (Vec::new(), "malformed request"),
     ];
