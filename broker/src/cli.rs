@@ -111,14 +111,14 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: u32,
     /// Open connections per uid where the policy sets no max_connections.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_connections_per_uid: u32,
     /// Live subspaces per uid where the policy sets no max_subspaces.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_subspaces_per_uid: u32,
     /// Live rooms of each type per uid where the policy sets no max_rooms
     /// (counted until the namespace is really gone, whoever holds it).
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_rooms_per_uid: u32,
     /// The subordinate uid file, read at each `map = "auto"` request.
     #[arg(long, default_value = "/etc/subuid", value_name = "FILE")]
@@ -131,6 +131,20 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "kill")]
     pub seccomp: SeccompArg,
 }
+
+/// The exit status of `spacer-broker`, for its manual page: (status,
+/// meaning).
+pub const EXIT_STATUS: &[(&str, &str)] = &[
+    ("0", "Stopped by SIGTERM or SIGINT."),
+    (
+        "1",
+        "Could not start (not started as root, an invalid policy or one not \
+         owned by root and writable by root only, the socket in use, the \
+         worker not starting), or had to stop (the worker supervisor \
+         exited).",
+    ),
+    ("2", "A usage error: the command line is wrong."),
+];
 
 /// The clap command, for manual pages and completions.
 pub fn command() -> clap::Command {

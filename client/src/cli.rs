@@ -232,12 +232,15 @@ impl RoomOptionArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCmd {
-    /// Validate a policy file; print a summary of each rule and warnings.
+    /// Validate a policy file as spacer-broker loads it (its owner and mode
+    /// too: owned by root, writable by root only); print a summary of each
+    /// rule and warnings.
     Check {
         /// The policy file.
         file: PathBuf,
     },
-    /// Show which rule decides for a peer and what it may do.
+    /// Show which rule decides for a peer, what it may do and the limits
+    /// that apply (the broker's default caps where the policy sets none).
     Explain {
         /// The policy file.
         file: PathBuf,
@@ -245,10 +248,35 @@ pub enum PolicyCmd {
         #[arg(long)]
         uid: u32,
         /// The peer's gids (primary first; repeat for supplementary groups).
+        /// Without it, the groups a login of that uid's user has (its
+        /// primary group and those /etc/group lists it in).
         #[arg(long = "gid", value_name = "GID")]
         gids: Vec<u32>,
     },
 }
+
+/// The exit status of `spacer`, for its manual pages: (status, meaning).
+pub const EXIT_STATUS: &[(&str, &str)] = &[
+    ("0", "Success."),
+    (
+        "1",
+        "An error: the broker cannot be reached, the request is invalid, \
+         making the namespaces failed, the service is unavailable, or a \
+         policy file is invalid or not one the broker would load.",
+    ),
+    ("2", "A usage error: the command line is wrong."),
+    (
+        "3",
+        "Denied by the policy; the broker's reason is on standard error as \
+         \"spacer: denied: REASON\".",
+    ),
+    (
+        "other",
+        "spacer run exits with the command's status: 128+N when signal N \
+         ended it, 127 when the command is not there, 126 when it cannot be \
+         executed.",
+    ),
+];
 
 /// The clap command, for manual pages and completions.
 pub fn command() -> clap::Command {

@@ -25,14 +25,22 @@ fn flag(t: NsType) -> CloneFlags {
 /// [`CommandExt::join`].
 ///
 /// ```
-/// # if !nix::unistd::geteuid().is_root() { return Ok(()) }
-/// use spacer_client::{run_in, Client, Spaces};
+/// use spacer_client::{run_in, Client, Error, NsType, Spaces};
 ///
 /// let spacer = Client::private()?;
-/// let rooms = spacer.rooms(Spaces::NET | Spaces::UTS)?;
-/// let ifaces = run_in(&rooms, || std::fs::read_to_string("/proc/thread-self/net/dev"))?
-///     .expect("readable");
-/// assert_eq!(ifaces.lines().count(), 3, "a new network namespace has only lo");
+/// if nix::unistd::geteuid().is_root() {
+///     let rooms = spacer.rooms(Spaces::NET | Spaces::UTS)?;
+///     let ifaces = run_in(&rooms, || std::fs::read_to_string("/proc/thread-self/net/dev"))?
+///         .expect("readable");
+///     assert_eq!(ifaces.lines().count(), 3, "a new network namespace has only lo");
+/// } else {
+///     // Unprivileged, rooms are made inside a user namespace of your own,
+///     // which a thread cannot enter: they are for `CommandExt::join`.
+///     let (inside, _sub) = spacer.subspace(Spaces::USER)?;
+///     let rooms = inside.rooms(Spaces::NET)?;
+///     let refused = run_in(&rooms, || ());
+///     assert!(matches!(refused, Err(Error::Join { ns: NsType::Net, .. })), "{refused:?}");
+/// }
 /// # Ok::<(), spacer_client::Error>(())
 /// ```
 pub fn run_in<T: Send>(rooms: &Rooms, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
@@ -137,10 +145,11 @@ pub trait CommandExt {
     /// child, which is single-threaded.
     ///
     /// ```
-    /// # if !nix::unistd::geteuid().is_root() { return Ok(()) }
     /// use std::process::Command;
     /// use spacer_client::{Client, CommandExt, Join, Spaces};
     ///
+    /// // A user namespace of your own: no privilege needed (where the kernel
+    /// // allows unprivileged user namespaces).
     /// let spacer = Client::private()?;
     /// let (_inside, sub) = spacer.subspace(Spaces::USER | Spaces::PID)?;
     /// let out = Command::new("sh")

@@ -250,11 +250,18 @@ impl Client {
     /// every subspace worker below it.
     ///
     /// ```
-    /// # if !nix::unistd::geteuid().is_root() { return Ok(()) }
     /// use spacer_client::{Client, Spaces};
     ///
     /// let spacer = Client::private()?;
-    /// let rooms = spacer.rooms(Spaces::NET)?;
+    /// let rooms = if nix::unistd::geteuid().is_root() {
+    ///     spacer.rooms(Spaces::NET)?
+    /// } else {
+    ///     // Host rooms need CAP_SYS_ADMIN, which the worker has only if you do.
+    ///     assert!(matches!(spacer.rooms(Spaces::NET), Err(spacer_client::Error::Failed(_))));
+    ///     // Rooms inside a user namespace of your own do not.
+    ///     let (inside, _sub) = spacer.subspace(Spaces::USER)?;
+    ///     inside.rooms(Spaces::NET)?
+    /// };
     /// assert!(rooms.net.is_some());
     /// # Ok::<(), spacer_client::Error>(())
     /// ```

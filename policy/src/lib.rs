@@ -56,6 +56,12 @@ options = ["loopback", "hostname", "time-offsets"]
 /// The default policy path.
 pub const DEFAULT_PATH: &str = "/etc/spacer/policy.toml";
 
+/// The broker's per-uid cap on connections, live subspaces and live rooms
+/// of each type where the policy sets none (`spacer-broker
+/// --max-connections-per-uid`, `--max-subspaces-per-uid`,
+/// `--max-rooms-per-uid`); see [`Limits::broker_defaults`].
+pub const DEFAULT_PER_UID_CAP: u32 = 64;
+
 /// Why a policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,11 +91,33 @@ pub enum LoadError {
 /// Whether [`load_file`] checks the file's owner and mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileCheck {
-    /// The broker: refuse a file not owned by root, or writable by group or
-    /// others.
+    /// The broker and `spacer policy check`: refuse a file not owned by
+    /// root, or writable by group or others ([`ownership_problem`]).
     Strict,
-    /// `spacer policy check`: the syntax only.
+    /// `spacer policy explain`: the content only (it warns about the owner
+    /// and mode instead).
     ContentOnly,
+}
+
+/// What makes a policy file unsafe to trust, by the broker's rule: it must
+/// be owned by root and writable by root only. `None` for a file the broker
+/// accepts; else the problem, e.g. `is writable by others (mode 0666)`.
+pub fn ownership_problem(meta: &std::fs::Metadata) -> Option<String> {
+    if meta.uid() != 0 {
+        Some(format!("is owned by uid {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by {} (mode {:04o})",
+            if meta.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
 }
 
 /// The kernel's overflow uid (what an unmapped uid reads as), 65534 unless
@@ -119,22 +147,7 @@ pub fn load_file(
     std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
     if check == FileCheck::Strict {
         let meta = file.metadata().map_err(read_err)?;
-        let problem = if meta.uid() != 0 {
-            Some(format!("is owned by uid {}", meta.uid()))
-        } else if meta.mode() & 0o022 != 0 {
-            Some(format!(
-                "is writable by {} (mode {:04o})",
-                if meta.mode() & 0o002 != 0 {
-                    "others"
-                } else {
-                    "its group"
-                },
-                meta.mode() & 0o7777
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = ownership_problem(&meta) {
             return Err(LoadError::Unsafe {
                 path: shown,
                 problem,

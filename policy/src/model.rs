@@ -112,6 +112,19 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The caps `spacer-broker` applies where the policy sets none, unless
+    /// its command line changes them: [`crate::DEFAULT_PER_UID_CAP`]
+    /// connections, subspaces and live rooms of each type per uid; no rate
+    /// and no depth limit.
+    pub fn broker_defaults() -> Limits {
+        Limits {
+            max_connections: Some(crate::DEFAULT_PER_UID_CAP),
+            max_subspaces: Some(crate::DEFAULT_PER_UID_CAP),
+            max_rooms: Some(crate::DEFAULT_PER_UID_CAP),
+            ..Limits::default()
+        }
+    }
+
     /// `(key, value)` of the limits that are set, in file order.
     pub fn set(&self) -> Vec<(&'static str, u32)> {
         [
@@ -375,25 +388,41 @@ impl Policy {
         &self.digest
     }
 
+    /// The rules that can never match, each with the first earlier rule
+    /// that matches the same peers. Matching is exact, so a rule is
+    /// unreachable exactly when an earlier one names the same uid (`uid` or
+    /// `user`) or the same gid (`gid` or `group`): no set of rules for other
+    /// ids covers every peer of a uid or a gid.
+    pub fn shadowed(&self) -> Vec<(&Rule, &Rule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(j, later)| {
+                self.rules[..j]
+                    .iter()
+                    .find(|earlier| {
+                        (earlier.matcher.uid().is_some()
+                            && earlier.matcher.uid() == later.matcher.uid())
+                            || (earlier.matcher.gid().is_some()
+                                && earlier.matcher.gid() == later.matcher.gid())
+                    })
+                    .map(|earlier| (later, earlier))
+            })
+            .collect()
+    }
+
     /// Things an administrator should know that are not errors: rules that
     /// can never match, and what granting `user` means.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (j, later) in self.rules.iter().enumerate() {
-            let shadow = self.rules[..j].iter().find(|earlier| {
-                (earlier.matcher.uid().is_some() && earlier.matcher.uid() == later.matcher.uid())
-                    || (earlier.matcher.gid().is_some()
-                        && earlier.matcher.gid() == later.matcher.gid())
-            });
-            if let Some(earlier) = shadow {
-                out.push(format!(
-                    "{} ({}) can never match: {} ({}) matches the same peers first",
-                    RuleRef::Rule(later),
-                    later.matcher,
-                    RuleRef::Rule(earlier),
-                    earlier.matcher
-                ));
-            }
+        for (later, earlier) in self.shadowed() {
+            out.push(format!(
+                "{} ({}) can never match: {} ({}) matches the same peers first",
+                RuleRef::Rule(later),
+                later.matcher,
+                RuleRef::Rule(earlier),
+                earlier.matcher
+            ));
         }
         let grants = self
             .rules

@@ -306,6 +306,12 @@ allow = []
 gid = 500
 allow = []
 "#);
+    let dead: Vec<(usize, usize)> = pol
+        .shadowed()
+        .into_iter()
+        .map(|(later, earlier)| (later.index, earlier.index))
+        .collect();
+    assert_eq!(dead, [(2, 1), (4, 3)]);
     let w = pol.warnings();
     assert_eq!(w.len(), 3, "{w:?}");
     assert!(
@@ -313,6 +319,53 @@ allow = []
     );
     assert!(w[1].starts_with("rule 4 (gid 500) can never match: rule 3"));
     assert!(w[2].contains("rule 2 grants user: a holder can create every other namespace type"));
+}
+
+#[test]
+fn a_uid_rule_and_a_gid_rule_with_the_same_number_both_stay_reachable() {
+    let pol = p("[[rule]]\nuid = 7\n[[rule]]\ngid = 7\n[[rule]]\nuser = \"alice\"\n");
+    assert!(pol.shadowed().is_empty());
+}
+
+#[test]
+fn ownership_problem_names_the_owner_or_the_writable_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("spacer-policy-mode-{}", std::process::id()));
+    std::fs::write(&path, "").unwrap();
+    let problem = |mode: u32| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        ownership_problem(&std::fs::metadata(&path).unwrap())
+    };
+    let results = [problem(0o644), problem(0o664), problem(0o666)];
+    std::fs::remove_file(&path).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    if me == 0 {
+        assert_eq!(results[0], None);
+        assert_eq!(
+            results[1].as_deref(),
+            Some("is writable by its group (mode 0664)")
+        );
+        assert_eq!(
+            results[2].as_deref(),
+            Some("is writable by others (mode 0666)")
+        );
+    } else {
+        let owned = format!("is owned by uid {me}");
+        assert!(results.iter().all(|r| r.as_deref() == Some(&owned[..])));
+    }
+}
+
+#[test]
+fn broker_defaults_cap_connections_subspaces_and_rooms_only() {
+    let d = Limits::broker_defaults();
+    assert_eq!(
+        d.set(),
+        [
+            ("max_subspaces", DEFAULT_PER_UID_CAP),
+            ("max_connections", DEFAULT_PER_UID_CAP),
+            ("max_rooms", DEFAULT_PER_UID_CAP)
+        ]
+    );
 }
 
 #[test]

@@ -17,6 +17,30 @@ fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
 }
 
+/// Bytes sent to process `pid` on its sockets that it has not read yet
+/// (e.g. a request waiting for a stopped worker): each socket copied out of
+/// it (`pidfd_getfd`, root only), asked `FIONREAD` and closed at once.
+fn unread_by(pid: i32) -> u64 {
+    use rustix::process::{pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+    let Some(target) = rustix::process::Pid::from_raw(pid) else {
+        return 0;
+    };
+    let (Ok(pidfd), Ok(fds)) = (
+        pidfd_open(target, PidfdFlags::empty()),
+        std::fs::read_dir(format!("/proc/{pid}/fd")),
+    ) else {
+        return 0;
+    };
+    fds.filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(|fd| pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).ok())
+        .map(|sock| rustix::io::ioctl_fionread(&sock).unwrap_or(0))
+        .sum()
+}
+
 /// The broker still serves, and after a moment no process holds more fds
 /// than `base`.
 fn still_serving_without_leaks(b: &Broker, base: &[usize]) {
@@ -99,7 +123,11 @@ fn request_in_flight_when_the_worker_dies_fails_promptly() {
         let t = Instant::now();
         (c.rooms(Spaces::UTS).map(drop), t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // In flight: the request waits, unread, on the stopped worker's socket.
+    assert!(
+        eventually(Duration::from_secs(5), || unread_by(w) > 0),
+        "the request never reached the worker"
+    );
     signal(w, Signal::SIGKILL);
     let (r, took) = t.join().unwrap();
     assert!(
@@ -268,6 +296,11 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
             assert_eq!(invalid_reason(reply(c)), "fds attached to a request");
         }
     }
+    // Fds attached come first, even on a datagram too large: answered so,
+    // and the connection kept.
+    let big = vec![0x80; spacer_proto::wire::MAX_REQUEST_BYTES + 1];
+    chan.send(&big, &[null.as_fd()]).unwrap();
+    assert_eq!(invalid_reason(reply(&chan)), "fds attached to a request");
     // The connection is still usable.
     chan.send(&req, &[]).unwrap();
     assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));
@@ -306,8 +339,12 @@ fn client_killed_before_the_reply_is_audited_undelivered() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    // Wait until the broker has the request in flight, then kill the client.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the broker has the request in flight (unread on the
+    // stopped worker's socket), then kill the client.
+    assert!(
+        eventually(Duration::from_secs(5), || unread_by(w) > 0),
+        "the request never reached the worker"
+    );
     client.kill().unwrap();
     client.wait().unwrap();
     signal(w, Signal::SIGCONT);

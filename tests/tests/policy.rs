@@ -354,3 +354,75 @@ allow = ["net"]
     assert_eq!(d[0]["rule_name"], "quarantine");
     assert_eq!(d[1]["rule_name"], "users");
 }
+
+#[test]
+fn policy_explain_without_gid_looks_up_the_users_groups() {
+    need_root();
+    // A user database of its own, which only the command below sees (bind
+    // mounted in a private mount namespace): a user whose supplementary
+    // group a rule names.
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let group = dir.path().join("group");
+    std::fs::write(
+        &passwd,
+        std::fs::read_to_string("/etc/passwd").unwrap()
+            + "spacer-explain:x:4747:4747::/nonexistent:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &group,
+        std::fs::read_to_string("/etc/group").unwrap()
+            + "spacer-explain:x:4747:\nspacer-builders:x:4848:spacer-explain\n",
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"builders\"\ngid = 4848\nallow = [\"net\"]\n",
+    )
+    .unwrap();
+    let explain = |extra: &[&str]| {
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && \
+                 shift 2 && exec \"$@\"",
+            )
+            .arg("sh")
+            .args([&passwd, &group, &bin("spacer")])
+            .args(["policy", "explain"])
+            .arg(&policy)
+            .args(["--uid", "4747"])
+            .args(extra)
+            .output()
+            .expect("unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = explain(&[]);
+    assert!(
+        text.contains(
+            "uid 4747 is user \"spacer-explain\": groups looked up as a login of that user has \
+             them (primary 4747, supplementary 4848)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("uid 4747 gids [4747, 4848]: decided by rule 1 (\"builders\")"),
+        "{text}"
+    );
+    // Given gids are taken as they are: no look-up.
+    let text = explain(&["--gid", "4747"]);
+    assert!(!text.contains("looked up"), "{text}");
+    assert!(text.contains("decided by defaults"), "{text}");
+    // The host's own database never saw the user.
+    assert!(!std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains("spacer-explain"));
+}

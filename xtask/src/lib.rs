@@ -17,40 +17,105 @@ use clap_complete::Shell;
 /// The handwritten page for the policy file format.
 const POLICY_PAGE: &str = include_str!("../../dist/man/spacer-policy.5");
 
-/// Writes `spacer.1` (and `spacer-<subcommand>.1` for each subcommand),
-/// `spacer-broker.8` and `spacer-policy.5` into `dir`.
+/// Writes `spacer.1` (and `spacer-<subcommand>.1` for each subcommand and
+/// nested subcommand that is not hidden: the pages the SUBCOMMANDS sections
+/// name), `spacer-broker.8` and `spacer-policy.5` into `dir`. Every page
+/// but the handwritten one has an EXIT STATUS section.
 pub fn man_pages(dir: &Path) -> io::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let mut out = Vec::new();
-    let spacer = spacer_client::cli::command();
-    let mut pages = vec![
-        (spacer.clone(), "1", "spacer.1".to_owned()),
-        (
-            spacer_broker::cli::command(),
-            "8",
-            "spacer-broker.8".to_owned(),
-        ),
-    ];
-    for sub in spacer.get_subcommands() {
-        let name = format!("spacer-{}", sub.get_name());
-        let file = format!("{name}.1");
-        // clap names are 'static; this process is short-lived.
-        let name: &'static str = Box::leak(name.into_boxed_str());
-        pages.push((sub.clone().name(name), "1", file));
-    }
-    for (cmd, section, file) in pages {
+    let mut pages = Vec::new();
+    command_pages(
+        spacer_client::cli::command(),
+        "spacer",
+        spacer_client::cli::EXIT_STATUS,
+        &mut pages,
+    );
+    let broker = spacer_broker::cli::command();
+    pages.push((
+        broker,
+        "spacer-broker.8".to_owned(),
+        spacer_broker::cli::EXIT_STATUS,
+    ));
+    for (cmd, file, exit_status) in pages {
+        let section = file.rsplit('.').next().unwrap_or("1").to_owned();
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd)
             .section(section)
             .render(&mut buf)?;
+        let page = with_exit_status(&String::from_utf8_lossy(&buf), exit_status);
         let path = dir.join(file);
-        fs::write(&path, buf)?;
+        fs::write(&path, page)?;
         out.push(path);
     }
     let path = dir.join("spacer-policy.5");
     fs::write(&path, POLICY_PAGE)?;
     out.push(path);
     Ok(out)
+}
+
+type Page = (
+    clap::Command,
+    String,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The section 1 page of `cmd` as `name`, then those of its subcommands as
+/// `name-<sub>`, depth first. No `help` subcommand: it has no page.
+fn command_pages(
+    cmd: clap::Command,
+    name: &str,
+    exit_status: &'static [(&'static str, &'static str)],
+    pages: &mut Vec<Page>,
+) {
+    // clap names are 'static; this process is short-lived.
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let cmd = cmd.name(name).disable_help_subcommand(true);
+    let subs: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    pages.push((cmd, format!("{name}.1"), exit_status));
+    for sub in subs {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        command_pages(sub, &sub_name, exit_status, pages);
+    }
+}
+
+/// `page` with an EXIT STATUS section after OPTIONS and SUBCOMMANDS (before
+/// clap_mangen's EXTRA, VERSION and AUTHORS sections).
+fn with_exit_status(page: &str, exit_status: &[(&str, &str)]) -> String {
+    let mut section = String::from(".SH \"EXIT STATUS\"\n");
+    for (status, meaning) in exit_status {
+        section.push_str(&format!(
+            ".TP\n.B {}\n{}\n",
+            roff_text(status),
+            roff_text(meaning)
+        ));
+    }
+    let at = ["\n.SH EXTRA\n", "\n.SH VERSION\n", "\n.SH AUTHORS\n"]
+        .iter()
+        .filter_map(|h| page.find(h))
+        .min()
+        .map_or(page.len(), |i| i + 1);
+    let mut out = page.to_owned();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.insert_str(at.min(out.len()), &section);
+    out
+}
+
+/// Plain text as one roff text line: backslashes and hyphens escaped, a
+/// leading control character neutralised.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
 }
 
 /// Writes bash, zsh and fish completions for both commands into `dir`

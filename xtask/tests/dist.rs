@@ -23,6 +23,62 @@ fn man_pages_generate_and_format_without_warnings() {
     }
     let broker = std::fs::read_to_string(dir.path().join("spacer-broker.8")).unwrap();
     assert!(broker.contains("\\-\\-policy") && broker.contains("\\-\\-socket"));
+    // Every page a page refers to is generated (no `help` pseudo-command,
+    // nested subcommands have pages of their own).
+    let text = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    for page in &names {
+        let body = text(page);
+        for (i, _) in body.match_indices("spacer\\-") {
+            let Some(end) = body[i..].find(')') else {
+                continue;
+            };
+            let reference = &body[i..=i + end];
+            let Some((name, section)) = reference.split_once('(') else {
+                continue;
+            };
+            if name.contains(char::is_whitespace) || section.len() != 2 {
+                continue;
+            }
+            let file = format!("{}.{}", name.replace("\\-", "-"), &section[..1]);
+            assert!(
+                names.contains(&file),
+                "{page} refers to {reference}, which is not generated ({names:?})"
+            );
+        }
+    }
+    for want in ["spacer-policy-check.1", "spacer-policy-explain.1"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("help") || n.contains("run-init")),
+        "{names:?}"
+    );
+    // EXIT STATUS on every generated page, with the statuses of the command.
+    for page in names.iter().filter(|n| *n != "spacer-policy.5") {
+        let body = text(page);
+        let at = body
+            .find(".SH \"EXIT STATUS\"\n")
+            .unwrap_or_else(|| panic!("{page} has no EXIT STATUS"));
+        assert!(at > body.find(".SH OPTIONS").unwrap(), "{page}");
+    }
+    let spacer = text("spacer.1");
+    for line in [
+        ".TP\n.B 0\nSuccess.\n",
+        ".TP\n.B 2\nA usage error: the command line is wrong.\n",
+        ".TP\n.B 3\nDenied by the policy",
+        "128+N when signal N ended it",
+    ] {
+        assert!(spacer.contains(line), "{line:?} in {spacer}");
+    }
+    assert!(spacer.contains(".TP\n.B 1\nAn error:"), "{spacer}");
+    assert!(
+        broker
+            .contains(".SH \"EXIT STATUS\"\n.TP\n.B 0\nStopped by SIGTERM or SIGINT.\n.TP\n.B 1\n"),
+        "{broker}"
+    );
+    assert!(broker.find("EXIT STATUS") < broker.find(".SH EXTRA"));
     for page in &pages {
         let out = Command::new("groff")
             .args(["-man", "-ww", "-z"])

@@ -37,10 +37,12 @@
 //! subspace, and `sh -c 'echo $$; id -u'` started inside it.
 //! `spacer-probe private-rooms`: a private worker: rooms directly, then a
 //! user subspace and rooms inside it.
-//! `spacer-probe stop-storm N`: asks for N user subspaces while another
-//! thread sends SIGSTOP to every process this uid may signal; then SIGCONT
-//! to all of them and SIGKILL to the subspace workers left behind; then one
-//! more subspace.
+//! `spacer-probe stop-storm N`: asks for N user subspaces, each followed by
+//! a uts room, while another thread sends SIGSTOP to every process this uid
+//! may signal; then SIGCONT to all of them and SIGKILL to the subspace
+//! workers left behind; then one more subspace. Prints each outcome, how
+//! long each subspace request took, and how many of the storm's signals
+//! reached a process.
 //! `spacer-probe flood-net CONNS SECS`: CONNS connections asking for net
 //! rooms as fast as they are answered, for SECS seconds.
 //! `spacer-probe latency N`: N uts rooms, one every 5 ms; prints the median
@@ -730,25 +732,34 @@ fn main() {
             return;
         }
         Some("stop-storm") => {
+            use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let hits = std::sync::Arc::new(AtomicUsize::new(0));
             let storm = {
-                let stop = stop.clone();
+                let (stop, hits) = (stop.clone(), hits.clone());
                 std::thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         // kill(-1, ...) reaches every process this uid may
-                        // signal, except this one.
-                        let _ = nix::sys::signal::kill(
+                        // signal, except this one (ESRCH: none).
+                        if nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(-1),
                             nix::sys::signal::Signal::SIGSTOP,
-                        );
+                        )
+                        .is_ok()
+                        {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        }
                         std::thread::yield_now();
                     }
                 })
             };
             let mut outcomes = Vec::new();
+            let mut took_ms = Vec::new();
+            let mut rooms = Vec::new();
             let mut held = Vec::new();
             for _ in 0..n {
+                let t = std::time::Instant::now();
                 match client().subspace(Spaces::USER) {
                     Ok(s) => {
                         outcomes.push("ok".to_owned());
@@ -756,8 +767,17 @@ fn main() {
                     }
                     Err(e) => outcomes.push(e.to_string()),
                 }
+                took_ms.push(t.elapsed().as_millis() as u64);
+                // Room workers are never this uid's to signal.
+                rooms.push(outcome(client().rooms(Spaces::UTS).map(drop)));
             }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            // A subspace worker handed out is this uid's: the storm reaches
+            // it. Wait for that, so the count below never depends on luck.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while hits.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, Ordering::Relaxed);
             storm.join().expect("storm");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(-1),
@@ -769,7 +789,13 @@ fn main() {
             drop(held);
             // Once the storm is over, the service serves this uid again.
             let after = outcome(client().subspace(Spaces::USER).map(drop));
-            json!({"outcomes": outcomes, "after": after})
+            json!({
+                "outcomes": outcomes,
+                "took_ms": took_ms,
+                "rooms": rooms,
+                "stopped": hits.load(Ordering::Relaxed),
+                "after": after,
+            })
         }
         Some("limit-net") => {
             use spacer_client::{CommandExt, Join};

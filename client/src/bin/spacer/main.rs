@@ -543,19 +543,22 @@ fn supervise(mut cmd: Command, name: &str) -> Result<ExitCode, Failure> {
     }
 }
 
+/// A policy file as written, checked as `check` says (the broker checks
+/// with [`FileCheck::Strict`]).
+fn load(file: &Path, check: FileCheck) -> Result<Policy, Failure> {
+    spacer_policy::load_file(file, check, &SystemResolver).map_err(|e| match e {
+        spacer_policy::LoadError::Unsafe { .. } => {
+            Failure::Msg(format!("{}; spacer-broker refuses it", chain(&e)))
+        }
+        e => Failure::Msg(chain(&e)),
+    })
+}
+
 /// The policy as the broker applies it by default: its per-uid caps (64
 /// connections, subspaces and live rooms of each type) where the file sets
 /// none (`spacer-broker --max-*-per-uid` changes them).
-fn load(file: &Path) -> Result<Policy, Failure> {
-    let caps = spacer_policy::Limits {
-        max_connections: Some(64),
-        max_subspaces: Some(64),
-        max_rooms: Some(64),
-        ..Default::default()
-    };
-    spacer_policy::load_file(file, FileCheck::ContentOnly, &SystemResolver)
-        .map(|p| p.with_default_limits(&caps))
-        .map_err(|e| Failure::Msg(chain(&e)))
+fn with_broker_caps(pol: Policy) -> Policy {
+    pol.with_default_limits(&spacer_policy::Limits::broker_defaults())
 }
 
 fn describe(spaces: Spaces) -> String {
@@ -587,8 +590,9 @@ fn limits_text(l: &spacer_policy::Limits) -> String {
         .join(", ")
 }
 
+/// Validates the file as the broker would load it: its owner and mode too.
 fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
-    let pol = load(file)?;
+    let pol = with_broker_caps(load(file, FileCheck::Strict)?);
     println!("{}: valid, {} rule(s)", file.display(), pol.rules().len());
     for r in pol.rules() {
         let lim = limits_text(&r.grant.limits);
@@ -623,14 +627,108 @@ fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failure> {
-    let pol = load(file)?;
-    let (gid, groups) = match gids.split_first() {
-        Some((g, rest)) => (*g, rest),
-        None => (u32::MAX, &[][..]),
+/// The limits that apply under a grant, each with where it comes from:
+/// the policy (`max_depth 2`), the broker's default cap (`max_rooms 64
+/// (broker default)`) or none (`requests_per_minute unlimited`).
+fn applied_limits_text(written: &spacer_policy::Limits, applied: &spacer_policy::Limits) -> String {
+    let set = written.set();
+    [
+        ("requests_per_minute", applied.requests_per_minute),
+        ("max_subspaces", applied.max_subspaces),
+        ("max_depth", applied.max_depth),
+        ("max_connections", applied.max_connections),
+        ("max_rooms", applied.max_rooms),
+    ]
+    .into_iter()
+    .map(|(key, value)| match value {
+        None => format!("{key} unlimited"),
+        Some(v) if set.iter().any(|&(k, _)| k == key) => format!("{key} {v}"),
+        Some(v) => format!("{key} {v} (broker default)"),
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// The primary and supplementary groups of a login of `uid`, as the broker
+/// would see them (`SO_PEERGROUPS` of a process started by `login`, `su -`
+/// or `sshd`, which set what `initgroups(3)` finds): `None` for a uid with
+/// no user entry.
+fn login_groups(uid: u32) -> Result<Option<(String, u32, Vec<u32>)>, Failure> {
+    let os = |what: &str| {
+        let what = what.to_owned();
+        move |e: nix::errno::Errno| Failure::Os {
+            what,
+            source: std::io::Error::from(e),
+        }
     };
-    let peer = Peer { uid, gid, groups };
+    let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .map_err(os(&format!("cannot look up uid {uid}")))?
+    else {
+        return Ok(None);
+    };
+    let name = std::ffi::CString::new(user.name.clone())
+        .map_err(|_| Failure::Msg(format!("user name of uid {uid} holds a NUL byte")))?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid).map_err(os(&format!(
+        "cannot look up the groups of user {}",
+        user.name
+    )))?;
+    Ok(Some((
+        user.name,
+        user.gid.as_raw(),
+        groups.into_iter().map(|g| g.as_raw()).collect(),
+    )))
+}
+
+fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failure> {
+    let written = load(file, FileCheck::ContentOnly)?;
+    if let Some(problem) = std::fs::metadata(file)
+        .ok()
+        .and_then(|m| spacer_policy::ownership_problem(&m))
+    {
+        eprintln!(
+            "spacer: warning: policy file {} {problem}; spacer-broker refuses it",
+            file.display()
+        );
+    }
+    let pol = with_broker_caps(written.clone());
+    let looked_up;
+    let gids = if gids.is_empty() {
+        looked_up = match login_groups(uid)? {
+            Some((name, gid, groups)) => {
+                let others: Vec<u32> = groups.into_iter().filter(|&g| g != gid).collect();
+                let listed = if others.is_empty() {
+                    "none".to_owned()
+                } else {
+                    others
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!(
+                    "uid {uid} is user {name:?}: groups looked up as a login of that user has \
+                     them (primary {gid}, supplementary {listed}); --gid gives others"
+                );
+                [vec![gid], others].concat()
+            }
+            None => {
+                println!("uid {uid} has no user entry: no groups (--gid gives some)");
+                Vec::new()
+            }
+        };
+        &looked_up[..]
+    } else {
+        gids
+    };
+    // Matching looks at the primary group and the supplementary ones alike
+    // (and a login's supplementary groups hold its primary group anyway).
+    let peer = Peer {
+        uid,
+        gid: gids.first().copied().unwrap_or(u32::MAX),
+        groups: gids,
+    };
     let (rule, grant) = pol.matching(&peer);
+    let written_limits = written.matching(&peer).1.limits;
     let who = match rule {
         RuleRef::Rule(r) => format!("{rule} ({}, line {})", r.matcher, r.line),
         RuleRef::Defaults => "defaults (no rule matches)".into(),
@@ -656,10 +754,9 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
              give this uid (spacer run --map-auto)"
         );
     }
-    let lim = limits_text(&grant.limits);
     println!(
-        "  limits (the broker's default caps where the policy sets none): {}",
-        if lim.is_empty() { "none".into() } else { lim }
+        "  limits: {}",
+        applied_limits_text(&written_limits, &grant.limits)
     );
     if grant.allow.contains(Spaces::USER) {
         println!(
