@@ -225,15 +225,15 @@ fn start_supervisor(
     let theirs: OwnedFd = theirs.into();
     let (stderr_read, stderr_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err(e.into()))?;
-    let mut cmd = launch::worker_command(exe, &theirs);
+    let mut cmd = launch::worker_command(exe, theirs);
     cmd.stderr(std::process::Stdio::from(stderr_write));
     if seccomp == SeccompArg::Log {
         cmd.args(["--seccomp", "log"]);
     }
     let child = cmd.spawn().map_err(err)?;
-    // The command (and with it our copy of the pipe's write end) goes here.
+    // The command (and with it our copies of the pipe's write end and of
+    // the worker's end of the channel) goes here.
     drop(cmd);
-    drop(theirs);
     // Our own child, not yet waited for: its pid cannot have been reused.
     let pidfd = fd::pidfd_open(child.id() as i32).map_err(err)?;
     Ok((mine, child, pidfd, stderr_read))

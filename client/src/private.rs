@@ -172,7 +172,9 @@ impl PrivateWorker {
     pub(crate) fn start(exe: &Path) -> Result<(Channel, PrivateWorker), Error> {
         let (mine, theirs) = Channel::pair().map_err(Error::Io)?;
         let theirs: OwnedFd = theirs.into();
-        let child = launch::worker_command(exe, &theirs)
+        // The command, with our copy of the worker's end, is dropped at the
+        // end of this statement.
+        let child = launch::worker_command(exe, theirs)
             .arg("--private")
             .process_group(0)
             .spawn()
@@ -180,7 +182,6 @@ impl PrivateWorker {
                 path: exe.to_owned(),
                 source,
             })?;
-        drop(theirs);
         Ok((mine, PrivateWorker { child }))
     }
 

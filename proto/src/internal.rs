@@ -2,8 +2,8 @@
 //! client connection: the broker decodes client datagrams only as
 //! [`crate::wire::Request`], and the workers decode only these types.
 //!
-//! Encoded compactly (MessagePack arrays via `rmp-serde`); both ends are
-//! built from this crate, so there is no compatibility promise.
+//! Encoded compactly (MessagePack arrays via `rmp-serde`); both ends must
+//! come from the same build, which [`VERSION`] checks.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -13,6 +13,13 @@ use crate::fd;
 use crate::idmap::IdMaps;
 use crate::ns::{NsType, Spaces};
 use crate::options::RoomOptions;
+
+/// The version of these messages. They are positional MessagePack arrays,
+/// so a worker binary from another build would misread them: the caller
+/// passes its version when it starts the worker
+/// ([`crate::launch::worker_command`]), which refuses to run for any
+/// other. Raise it whenever a message here changes.
+pub const VERSION: u32 = 2;
 
 /// The largest internal datagram (bytes).
 pub const MAX_BYTES: usize = 4096;

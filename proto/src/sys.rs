@@ -150,10 +150,12 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::
 }
 
 /// Makes `fd` appear as fd `target` (without close-on-exec) in the child
-/// that `cmd` will start, and nowhere else.
-pub(crate) fn pass_fd_as(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+/// that `cmd` will start, and nowhere else. `cmd` owns `fd` from here (in
+/// its pre-exec hook) and closes it when dropped.
+pub(crate) fn pass_fd_as(cmd: &mut std::process::Command, fd: OwnedFd, target: RawFd) {
     use std::os::unix::process::CommandExt;
     let hook = move || {
+        let fd = fd.as_raw_fd();
         if fd == target {
             // dup2 onto itself keeps FD_CLOEXEC; clear it instead.
             // SAFETY: fcntl on an fd number is async-signal-safe and touches

@@ -33,7 +33,7 @@ mod sys;
 
 use std::process::ExitCode;
 
-use spacer_proto::Channel;
+use spacer_proto::{internal, Channel};
 
 use crate::seccomp::SeccompMode;
 
@@ -72,6 +72,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let (mut channel_fd, mut seccomp, mut private) = (None, SeccompMode::Kill, false);
+    let mut version = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -85,8 +86,27 @@ fn parse_args() -> Result<Args, String> {
                 _ => return Err("--seccomp takes kill or log".into()),
             },
             "--private" => private = true,
+            "--internal-version" => {
+                let v = args.next().ok_or("--internal-version needs a value")?;
+                if v != internal::VERSION.to_string() {
+                    return Err(format!(
+                        "its caller speaks internal protocol {v}, this worker {}: install \
+                         spacer-worker from the same build as spacer-broker and the spacer \
+                         client library",
+                        internal::VERSION
+                    ));
+                }
+                version = true;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if !version {
+        return Err(format!(
+            "no --internal-version: its caller comes from another build (this worker speaks \
+             internal protocol {})",
+            internal::VERSION
+        ));
     }
     match channel_fd {
         Some(channel_fd) if channel_fd >= 3 => Ok(Args {

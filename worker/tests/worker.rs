@@ -28,11 +28,10 @@ impl Supervisor {
     fn start(extra: &[&str]) -> Supervisor {
         let (mine, theirs) = Channel::pair().unwrap();
         let theirs: OwnedFd = theirs.into();
-        let child = launch::worker_command(Path::new(WORKER), &theirs)
+        let child = launch::worker_command(Path::new(WORKER), theirs)
             .args(extra)
             .spawn()
             .unwrap();
-        drop(theirs);
         Supervisor { child, chan: mine }
     }
 
@@ -135,11 +134,32 @@ fn refuses_to_run_by_hand() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never by hand"));
     // An fd number that is not a socket to the parent.
+    let version = internal::VERSION.to_string();
     let out = Command::new(WORKER)
-        .args(["--channel-fd", "3"])
+        .args(["--channel-fd", "3", "--internal-version", &version])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("channel"));
+}
+
+#[test]
+fn refuses_a_caller_of_another_internal_protocol() {
+    // A caller from another build passes another version, or none.
+    let other = (internal::VERSION + 1).to_string();
+    for args in [
+        &["--channel-fd", "3", "--internal-version", other.as_str()][..],
+        &["--channel-fd", "3"][..],
+    ] {
+        let out = Command::new(WORKER).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("internal protocol"), "{err}");
+        assert!(
+            err.contains("same build") || err.contains("another build"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
