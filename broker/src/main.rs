@@ -128,7 +128,7 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
         return Err(StartError::NotRoot);
     }
     let started = std::time::Instant::now();
-    raise_fd_limit(args.max_connections);
+    raise_fd_limit(args.max_connections, args.max_subspaces);
     let policy = load_policy(args.policy.as_deref(), &broker_caps(&args))?;
     let target = privs::resolve(args.user.as_deref())?;
     let notifier = Notifier::from_env();
@@ -194,14 +194,14 @@ fn run(args: Args, health: audit::Health) -> Result<ExitCode, StartError> {
 }
 
 /// Each connection costs the broker two fds (socket and peer pidfd), a
-/// subspace two more (its connection and its worker's channel; as many
-/// subspaces as connections at most), and the kernel counts fds in flight to
-/// clients (one response of at most six fds per connection) against the
-/// broker's limit: make room for all of it, while still root (raising the
-/// hard limit needs it).
-fn raise_fd_limit(max_connections: u32) {
+/// subspace up to five (its connection, its worker's channel, pidfd and
+/// user namespace, and the pidfd of a request's sender), and the kernel
+/// counts fds in flight to clients (one response of at most six fds per
+/// connection, a subspace's included) against the broker's limit: make room
+/// for all of it, while still root (raising the hard limit needs it).
+fn raise_fd_limit(max_connections: u32, max_subspaces: u32) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let want = u64::from(max_connections) * 10 + 256;
+    let want = u64::from(max_connections) * 8 + u64::from(max_subspaces) * 11 + 256;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if soft < want {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want));
@@ -346,7 +346,7 @@ async fn serve(
             write: Duration::from_secs(args.write_timeout),
         },
         next_subspace: Cell::new(1),
-        max_subspaces: args.max_connections,
+        max_subspaces: args.max_subspaces,
         subids: subids::Files {
             subuid: args.subuid.clone(),
             subgid: args.subgid.clone(),
