@@ -67,6 +67,8 @@ pub struct Ctx {
     pub stopping: Cell<bool>,
     /// Wakes connections on shutdown.
     pub stop: Notify,
+    /// Woken each time a client connection closes.
+    pub closed: Notify,
 }
 
 /// A peer, as the kernel identified it when it connected.

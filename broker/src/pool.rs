@@ -297,6 +297,18 @@ impl Pool {
         self.timeout
     }
 
+    /// Resolves once a worker of this pool is running.
+    pub async fn running(&self) {
+        loop {
+            // Made before the check: a start in between still wakes it.
+            let up = self.up.notified();
+            if !self.links.borrow().is_empty() {
+                return;
+            }
+            up.await;
+        }
+    }
+
     /// Pids of the live serving workers.
     pub fn pids(&self) -> Vec<i32> {
         self.links.borrow().iter().map(|l| l.pid).collect()
