@@ -11,7 +11,8 @@ use spacer_proto::Channel;
 use tokio::io::unix::AsyncFdReadyGuard;
 
 use crate::achan::AsyncChannel;
-use crate::conn::{self, Backend, Ctx, PeerInfo};
+use crate::conn::{self, Backend, PeerInfo};
+use crate::ctx::Ctx;
 use crate::sys;
 
 /// Accepts every connection waiting on the listening socket, which the

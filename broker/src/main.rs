@@ -15,16 +15,25 @@
 mod accept;
 mod achan;
 mod audit;
+mod authorize;
 mod conn;
+mod ctx;
+mod dispatch;
 mod journal;
 mod listen;
+mod pipeline;
 mod policy_file;
 mod pool;
 mod privs;
+mod record;
+mod relay;
 mod reload;
+mod request;
+mod rooms;
 mod service;
 mod startup;
 mod subids;
+mod subspace;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;

@@ -31,6 +31,9 @@ pub enum CallError {
     /// The worker did not answer in time and is being replaced.
     #[error("the worker did not answer within {0:?}")]
     Timeout(Duration),
+    /// A subspace worker answered with something that breaks the protocol.
+    #[error("the subspace worker sent {0}")]
+    Protocol(&'static str),
 }
 
 /// One serving worker.

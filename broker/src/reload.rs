@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use spacer_broker::cli::Args;
 
-use crate::conn::Ctx;
+use crate::ctx::Ctx;
 use crate::listen::Notifier;
 use crate::policy_file;
 

@@ -16,11 +16,11 @@ use spacer_proto::internal::WorkerKind;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::achan::AsyncChannel;
-use crate::conn::{self, Ctx, Timeouts};
+use crate::ctx::{Ctx, Timeouts};
 use crate::listen::{Listener, Notifier};
 use crate::pool::{self, Pool};
 use crate::startup::handled_signals;
-use crate::{accept, audit, reload, subids, supervisor, sys, usage, worker_stderr};
+use crate::{accept, audit, reload, rooms, subids, supervisor, sys, usage, worker_stderr};
 
 /// What the event loop serves with, made while the broker was root.
 pub struct Service {
@@ -123,14 +123,14 @@ pub async fn serve(service: Service) -> ExitCode {
             socket = %listener.created.as_deref().unwrap_or(Path::new("(from systemd)")).display(),
             policy = p.source(),
             policy_sha256 = p.digest(),
-            workers = ?pool.pids(),
-            spawner = ?spawner.pids(),
+            workers = %audit::Json(pool.pids()),
+            spawner = %audit::Json(spawner.pids()),
             startup_us = started.elapsed().as_micros() as u64,
             "broker started"
         );
     }
     notifier.notify("READY=1");
-    tokio::task::spawn_local(conn::sweep_rooms(ctx.clone()));
+    tokio::task::spawn_local(rooms::sweep(ctx.clone()));
 
     let listen_fd = match listener.fd.try_clone().and_then(sys::register_fd) {
         Ok(f) => f,

@@ -241,7 +241,7 @@ fn audit_log_records_allow_with_inodes() {
     assert_eq!(allow["namespaces"]["net"], net);
     assert_eq!(allow["namespaces"]["time"], time);
     assert_eq!(allow["uid"], 0);
-    assert_eq!(allow["rule"], "1");
+    assert_eq!(allow["rule"], 1);
     assert_eq!(allow["rule_name"], "root");
     assert_eq!(allow["delivered"], true);
     assert_eq!(allow["pidfd"], true);
