@@ -11,9 +11,10 @@ use spacer_proto::Channel;
 use tokio::io::unix::AsyncFdReadyGuard;
 
 use crate::achan::AsyncChannel;
-use crate::conn::{self, Backend, PeerInfo};
+use crate::conn::{self, Backend};
 use crate::ctx::Ctx;
-use crate::sys;
+use crate::peer::PeerInfo;
+use crate::{peer, sys};
 
 /// Accepts every connection waiting on the listening socket, which the
 /// event loop found readable; `global_cap` is the broker's connection cap.
@@ -67,12 +68,17 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
         Err(nix::errno::Errno::ESRCH) => return,
         Err(_) => None,
     };
+    // Its name through the pidfd (never a bare pid, which may be another
+    // process's by now); its user name off the event loop.
+    let comm = pidfd.as_ref().and_then(|p| peer::comm_of(p.as_fd()));
     let peer = Rc::new(PeerInfo {
         uid: cred.uid(),
         gid: cred.gid(),
         groups,
         pid: cred.pid(),
         pidfd,
+        comm,
+        user: Some(ctx.names.of(cred.uid())),
     });
     let cap = ctx.policy.borrow().connection_limit(&spacer_policy::Peer {
         uid: peer.uid,

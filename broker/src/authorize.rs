@@ -7,8 +7,8 @@ use spacer_policy::{Decision, Op, Peer, Policy, RuleRef};
 use spacer_proto::wire::ErrorKind;
 use spacer_proto::{IdMaps, MapChoice, Spaces};
 
-use crate::conn::PeerInfo;
 use crate::ctx::Ctx;
+use crate::peer::PeerInfo;
 use crate::record::{AuditRecord, RuleId};
 use crate::request::Valid;
 use crate::rooms;

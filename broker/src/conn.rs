@@ -7,7 +7,7 @@
 //! (the kernel's identity of the original connection), whoever holds it now.
 //! Each request goes through [`crate::pipeline`].
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,40 +16,10 @@ use spacer_proto::RecvError;
 
 use crate::achan::AsyncChannel;
 use crate::ctx::Ctx;
+use crate::peer::PeerInfo;
 use crate::pipeline;
 use crate::record::{AuditRecord, Outcome, SubspaceRef};
 use crate::subspace::SubLink;
-
-/// A peer, as the kernel identified it when it connected.
-#[derive(Debug)]
-pub struct PeerInfo {
-    /// uid
-    pub uid: u32,
-    /// gid
-    pub gid: u32,
-    /// supplementary groups
-    pub groups: Vec<u32>,
-    /// pid at connect time (informational)
-    pub pid: i32,
-    /// `SO_PEERPIDFD`: the connecting process itself, immune to pid reuse.
-    pub pidfd: Option<OwnedFd>,
-}
-
-impl PeerInfo {
-    /// Whether the connecting process still runs: its pidfd polls readable
-    /// once it has exited (zombies included). Without a pidfd (older
-    /// kernels) this cannot be known and is assumed.
-    pub fn alive(&self) -> bool {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        match &self.pidfd {
-            Some(p) => {
-                let mut pfd = [PollFd::new(p.as_fd(), PollFlags::POLLIN)];
-                matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(0))
-            }
-            None => true,
-        }
-    }
-}
 
 /// Where a connection's allowed requests go.
 pub enum Backend {
@@ -117,10 +87,26 @@ impl Conn<'_> {
             ErrorKind::Denied => Outcome::Deny(reason),
             _ => Outcome::Error(reason),
         };
-        record.finish(outcome, delivered);
+        self.finish(record, outcome, delivered).await;
         delivered
     }
+
+    /// Writes a request's audit record, with the peer's user name once its
+    /// lookup (started at accept) is done, or [`USER_NAME_WAIT`] has passed.
+    pub async fn finish(&self, mut record: AuditRecord, outcome: Outcome, delivered: bool) {
+        if record.user.is_none() {
+            record.user = self.peer.user_name(USER_NAME_WAIT).await;
+        }
+        record.finish(outcome, delivered);
+    }
 }
+
+/// How long a request's audit record waits for the peer's user name (the
+/// answer has been sent by then; only the next request on the connection
+/// waits).
+const USER_NAME_WAIT: Duration = Duration::from_millis(100);
+
+impl Conn<'_> {}
 
 /// Serves one connection until it ends.
 pub async fn serve(ctx: Rc<Ctx>, chan: AsyncChannel, peer: Rc<PeerInfo>, backend: &Backend) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use spacer_policy::Policy;
 use tokio::sync::Notify;
 
+use crate::peer::Names;
 use crate::pool::Pool;
 use crate::usage::Counters;
 use crate::{audit, subids};
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub stop: Notify,
     /// Woken each time a client connection closes.
     pub closed: Notify,
+    /// Peers' user names, for the audit log.
+    pub names: Names,
 }
 
 impl Ctx {

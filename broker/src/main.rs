@@ -21,6 +21,7 @@ mod ctx;
 mod dispatch;
 mod journal;
 mod listen;
+mod peer;
 mod pipeline;
 mod policy_file;
 mod pool;

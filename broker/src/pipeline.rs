@@ -74,7 +74,7 @@ pub async fn handle(
     let mut record = AuditRecord::new(conn.peer, conn.subspace_ref(), t0);
     match steps(ctx, conn, bytes, requester.as_ref(), &mut record).await {
         Ok(delivered) => {
-            record.finish(Outcome::Allow, delivered);
+            conn.finish(record, Outcome::Allow, delivered).await;
             delivered
         }
         Err(failure) => {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::{Serialize, Serializer};
 use spacer_policy::{Op, RuleRef};
 
-use crate::conn::PeerInfo;
+use crate::peer::PeerInfo;
 
 /// The `decision` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +101,14 @@ pub struct Decision {
     /// Whether the peer is held by a pidfd (`SO_PEERPIDFD`), so that `pid`
     /// cannot have been reused.
     pub pidfd: bool,
+    /// The uid's user name; absent for a uid without one (or whose lookup
+    /// did not finish in time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The connecting process's name (`comm`) at accept, read through its
+    /// pidfd; absent when it could not be shown to be that process's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
     /// `rooms`, `subspace`, or `unknown` for an undecodable request.
     pub request: RequestKind,
     /// Requested namespace types, by name.
@@ -208,6 +216,8 @@ impl AuditRecord {
                 groups: peer.groups.clone(),
                 pid: peer.pid,
                 pidfd: peer.pidfd.is_some(),
+                user: peer.user.as_ref().and_then(|u| u.known()),
+                comm: peer.comm.clone(),
                 request: RequestKind::Unknown,
                 spaces: Vec::new(),
                 decision: Verdict::Error,
@@ -288,6 +298,8 @@ mod tests {
             groups: vec![10],
             pid: 42,
             pidfd: None,
+            comm: Some("tool \"x\"\n".into()),
+            user: None,
         }
     }
 
@@ -317,6 +329,9 @@ mod tests {
         assert_eq!(v["namespaces"]["net"], 4026532301u64);
         assert_eq!(v["delivered"], true);
         assert!(v["reason"].is_null(), "{v}");
+        // A name the client chose, escaped as JSON.
+        assert_eq!(v["comm"], "tool \"x\"\n");
+        assert!(v["user"].is_null(), "{v}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::achan::AsyncChannel;
 use crate::ctx::{Ctx, Timeouts};
 use crate::listen::{Listener, Notifier};
+use crate::peer::Names;
 use crate::pool::{self, Pool};
 use crate::startup::handled_signals;
 use crate::{accept, audit, reload, rooms, subids, supervisor, sys, usage, worker_stderr};
@@ -108,6 +109,7 @@ pub async fn serve(service: Service) -> ExitCode {
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
         closed: tokio::sync::Notify::new(),
+        names: Names::default(),
     });
     // Ready once the first workers are up (or have failed to come up).
     let _ = tokio::time::timeout(READY_WAIT, async {

@@ -12,8 +12,9 @@ use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
 use spacer_proto::{fd, Channel};
 
 use crate::achan::AsyncChannel;
-use crate::conn::{self, Backend, PeerInfo};
+use crate::conn::{self, Backend};
 use crate::ctx::Ctx;
+use crate::peer::PeerInfo;
 use crate::pool::CallError;
 use crate::record::SubspaceRef;
 use crate::usage::RoomId;
