@@ -69,68 +69,11 @@ pub async fn serve(service: Service) -> ExitCode {
         Ok(s) => pool::Supervisor::new(s),
         Err(e) => return fatal(&e, "cannot watch the worker"),
     };
-    let new_pool = |kind, n| {
-        Pool::new(
-            sup.clone(),
-            kind,
-            n,
-            Duration::from_secs(args.request_timeout),
-            Duration::from_secs(args.breaker_retry.max(1)),
-        )
-    };
-    let pool = new_pool(WorkerKind::Rooms, args.workers);
-    let spawner = new_pool(WorkerKind::Subspaces, 1);
-    tokio::task::spawn_local(pool.clone().manage());
-    tokio::task::spawn_local(spawner.clone().manage());
-    let host_user_ns = match std::fs::File::open("/proc/self/ns/user")
-        .and_then(|f| fd::namespace_inode(f.as_fd()))
-    {
-        Ok(ino) => ino,
+    let ctx = match context(&args, health, policy, &sup) {
+        Ok(c) => c,
         Err(e) => return fatal(&e, "cannot read the broker's own user namespace"),
     };
-    let ctx = Rc::new(Ctx {
-        policy: RefCell::new(Rc::new(policy)),
-        pool: pool.clone(),
-        spawner: spawner.clone(),
-        host_user_ns,
-        counters: usage::Counters::new(),
-        audit: health,
-        timeouts: Timeouts {
-            first_request: Duration::from_secs(args.first_request_timeout),
-            idle: Duration::from_secs(args.idle_timeout),
-            write: Duration::from_secs(args.write_timeout),
-        },
-        next_subspace: Cell::new(1),
-        max_subspaces: args.max_subspaces,
-        subids: subids::Files {
-            subuid: args.subuid.clone(),
-            subgid: args.subgid.clone(),
-        },
-        stopping: Cell::new(false),
-        stop: tokio::sync::Notify::new(),
-        closed: tokio::sync::Notify::new(),
-        names: Names::default(),
-    });
-    // Ready once the first workers are up (or have failed to come up).
-    let _ = tokio::time::timeout(READY_WAIT, async {
-        tokio::join!(pool.running(), spawner.running())
-    })
-    .await;
-    {
-        let p = ctx.policy.borrow();
-        tracing::info!(
-            target: "spacer::event",
-            event = "start",
-            version = env!("CARGO_PKG_VERSION"),
-            socket = %listener.created.as_deref().unwrap_or(Path::new("(from systemd)")).display(),
-            policy = p.source(),
-            policy_sha256 = p.digest(),
-            workers = %audit::Json(pool.pids()),
-            spawner = %audit::Json(spawner.pids()),
-            startup_us = started.elapsed().as_micros() as u64,
-            "broker started"
-        );
-    }
+    announce(&ctx, &listener, started).await;
     notifier.notify("READY=1");
     tokio::task::spawn_local(rooms::sweep(ctx.clone()));
 
@@ -185,6 +128,75 @@ pub async fn serve(service: Service) -> ExitCode {
     }
     tracing::info!(target: "spacer::event", event = "stop", "broker stopped");
     code
+}
+
+/// The worker pools (started) and what all connections share.
+fn context(
+    args: &Args,
+    health: audit::Health,
+    policy: Policy,
+    sup: &Rc<pool::Supervisor>,
+) -> std::io::Result<Rc<Ctx>> {
+    let new_pool = |kind, n| {
+        Pool::new(
+            sup.clone(),
+            kind,
+            n,
+            Duration::from_secs(args.request_timeout),
+            Duration::from_secs(args.breaker_retry.max(1)),
+        )
+    };
+    let pool = new_pool(WorkerKind::Rooms, args.workers);
+    let spawner = new_pool(WorkerKind::Subspaces, 1);
+    tokio::task::spawn_local(pool.clone().manage());
+    tokio::task::spawn_local(spawner.clone().manage());
+    let host_user_ns =
+        std::fs::File::open("/proc/self/ns/user").and_then(|f| fd::namespace_inode(f.as_fd()))?;
+    Ok(Rc::new(Ctx {
+        policy: RefCell::new(Rc::new(policy)),
+        pool,
+        spawner,
+        host_user_ns,
+        counters: usage::Counters::new(),
+        audit: health,
+        timeouts: Timeouts {
+            first_request: Duration::from_secs(args.first_request_timeout),
+            idle: Duration::from_secs(args.idle_timeout),
+            write: Duration::from_secs(args.write_timeout),
+        },
+        next_subspace: Cell::new(1),
+        max_subspaces: args.max_subspaces,
+        subids: subids::Files {
+            subuid: args.subuid.clone(),
+            subgid: args.subgid.clone(),
+        },
+        stopping: Cell::new(false),
+        stop: tokio::sync::Notify::new(),
+        closed: tokio::sync::Notify::new(),
+        names: Names::default(),
+    }))
+}
+
+/// Waits until the first workers are up (or have failed to come up), then
+/// logs the start.
+async fn announce(ctx: &Ctx, listener: &Listener, started: Instant) {
+    let _ = tokio::time::timeout(READY_WAIT, async {
+        tokio::join!(ctx.pool.running(), ctx.spawner.running())
+    })
+    .await;
+    let p = ctx.policy.borrow();
+    tracing::info!(
+        target: "spacer::event",
+        event = "start",
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %listener.created.as_deref().unwrap_or(Path::new("(from systemd)")).display(),
+        policy = p.source(),
+        policy_sha256 = p.digest(),
+        workers = %audit::Json(ctx.pool.pids()),
+        spawner = %audit::Json(ctx.spawner.pids()),
+        startup_us = started.elapsed().as_micros() as u64,
+        "broker started"
+    );
 }
 
 /// Resolves once no client connection is open.
