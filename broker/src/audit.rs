@@ -2,9 +2,10 @@
 //! the audit `decision` record with its stable schema.
 //!
 //! Events are `tracing` events. Audit decisions have target `spacer::audit`
-//! and message `decision`; their fields are built as one typed [`Decision`]
-//! record (so the schema is one struct, nested values such as `namespaces`
-//! stay JSON objects) and flattened into the line by [`JsonLines`]. Service
+//! and message `decision`; their fields are built as one typed record
+//! ([`crate::record`]: the schema is one struct, nested values such as
+//! `namespaces` stay JSON objects) and flattened into the line by
+//! [`JsonLines`]. Service
 //! events (start, stop, worker restarts, policy reloads) have target
 //! `spacer::event` and an `event` field.
 
@@ -171,6 +172,24 @@ fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// Event fields whose values are rendered JSON ([`Json`]): a JSON line
+/// carries them as JSON (a list of pids as an array of numbers), not as
+/// text. The `tracing` macros pass anything but a string, a number or a
+/// boolean as text, so the formatter knows these by name; only the
+/// broker's own values go in them.
+const JSON_FIELDS: &[&str] = &["workers", "spawner"];
+
+/// A value rendered as JSON, for the event fields in [`JSON_FIELDS`]
+/// (`workers = %Json(&pids)`).
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> fmt::Display for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_string(&self.0).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
 #[derive(Default)]
 struct Fields {
     map: BTreeMap<String, serde_json::Value>,
@@ -183,9 +202,14 @@ impl Visit for Fields {
         let text = format!("{value:?}");
         if field.name() == "audit" {
             self.audit = Some(text);
-        } else {
-            self.map.insert(field.name().into(), text.into());
+            return;
         }
+        let value = JSON_FIELDS
+            .contains(&field.name())
+            .then(|| serde_json::from_str(&text).ok())
+            .flatten()
+            .unwrap_or(serde_json::Value::String(text));
+        self.map.insert(field.name().into(), value);
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.map.insert(field.name().into(), value.into());
@@ -201,105 +225,10 @@ impl Visit for Fields {
     }
 }
 
-/// The audit record of one request: exactly one per request, whatever its
-/// outcome. Field names are a stable schema (see the README).
-#[derive(Debug, Serialize)]
-pub struct Decision {
-    /// Peer uid (`SO_PEERCRED` at connect).
-    pub uid: u32,
-    /// Peer gid.
-    pub gid: u32,
-    /// Peer supplementary groups (`SO_PEERGROUPS`).
-    pub groups: Vec<u32>,
-    /// Peer pid at connect.
-    pub pid: i32,
-    /// Whether the peer is held by a pidfd (`SO_PEERPIDFD`), so that `pid`
-    /// cannot have been reused.
-    pub pidfd: bool,
-    /// `rooms`, `subspace`, or `unknown` for an undecodable request.
-    pub request: &'static str,
-    /// Requested namespace types, by name.
-    pub spaces: Vec<&'static str>,
-    /// `allow`, `deny` or `error`.
-    pub decision: &'static str,
-    /// The deciding rule's index, or `defaults`; absent when the request
-    /// never reached the policy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// The deciding rule's `name`, if it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule_name: Option<String>,
-    /// Why (deny and error).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Type → inode of every namespace handed out (allow).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub namespaces: BTreeMap<&'static str, u64>,
-    /// The room options asked for (applied, when allowed): `loopback_up`,
-    /// `hostname`, `domainname`, `monotonic_offset` and `boottime_offset`
-    /// (decimal seconds, as text).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub options: Option<BTreeMap<&'static str, serde_json::Value>>,
-    /// The subspace the request came through, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subspace: Option<SubspaceRef>,
-    /// A subspace's id map choice, when not the default (`current`,
-    /// `auto`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub map: Option<&'static str>,
-    /// The uid map a subspace's user namespace was given, lines joined by
-    /// commas (`"0 1000 1,1 100000 65536"`), when not `0 <uid> 1`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid_map: Option<String>,
-    /// Its gid map, likewise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid_map: Option<String>,
-    /// For an allowed subspace: the new subspace's id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_subspace: Option<u64>,
-    /// Whether the response reached the client's socket.
-    pub delivered: bool,
-    /// From receiving the request to sending the response.
-    pub duration_us: u64,
-}
-
-/// The audit form of a request's options; `None` when it has none.
-pub fn options(o: &spacer_proto::RoomOptions) -> Option<BTreeMap<&'static str, serde_json::Value>> {
-    let mut m = BTreeMap::new();
-    if o.loopback_up {
-        m.insert("loopback_up", true.into());
-    }
-    for (k, v) in [("hostname", &o.hostname), ("domainname", &o.domainname)] {
-        if let Some(v) = v {
-            m.insert(k, v.as_str().into());
-        }
-    }
-    for (k, v) in [
-        ("monotonic_offset", o.monotonic_offset),
-        ("boottime_offset", o.boottime_offset),
-    ] {
-        if let Some(v) = v {
-            m.insert(k, v.to_string().into());
-        }
-    }
-    (!m.is_empty()).then_some(m)
-}
-
-/// A subspace, as named in the audit log.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SubspaceRef {
-    /// Broker-wide id, counting from 1.
-    pub id: u64,
-    /// 1 for a subspace of the host, 2 inside that, ...
-    pub depth: u32,
-}
-
-impl Decision {
-    /// Writes the record (target `spacer::audit`, message `decision`).
-    pub fn emit(&self) {
-        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
-        tracing::info!(target: "spacer::audit", audit = %Raw(&json), "decision");
-    }
+/// Writes a rendered audit record (target `spacer::audit`, message
+/// `decision`); see [`crate::record`].
+pub fn emit(json: &str) {
+    tracing::info!(target: "spacer::audit", audit = %Raw(json), "decision");
 }
 
 /// Displays pre-rendered JSON as it is.
@@ -308,5 +237,55 @@ struct Raw<'a>(&'a str);
 impl fmt::Display for Raw<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0)
+    }
+}
+
+/// The JSON lines `f` logs, parsed (for tests).
+#[cfg(test)]
+pub fn capture(f: impl FnOnce()) -> Vec<serde_json::Value> {
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+    let buf = Buf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(buf.clone())
+        .event_format(JsonLines)
+        .finish();
+    tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_of_pids_are_json_arrays_and_other_text_stays_text() {
+        let lines = capture(|| {
+            tracing::info!(target: "spacer::event", event = "start", workers = %Json(vec![30094, 30095]), spawner = %Json(vec![30096]), line = %"[1]", "broker started");
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["workers"], serde_json::json!([30094, 30095]));
+        assert_eq!(lines[0]["spawner"], serde_json::json!([30096]));
+        assert_eq!(lines[0]["line"], "[1]");
+        assert_eq!(lines[0]["event"], "start");
     }
 }

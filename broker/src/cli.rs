@@ -110,6 +110,9 @@ pub struct Args {
     /// Open connections in all.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: u32,
+    /// Live subspaces in all (one connection may hold several).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_subspaces: u32,
     /// Open connections per uid where the policy sets no max_connections.
     #[arg(long, default_value_t = spacer_policy::DEFAULT_PER_UID_CAP, value_name = "N")]
     pub max_connections_per_uid: u32,

@@ -142,6 +142,28 @@ pub fn create(path: &Path) -> Result<Listener, ListenError> {
     })
 }
 
+/// Hands a directory this broker made for its socket to the broker user,
+/// so that it can remove the socket when it stops. Never to `nobody`:
+/// other services share that user and could replace the socket.
+pub fn hand_dir_to(listener: &Listener, target: &crate::privs::Target) -> Result<(), ListenError> {
+    let Some(dir) = &listener.created_dir else {
+        return Ok(());
+    };
+    if target.name == "nobody" || target.uid == spacer_policy::overflow_uid() {
+        return Ok(());
+    }
+    nix::unistd::chown(
+        dir,
+        Some(nix::unistd::Uid::from_raw(target.uid)),
+        Some(nix::unistd::Gid::from_raw(target.gid)),
+    )
+    .map_err(|e| ListenError::Io {
+        what: "handing the socket directory to the broker user:",
+        path: dir.clone(),
+        source: e.into(),
+    })
+}
+
 /// A connected `NOTIFY_SOCKET`, opened before the privilege drop.
 #[derive(Debug)]
 pub struct Notifier {

@@ -31,6 +31,9 @@ pub enum CallError {
     /// The worker did not answer in time and is being replaced.
     #[error("the worker did not answer within {0:?}")]
     Timeout(Duration),
+    /// A subspace worker answered with something that breaks the protocol.
+    #[error("the subspace worker sent {0}")]
+    Protocol(&'static str),
 }
 
 /// One serving worker.
@@ -297,6 +300,18 @@ impl Pool {
         self.timeout
     }
 
+    /// Resolves once a worker of this pool is running.
+    pub async fn running(&self) {
+        loop {
+            // Made before the check: a start in between still wakes it.
+            let up = self.up.notified();
+            if !self.links.borrow().is_empty() {
+                return;
+            }
+            up.await;
+        }
+    }
+
     /// Pids of the live serving workers.
     pub fn pids(&self) -> Vec<i32> {
         self.links.borrow().iter().map(|l| l.pid).collect()
@@ -390,12 +405,18 @@ impl Pool {
             }
             match self.spawn_one().await {
                 Ok(link) => {
+                    tokio::task::spawn_local(self.clone().read_replies(link.clone()));
+                    // In service once it has answered: its own set-up (the
+                    // namespaces it keeps open) is done by then.
+                    if !self.answers(&link).await {
+                        self.retire(&link, "no answer at start").await;
+                        continue;
+                    }
                     if self.breaker_open.replace(false) {
                         tracing::info!(target: "spacer::event", event = "breaker_closed", "worker running again; serving");
                     }
                     tracing::info!(target: "spacer::event", event = "worker_started", pid = link.pid, "worker started");
-                    self.links.borrow_mut().push(link.clone());
-                    tokio::task::spawn_local(self.clone().read_replies(link));
+                    self.links.borrow_mut().push(link);
                     self.up.notify_waiters();
                 }
                 Err(reason) => {
@@ -404,6 +425,33 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Whether a new worker answers a request that asks nothing (an
+    /// `Alive` about no rooms; a spawner answers it `Invalid`) within the
+    /// request deadline.
+    async fn answers(&self, link: &Link) -> bool {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        link.pending.borrow_mut().insert(id, tx);
+        let probe = WorkerRequest::Alive {
+            id,
+            nstype: spacer_proto::NsType::Net,
+            rooms: Vec::new(),
+        };
+        if link
+            .chan
+            .send(&internal::encode(&probe), &[])
+            .await
+            .is_err()
+        {
+            link.pending.borrow_mut().remove(&id);
+            return false;
+        }
+        let answered = matches!(tokio::time::timeout(self.timeout, rx).await, Ok(Ok(_)));
+        link.pending.borrow_mut().remove(&id);
+        answered
     }
 
     /// How long to wait before the next start, from recent deaths; opens

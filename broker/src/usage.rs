@@ -133,11 +133,48 @@ pub struct Counters {
 
 /// What a charge took, to give back if the request fails.
 #[derive(Debug, Clone, Copy)]
-pub struct Charge {
+struct Charge {
     uid: u32,
     second: u64,
     subspace: bool,
     rooms: Spaces,
+}
+
+/// The charge of an allowed request, held while it is served: given back
+/// when dropped, unless the request handed out what it was charged for
+/// ([`ChargeGuard::rooms_handed_out`], [`ChargeGuard::into_subspace`]).
+/// Every way a request can fail after its charge therefore refunds it.
+#[must_use = "a charge dropped at once is refunded at once"]
+#[derive(Debug)]
+pub struct ChargeGuard<'a> {
+    counters: &'a Counters,
+    charge: Option<Charge>,
+}
+
+impl ChargeGuard<'_> {
+    /// The rooms were sent to the client: they stop being pending, and
+    /// `made` (as far as they could be identified; nothing if the client
+    /// did not take them) count against the uid until they are gone. The
+    /// request stays counted against the uid's rate.
+    pub fn rooms_handed_out(mut self, made: Vec<(NsType, RoomId)>) {
+        if let Some(c) = self.charge.take() {
+            self.counters.rooms_made(&c, made);
+        }
+    }
+
+    /// A subspace was started: its live-subspace charge now belongs to the
+    /// subspace, given back when it ends ([`Counters::subspace_closed`]).
+    pub fn into_subspace(mut self) {
+        self.charge = None;
+    }
+}
+
+impl Drop for ChargeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.charge.take() {
+            self.counters.refund(c);
+        }
+    }
 }
 
 impl Counters {
@@ -206,7 +243,7 @@ impl Counters {
 
     /// The rooms of a charge were handed out (`made`, as far as they could
     /// be identified) or not (`made` empty): they stop being pending.
-    pub fn rooms_made(&self, c: &Charge, made: Vec<(NsType, RoomId)>) {
+    fn rooms_made(&self, c: &Charge, made: Vec<(NsType, RoomId)>) {
         if let Some(u) = self.per_uid.borrow_mut().get_mut(&c.uid) {
             for t in c.rooms.types() {
                 let p = &mut u.rooms_pending[slot(t)];
@@ -236,8 +273,9 @@ impl Counters {
     }
 
     /// Charges an allowed request (and, for a subspace, one live subspace;
-    /// for rooms, one pending room of each type).
-    pub fn charge(&self, uid: u32, subspace: bool, rooms: Spaces) -> Charge {
+    /// for rooms, one pending room of each type), until the guard is
+    /// dropped or committed.
+    pub fn charge(&self, uid: u32, subspace: bool, rooms: Spaces) -> ChargeGuard<'_> {
         let second = self.now();
         let mut map = self.per_uid.borrow_mut();
         let u = map.entry(uid).or_default();
@@ -249,17 +287,20 @@ impl Counters {
         for t in rooms.types() {
             u.rooms_pending[slot(t)] += 1;
         }
-        Charge {
-            uid,
-            second,
-            subspace,
-            rooms,
+        ChargeGuard {
+            counters: self,
+            charge: Some(Charge {
+                uid,
+                second,
+                subspace,
+                rooms,
+            }),
         }
     }
 
     /// Gives back a charge whose request failed: nothing is charged for
     /// namespaces that were not handed out.
-    pub fn refund(&self, c: Charge) {
+    fn refund(&self, c: Charge) {
         let mut map = self.per_uid.borrow_mut();
         if let Some(u) = map.get_mut(&c.uid) {
             u.rate.remove(c.second);
@@ -378,9 +419,31 @@ mod tests {
         assert_eq!(c.usage(5, 0).live_rooms_of(NsType::Net), 1);
         assert_eq!(c.usage(5, 0).requests_last_minute, 1);
         assert_eq!(c.usage(5, 0).live_subspaces, 1);
-        c.refund(ch);
+        drop(ch);
         assert_eq!(c.usage(5, 0), spacer_policy::Usage::default());
         assert!(c.per_uid.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_started_subspace_keeps_its_charge_until_it_closes() {
+        let c = Counters::new();
+        c.charge(5, true, Spaces::empty()).into_subspace();
+        assert_eq!(c.usage(5, 0).live_subspaces, 1);
+        assert_eq!(c.total_subspaces(), 1);
+        c.subspace_closed(5);
+        assert_eq!(c.usage(5, 0).live_subspaces, 0);
+        assert_eq!(c.total_subspaces(), 0);
+        // The request itself still counts against the rate.
+        assert_eq!(c.usage(5, 0).requests_last_minute, 1);
+    }
+
+    #[test]
+    fn rooms_not_taken_by_the_client_stop_counting_but_the_request_does() {
+        let c = Counters::new();
+        c.charge(6, false, Spaces::NET).rooms_handed_out(Vec::new());
+        let u = c.usage(6, 0);
+        assert_eq!(u.live_rooms_of(NsType::Net), 0);
+        assert_eq!(u.requests_last_minute, 1);
     }
 
     #[test]
@@ -389,8 +452,8 @@ mod tests {
         let a = c.charge(7, false, Spaces::NET | Spaces::UTS);
         let b = c.charge(7, false, Spaces::NET);
         assert_eq!(c.usage(7, 0).live_rooms_of(NsType::Net), 2);
-        c.refund(b);
-        c.rooms_made(&a, vec![(NsType::Net, (10, 1)), (NsType::Uts, (11, 2))]);
+        drop(b);
+        a.rooms_handed_out(vec![(NsType::Net, (10, 1)), (NsType::Uts, (11, 2))]);
         let u = c.usage(7, 0);
         assert_eq!(
             (u.live_rooms_of(NsType::Net), u.live_rooms_of(NsType::Uts)),

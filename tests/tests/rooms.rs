@@ -242,7 +242,7 @@ fn audit_log_records_allow_with_inodes() {
     assert_eq!(allow["namespaces"]["net"], net);
     assert_eq!(allow["namespaces"]["time"], time);
     assert_eq!(allow["uid"], 0);
-    assert_eq!(allow["rule"], "1");
+    assert_eq!(allow["rule"], 1);
     assert_eq!(allow["rule_name"], "root");
     assert_eq!(allow["delivered"], true);
     assert_eq!(allow["pidfd"], true);
@@ -473,4 +473,40 @@ fn rooms_from_the_pool_never_land_in_a_tenants_subspace() {
             }
         }
     }
+}
+
+#[test]
+fn the_audit_names_the_user_and_the_connecting_program() {
+    let b = Broker::start(TEST_POLICY);
+    let out = b.spacer_as(0, 0, &["rooms", "--uts"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = b.spacer_as(STRANGER, STRANGER, &["rooms", "--uts"]);
+    assert_eq!(out.status.code(), Some(3));
+    let mut got = Vec::new();
+    assert!(eventually(Duration::from_secs(3), || {
+        got = b.decisions();
+        got.len() == 2
+    }));
+    let (allow, deny) = (&got[0], &got[1]);
+    assert_eq!(allow["decision"], "allow", "{allow}");
+    assert_eq!(allow["user"], "root", "{allow}");
+    // The program that connected, read through its pidfd.
+    assert_eq!(allow["comm"], "spacer", "{allow}");
+    assert_eq!(deny["decision"], "deny", "{deny}");
+    assert_eq!(deny["uid"], STRANGER);
+    // A uid with no account has no name.
+    assert!(deny["user"].is_null(), "{deny}");
+    assert_eq!(deny["comm"], "spacer", "{deny}");
+    // Numbers are JSON numbers, `defaults` a word.
+    assert_eq!(allow["rule"], 1);
+    assert_eq!(deny["rule"], "defaults");
+    let start = b
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "start")
+        .expect("a start event");
+    let workers = start["workers"].as_array().expect("workers as a list");
+    assert_eq!(workers.len(), 1, "{start}");
+    assert_eq!(workers[0], b.worker_pid());
+    assert_eq!(start["spawner"][0], b.spawner_pid(), "{start}");
 }

@@ -290,3 +290,43 @@ fn spacer_run_nests_through_its_subspace_up_to_max_depth() {
     assert_eq!(lines, ["0", "lo", "third=3"], "{err}");
     assert!(err.contains("max_depth 2 reached"), "{err}");
 }
+
+#[test]
+fn the_broker_wide_subspace_cap_is_its_own_flag() {
+    // One connection may hold several subspaces: capping connections in all
+    // does not cap subspaces in all; `--max-subspaces` does.
+    let b = Broker::start_with(TEST_POLICY, &["--max-connections", "1"]);
+    let c = b.client();
+    let held: Vec<_> = (0..3)
+        .map(|i| {
+            c.subspace(Spaces::USER)
+                .unwrap_or_else(|e| panic!("subspace {i}: {e}\n{}", b.log_text()))
+        })
+        .collect();
+    assert_eq!(held.len(), 3);
+    drop(held);
+    drop(c);
+
+    let b = Broker::start_with(TEST_POLICY, &["--max-subspaces", "2"]);
+    let c = b.client();
+    let _first = c.subspace(Spaces::USER).expect("first subspace");
+    let _second = c.subspace(Spaces::USER).expect("second subspace");
+    match c.subspace(Spaces::USER) {
+        Err(spacer_client::Error::Denied(reason)) => {
+            assert_eq!(reason, "the broker's subspace limit 2 is reached")
+        }
+        other => panic!("a third subspace: {other:?}"),
+    }
+    // The record is written once the answer is sent.
+    let mut denied = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        denied = b
+            .decisions()
+            .into_iter()
+            .filter(|d| d["decision"] == "deny")
+            .collect();
+        !denied.is_empty()
+    });
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["request"], "subspace");
+}

@@ -176,6 +176,66 @@ fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
 }
 
 #[test]
+fn a_subverted_subspace_worker_breaking_the_protocol_is_reported_as_such() {
+    let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
+    // What the subverted worker sends back instead of a reply.
+    let garbage = |_: u64| b"not a reply".to_vec();
+    let other_id = |id: u64| {
+        internal::encode(&WorkerReply::Failed {
+            id: id + 7,
+            reason: "x".into(),
+        })
+    };
+    type Answer<'a> = &'a dyn Fn(u64) -> Vec<u8>;
+    let cases: [(Answer, &str); 2] = [
+        (&garbage, "the subspace worker sent a malformed reply"),
+        (
+            &other_id,
+            "the subspace worker sent a reply to another request",
+        ),
+    ];
+    for (answer, want) in cases {
+        let (conn, sub) = b.client().subspace(Spaces::USER).unwrap();
+        let stolen = subvert(&sub.pidfd);
+        let asked = std::thread::spawn(move || conn.rooms(Spaces::NET).map(|r| r.net.is_some()));
+        let mut buf = vec![0u8; internal::MAX_BYTES];
+        let got = stolen.recv(&mut buf, 0).unwrap().unwrap();
+        let request: WorkerRequest = internal::decode(&buf[..got.len]).unwrap();
+        stolen.send(&answer(request.id()), &[]).unwrap();
+        match asked.join().unwrap() {
+            Err(Error::Failed(reason)) => assert_eq!(reason, want),
+            other => panic!("answered: {other:?}"),
+        }
+        // The broker ends that subspace: the stopped worker is killed.
+        let mut poll = [nix::poll::PollFd::new(
+            sub.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        assert_eq!(
+            nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
+            1,
+            "the subverted worker ended"
+        );
+    }
+    let mut errors = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        errors = b
+            .decisions()
+            .into_iter()
+            .filter(|d| d["decision"] == "error")
+            .collect();
+        errors.len() == 2
+    }));
+    assert_eq!(
+        errors[0]["reason"],
+        "the subspace worker sent a malformed reply"
+    );
+    assert_eq!(errors[0]["subspace"]["depth"], 1, "{}", errors[0]);
+    no_leaks(&b, &base);
+}
+
+#[test]
 fn a_tenant_holds_live_rooms_up_to_its_cap_and_not_one_more() {
     // The default cap (64 of each type) where the rule sets none, and a
     // rule's own.

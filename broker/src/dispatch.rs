@@ -1,0 +1,200 @@
+//! Step three: send an allowed request to the worker that serves it — the
+//! room pool, the spawner (every subspace, at any depth), or a subspace's
+//! own worker — and read its reply as what was made, or why not.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use spacer_policy::Op;
+use spacer_proto::internal::{WorkerReply, WorkerRequest};
+use spacer_proto::wire::ErrorKind;
+use spacer_proto::{IdMaps, NsType, Spaces};
+
+use crate::conn::{Backend, Conn};
+use crate::ctx::Ctx;
+use crate::pool::CallError;
+use crate::request::Valid;
+use crate::subspace::worker_text;
+
+/// What a worker made, its fds in their places.
+pub enum Made {
+    /// Rooms: `fds[i]` is a namespace of type `types[i]`.
+    Rooms {
+        /// Types in fd order (the types asked for).
+        types: Vec<NsType>,
+        /// Inodes in fd order, as the worker says.
+        inodes: Vec<u64>,
+        /// The namespaces.
+        fds: Vec<OwnedFd>,
+    },
+    /// A subspace.
+    Subspace {
+        /// Whether it has a new user namespace.
+        user: bool,
+        /// Whether it has a new PID namespace.
+        pid: bool,
+        /// Its worker's pid (for logs).
+        worker_pid: i32,
+        /// The broker's end of the worker's channel.
+        worker_chan: OwnedFd,
+        /// The worker's pidfd.
+        pidfd: OwnedFd,
+        /// Its new namespaces, user first.
+        ns: Vec<(NsType, OwnedFd)>,
+    },
+}
+
+/// Why a dispatched request made nothing. The texts are the reasons
+/// clients get.
+#[derive(Debug, thiserror::Error)]
+pub enum NotMade {
+    /// No reply: no worker, the worker died or hung, or a subspace worker
+    /// broke the protocol.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The worker found the request invalid itself.
+    #[error("{0}")]
+    WorkerInvalid(String),
+    /// Making the namespaces failed in the worker.
+    #[error("{0}")]
+    WorkerFailed(String),
+    /// A reply of another kind than the request.
+    #[error("the worker answered another request")]
+    OtherReply,
+    /// Rooms of other types than asked.
+    #[error("the worker made other namespaces than asked")]
+    OtherNamespaces,
+    /// A subspace reply without the fds it names.
+    #[error("malformed subspace reply")]
+    MalformedSubspace,
+}
+
+impl NotMade {
+    /// The error kind the client gets.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NotMade::Call(CallError::Unavailable(_)) => ErrorKind::Unavailable,
+            NotMade::WorkerInvalid(_) => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+/// Sends `req` of `conn`'s peer, with its subspace id `maps` if any, to
+/// its worker. `requester` is the process that sent it, where that is
+/// known and not the one that connected.
+pub async fn dispatch(
+    ctx: &Ctx,
+    conn: &Conn<'_>,
+    req: &Valid,
+    maps: Option<&IdMaps>,
+    requester: Option<&OwnedFd>,
+) -> Result<Made, NotMade> {
+    let peer = conn.peer;
+    // Every subspace, at any depth, is started by the spawner; a nested one
+    // in the user namespace its parent subspace serves in.
+    let parent = match conn.backend {
+        Backend::Subspace(link) => link.user_ns.as_ref().map(|ns| ns.as_fd()),
+        Backend::Pool => None,
+    };
+    // New mount and UTS namespaces copy the requesting process's: the room
+    // worker gets its pidfd (the kernel's, taken at connect; on a
+    // subspace's conn, of the process that sent the request). A subspace
+    // worker lives in them and its PID namespace hangs below the
+    // requester's: the spawner gets it too.
+    let requester = requester.or(peer.pidfd.as_ref());
+    let caller = match (req.op, conn.backend) {
+        (Op::Rooms, Backend::Pool) if req.spaces.intersects(Spaces::MNT | Spaces::UTS) => {
+            requester.map(|p| p.as_fd())
+        }
+        (Op::Subspace, _) => requester.map(|p| p.as_fd()),
+        _ => None,
+    };
+    let request = |id| match req.op {
+        Op::Rooms => WorkerRequest::Rooms {
+            id,
+            spaces: req.spaces.bits(),
+            options: req.options.clone(),
+            uid: peer.uid,
+            caller: caller.is_some(),
+        },
+        Op::Subspace => WorkerRequest::Subspace {
+            id,
+            spaces: req.spaces.bits(),
+            uid: peer.uid,
+            gid: peer.gid,
+            parent: parent.is_some(),
+            caller: caller.is_some(),
+            maps: maps.cloned(),
+        },
+    };
+    let (reply, fds) = match (req.op, conn.backend) {
+        (Op::Subspace, _) => {
+            let fds: Vec<BorrowedFd<'_>> = parent.into_iter().chain(caller).collect();
+            ctx.spawner.call(peer.uid, request, &fds).await?
+        }
+        (Op::Rooms, Backend::Pool) => {
+            let fds: Vec<BorrowedFd<'_>> = caller.into_iter().collect();
+            ctx.pool.call(peer.uid, request, &fds).await?
+        }
+        (Op::Rooms, Backend::Subspace(link)) => link.call(request, ctx.pool.timeout()).await?,
+    };
+    made(reply, fds, req, conn.backend)
+}
+
+/// Reads a worker's reply to `req` as what it made.
+fn made(
+    reply: WorkerReply,
+    fds: Vec<OwnedFd>,
+    req: &Valid,
+    backend: &Backend,
+) -> Result<Made, NotMade> {
+    match reply {
+        WorkerReply::Rooms { types, inodes, .. } => {
+            if Spaces::of(types.iter().copied()) != req.spaces {
+                return Err(NotMade::OtherNamespaces);
+            }
+            Ok(Made::Rooms { types, inodes, fds })
+        }
+        WorkerReply::Subspace {
+            user,
+            pid,
+            worker_pid,
+            ..
+        } => {
+            let mut fds = fds.into_iter();
+            let (Some(worker_chan), Some(pidfd)) = (fds.next(), fds.next()) else {
+                return Err(NotMade::MalformedSubspace);
+            };
+            let ns = [(user, NsType::User), (pid, NsType::Pid)]
+                .into_iter()
+                .filter(|(asked, _)| *asked)
+                .map(|(_, t)| t)
+                .zip(fds)
+                .collect();
+            Ok(Made::Subspace {
+                user,
+                pid,
+                worker_pid,
+                worker_chan,
+                pidfd,
+                ns,
+            })
+        }
+        WorkerReply::Invalid { reason, .. } => {
+            Err(NotMade::WorkerInvalid(reason_from(backend, req.op, reason)))
+        }
+        WorkerReply::Failed { reason, .. } => {
+            Err(NotMade::WorkerFailed(reason_from(backend, req.op, reason)))
+        }
+        WorkerReply::Ended { .. } | WorkerReply::Alive { .. } => Err(NotMade::OtherReply),
+    }
+}
+
+/// A worker's reason as passed on: a subspace worker's (rooms made through
+/// a subspace) is marked as its own words and bounded.
+fn reason_from(backend: &Backend, op: Op, reason: String) -> String {
+    match (backend, op) {
+        (Backend::Subspace(_), Op::Rooms) => worker_text(&reason),
+        _ => reason,
+    }
+}
