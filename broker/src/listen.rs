@@ -78,7 +78,12 @@ pub fn inherited() -> Result<Option<Listener>, ListenError> {
     if count.as_deref() != Some("1") {
         return Err(ListenError::BadInherited);
     }
-    let fd = crate::sys::adopt_listen_fd().ok_or(ListenError::BadInherited)?;
+    // SAFETY: LISTEN_PID and LISTEN_FDS=1 say fd 3 was passed to this
+    // process, and this runs once, at start-up, before anything opens
+    // an fd that could own it.
+    #[allow(unsafe_code)]
+    let fd = unsafe { crate::sys::adopt_listen_fd() };
+    let fd = fd.ok_or(ListenError::BadInherited)?;
     // A socket file, so that its permissions apply: never an abstract or
     // unnamed socket, which anyone in the network namespace could reach.
     let ok = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::SeqPacket))

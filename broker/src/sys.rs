@@ -41,15 +41,19 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
 
 /// The first socket passed by systemd (`SD_LISTEN_FDS_START`), made
 /// close-on-exec, if fd 3 is open.
-pub fn adopt_listen_fd() -> Option<OwnedFd> {
+///
+/// # Safety
+///
+/// Nothing else in the process may own fd 3: call it once, at start-up,
+/// and only when `LISTEN_PID`/`LISTEN_FDS` say fd 3 was passed to us.
+pub unsafe fn adopt_listen_fd() -> Option<OwnedFd> {
     const FD: libc::c_int = 3;
     // SAFETY: fcntl on an fd number reads or sets its flags only.
     if unsafe { libc::fcntl(FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return None;
     }
-    // SAFETY: fd 3 is open (checked above) and was passed to this process by
-    // systemd for it to own; nothing else in the process refers to it yet
-    // (this runs once, before the worker is started).
+    // SAFETY: fd 3 is open (checked above), and by the caller's contract
+    // nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(FD) })
 }
 

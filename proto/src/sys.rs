@@ -4,14 +4,27 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// `NSIO` ioctl numbers from `<linux/nsfs.h>`: `_IO(0xb7, n)`.
-const NS_GET_USERNS: libc::c_ulong = 0xb701;
-const NS_GET_PARENT: libc::c_ulong = 0xb702;
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
-const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+/// An ioctl request, `_IO(type, nr)`, through whose argument the kernel
+/// reads and writes nothing: the only kind [`ioctl_ret`] is sound for, as
+/// it passes no memory. Made only here, for the requests below
+/// (`NS_GET_OWNER_UID` is `_IO` too but writes through its argument: it is
+/// no `NoArgIoctl`).
+#[derive(Clone, Copy)]
+struct NoArgIoctl(libc::c_ulong);
 
-/// `PIDFD_GET_*_NAMESPACE` from `<linux/pidfd.h>` (Linux 6.11): `_IO(0xFF, n)`.
-pub(crate) const PIDFD_GET_NAMESPACE_BASE: libc::c_ulong = 0xff00;
+impl NoArgIoctl {
+    /// `_IO(ty, nr)`.
+    const fn io(ty: u8, nr: u8) -> NoArgIoctl {
+        NoArgIoctl(((ty as libc::c_ulong) << 8) | nr as libc::c_ulong)
+    }
+}
+
+/// `NSIO` ioctls from `<linux/nsfs.h>`.
+const NS_GET_USERNS: NoArgIoctl = NoArgIoctl::io(0xb7, 1);
+const NS_GET_PARENT: NoArgIoctl = NoArgIoctl::io(0xb7, 2);
+const NS_GET_NSTYPE: NoArgIoctl = NoArgIoctl::io(0xb7, 3);
+/// `_IO(0xb7, 4)`, though it writes a `uid_t` through its argument.
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
 
 /// Takes ownership of fds the kernel just installed in this process for a
 /// `recvmsg(2)` with `SCM_RIGHTS`.
@@ -27,10 +40,10 @@ pub(crate) fn adopt_received(raw: &[RawFd]) -> Vec<OwnedFd> {
         .collect()
 }
 
-fn ioctl_ret(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: the request numbers used with this helper take no argument
-    // (`_IO`), so no memory is passed to the kernel; `fd` is a live borrowed fd.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, 0) };
+fn ioctl_ret(fd: BorrowedFd<'_>, request: NoArgIoctl) -> io::Result<libc::c_int> {
+    // SAFETY: a NoArgIoctl's argument is not used by the kernel, so no
+    // memory is passed; `fd` is a live borrowed fd.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request.0 as _, 0) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -38,7 +51,7 @@ fn ioctl_ret(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::c_i
     }
 }
 
-fn ioctl_new_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<OwnedFd> {
+fn ioctl_new_fd(fd: BorrowedFd<'_>, request: NoArgIoctl) -> io::Result<OwnedFd> {
     let new = ioctl_ret(fd, request)?;
     // SAFETY: on success these ioctls return a new close-on-exec fd that this
     // process now owns and nothing else refers to.
@@ -112,9 +125,10 @@ pub(crate) fn ns_file_handle(fd: BorrowedFd<'_>) -> io::Result<(i32, [u8; 16])> 
     Ok((h.head.handle_type, h.bytes))
 }
 
-/// `PIDFD_GET_<TYPE>_NAMESPACE` number `nr` on a pidfd.
+/// `PIDFD_GET_<TYPE>_NAMESPACE` number `nr` on a pidfd (`<linux/pidfd.h>`,
+/// Linux 6.11: `_IO(0xFF, nr)`).
 pub(crate) fn pidfd_get_namespace(pidfd: BorrowedFd<'_>, nr: u8) -> io::Result<OwnedFd> {
-    ioctl_new_fd(pidfd, PIDFD_GET_NAMESPACE_BASE | libc::c_ulong::from(nr))
+    ioctl_new_fd(pidfd, NoArgIoctl::io(0xff, nr))
 }
 
 /// `pidfd_open(2)`.
