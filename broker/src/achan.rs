@@ -2,9 +2,10 @@
 //! socket I/O still goes through `Channel`; this only waits for readiness.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use spacer_proto::{Channel, Received, RecvError};
+use spacer_proto::internal::{self, Message, Trust};
+use spacer_proto::{Channel, MessageError, Received, RecvError};
 use tokio::io::unix::AsyncFd;
 
 /// A non-blocking [`Channel`] registered with the runtime.
@@ -40,6 +41,29 @@ impl AsyncChannel {
                 other => return other,
             }
         }
+    }
+
+    /// Receives one internal message; see [`Channel::recv_msg`].
+    pub async fn recv_msg<T: Message>(
+        &self,
+        trust: Trust,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, MessageError> {
+        loop {
+            let mut guard = self
+                .inner
+                .readable()
+                .await
+                .map_err(|e| MessageError::Recv(RecvError::Io(e)))?;
+            match self.inner.get_ref().recv_msg(trust) {
+                Err(e) if e.is_would_block() => guard.clear_ready(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends one internal message; see [`Channel::send_msg`].
+    pub async fn send_msg<T: Message>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send(&internal::encode(msg), fds).await
     }
 
     /// Sends one datagram; see [`Channel::send`].

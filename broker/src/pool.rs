@@ -9,9 +9,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use spacer_proto::internal::{
-    self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
+    InternalError, SupervisorReply, SupervisorRequest, Trust, WorkerKind, WorkerReply,
+    WorkerRequest,
 };
-use spacer_proto::{fd, Channel};
+use spacer_proto::{Channel, MessageError};
 use tokio::sync::{oneshot, Notify};
 
 use crate::achan::AsyncChannel;
@@ -339,12 +340,7 @@ impl Pool {
             self.next_id.set(id.wrapping_add(1));
             let (tx, rx) = oneshot::channel();
             link.pending.borrow_mut().insert(id, tx);
-            if link
-                .chan
-                .send(&internal::encode(&make(id)), fds)
-                .await
-                .is_err()
-            {
+            if link.chan.send_msg(&make(id), fds).await.is_err() {
                 link.pending.borrow_mut().remove(&id);
                 self.retire(&link, "channel closed").await;
                 if tries > 0 {
@@ -440,12 +436,7 @@ impl Pool {
             nstype: spacer_proto::NsType::Net,
             rooms: Vec::new(),
         };
-        if link
-            .chan
-            .send(&internal::encode(&probe), &[])
-            .await
-            .is_err()
-        {
+        if link.chan.send_msg(&probe, &[]).await.is_err() {
             link.pending.borrow_mut().remove(&id);
             return false;
         }
@@ -485,26 +476,19 @@ impl Pool {
         let _guard = self.sup.busy.lock().await;
         self.sup
             .chan
-            .send(
-                &internal::encode(&SupervisorRequest::Spawn { kind: self.kind }),
-                &[],
-            )
+            .send_msg(&SupervisorRequest::Spawn { kind: self.kind }, &[])
             .await
             .map_err(|e| format!("asking the supervisor: {e}"))?;
-        let mut buf = [0u8; 512];
-        let got = tokio::time::timeout(Duration::from_secs(5), self.sup.chan.recv(&mut buf, 2))
-            .await
-            .map_err(|_| "the supervisor did not answer".to_owned())?
-            .map_err(|e| format!("reading the supervisor's answer: {e}"))?
-            .ok_or("the supervisor has exited")?;
-        match internal::decode::<SupervisorReply>(&buf[..got.len]) {
-            Ok(SupervisorReply::Spawned { pid }) if got.fds.len() == 2 => {
-                let mut fds = got.fds.into_iter();
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.sup.chan.recv_msg::<SupervisorReply>(Trust::Kinds),
+        )
+        .await
+        .map_err(|_| "the supervisor did not answer".to_owned())?;
+        match got {
+            Ok(Some((SupervisorReply::Spawned { pid }, fds))) => {
+                let mut fds = fds.into_iter();
                 let chan = fds.next().expect("two fds");
-                let pidfd = fds.next().expect("two fds");
-                if !fd::is_pidfd(pidfd.as_fd()) {
-                    return Err("the supervisor sent a bad pidfd".into());
-                }
                 let chan = Channel::from_fd(chan)
                     .and_then(AsyncChannel::new)
                     .map_err(|e| format!("the worker's channel: {e}"))?;
@@ -515,8 +499,12 @@ impl Pool {
                     dead: Cell::new(false),
                 }))
             }
-            Ok(SupervisorReply::Failed { reason }) => Err(reason),
-            _ => Err("the supervisor sent a malformed answer".into()),
+            Ok(None) => Err("the supervisor has exited".into()),
+            Ok(Some((SupervisorReply::Failed { reason }, _))) => Err(reason),
+            Err(MessageError::Recv(e)) => Err(format!("reading the supervisor's answer: {e}")),
+            Err(MessageError::Message(_)) | Err(_) => {
+                Err("the supervisor sent a malformed answer".into())
+            }
         }
     }
 
@@ -528,10 +516,7 @@ impl Pool {
         let _ = self
             .sup
             .chan
-            .send(
-                &internal::encode(&SupervisorRequest::Kill { pid: link.pid }),
-                &[],
-            )
+            .send_msg(&SupervisorRequest::Kill { pid: link.pid }, &[])
             .await;
     }
 
@@ -549,27 +534,21 @@ impl Pool {
     /// Hands each reply to the request waiting for it; ends when the worker
     /// does.
     async fn read_replies(self: Rc<Self>, link: Rc<Link>) {
-        let mut buf = vec![0u8; internal::MAX_BYTES];
         let why = loop {
-            match link.chan.recv(&mut buf, internal::MAX_FDS).await {
-                Ok(Some(got)) => {
-                    let reply = match internal::decode::<WorkerReply>(&buf[..got.len]) {
-                        Ok(r) => r,
-                        Err(_) => break "malformed reply",
-                    };
-                    // The host worker is more trusted than the broker; its
-                    // fds are checked by kind by every client.
-                    if reply.check_counts(&got.fds).is_err() {
-                        break "reply fds do not match the reply";
-                    }
+            // The host worker is more trusted than the broker; its fds are
+            // checked by kind by every client.
+            match link.chan.recv_msg::<WorkerReply>(Trust::Counts).await {
+                Ok(Some((reply, fds))) => {
                     let waiter = link.pending.borrow_mut().remove(&reply.id());
                     // No waiter (it timed out or its client left): the fds
                     // close as the reply is dropped.
                     if let Some(tx) = waiter {
-                        let _ = tx.send((reply, got.fds));
+                        let _ = tx.send((reply, fds));
                     }
                 }
                 Ok(None) => break "exited",
+                Err(MessageError::Message(InternalError::Malformed)) => break "malformed reply",
+                Err(MessageError::Message(_)) => break "reply fds do not match the reply",
                 Err(_) => break "channel error",
             }
         };

@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
-use spacer_proto::{fd, Channel};
+use spacer_proto::internal::{InternalError, Trust, WorkerReply, WorkerRequest};
+use spacer_proto::{fd, Channel, MessageError};
 
 use crate::achan::AsyncChannel;
 use crate::conn::{self, Backend};
@@ -143,29 +143,29 @@ impl SubLink {
         self.next_id.set(id + 1);
         let req = request(id);
         self.chan
-            .send(&internal::encode(&req), &[])
+            .send_msg(&req, &[])
             .await
             .map_err(|_| CallError::Died)?;
-        let mut buf = vec![0u8; internal::MAX_BYTES];
-        let got = tokio::time::timeout(timeout, self.chan.recv(&mut buf, internal::MAX_FDS))
+        let got = tokio::time::timeout(timeout, self.chan.recv_msg::<WorkerReply>(Trust::Kinds))
             .await
-            .map_err(|_| CallError::Timeout(timeout))?
-            .map_err(|_| CallError::Died)?
-            .ok_or(CallError::Died)?;
+            .map_err(|_| CallError::Timeout(timeout))?;
         // A subspace worker runs as the requester: believe nothing unchecked.
         let broken = |what: &'static str| {
             tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = self.id, reason = what, "subspace worker misbehaved; closing it");
             CallError::Protocol(what)
         };
-        let reply: WorkerReply =
-            internal::decode(&buf[..got.len]).map_err(|_| broken("a malformed reply"))?;
+        let (reply, fds) = match got {
+            Ok(Some(got)) => got,
+            Ok(None) | Err(MessageError::Recv(_)) => return Err(CallError::Died),
+            Err(MessageError::Message(InternalError::FdMismatch)) => {
+                return Err(broken("fds that do not match its reply"))
+            }
+            Err(_) => return Err(broken("a malformed reply")),
+        };
         if reply.id() != id {
             return Err(broken("a reply to another request"));
         }
-        if reply.check_fds(&got.fds).is_err() {
-            return Err(broken("fds that do not match its reply"));
-        }
-        Ok((reply, got.fds))
+        Ok((reply, fds))
     }
 
     /// Resolves when the worker's channel shows end of stream (or an

@@ -39,13 +39,13 @@ use std::sync::Mutex;
 pub use join::{run_in, CommandExt, Join};
 use private::PrivateWorker;
 pub use private::{find_worker, INSTALLED_WORKER, WORKER_ENV};
-use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
+use spacer_proto::internal::{InternalError, Trust, WorkerReply, WorkerRequest};
 pub use spacer_proto::wire::Rooms;
 use spacer_proto::wire::{
     self, decode_reply, ErrorKind, Reply, Request, ResponseError, SubspaceFds,
 };
 pub use spacer_proto::MapChoice;
-use spacer_proto::{Channel, IdMaps, RecvError};
+use spacer_proto::{Channel, IdMaps, MessageError, RecvError};
 pub use spacer_proto::{NsType, Offset, OptionError, RoomOption, RoomOptions, Spaces};
 
 /// The socket used when neither a path nor `SPACER_SOCKET` is given.
@@ -433,25 +433,29 @@ impl Client {
                 }
             }
         };
-        self.chan
-            .send(&internal::encode(&msg), &[])
-            .map_err(Error::Io)?;
-        let mut buf = vec![0u8; internal::MAX_BYTES];
-        let got = match self.chan.recv(&mut buf, internal::MAX_FDS) {
+        self.chan.send_msg(&msg, &[]).map_err(Error::Io)?;
+        // A private worker is the caller's own, but its fds are checked by
+        // kind like any other (an LSM may drop fds in flight).
+        let (reply, fds) = match self.chan.recv_msg::<WorkerReply>(Trust::Kinds) {
             Ok(Some(got)) => got,
             Ok(None) => return Err(Error::Closed),
-            Err(RecvError::Io(e)) => return Err(Error::Io(e)),
-            Err(e) => return Err(Error::Protocol(e.into())),
+            Err(MessageError::Recv(RecvError::Io(e))) => return Err(Error::Io(e)),
+            Err(MessageError::Recv(e)) => return Err(Error::Protocol(e.into())),
+            Err(MessageError::Message(InternalError::FdMismatch)) => {
+                return Err(Error::Protocol(ProtocolError::Response(
+                    ResponseError::FdMismatch,
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Protocol(ProtocolError::Response(
+                    ResponseError::Malformed,
+                )))
+            }
         };
-        let reply: WorkerReply = internal::decode(&buf[..got.len])
-            .map_err(|_| Error::Protocol(ProtocolError::Response(ResponseError::Malformed)))?;
         if reply.id() != id {
             return Err(Error::Protocol(ProtocolError::WrongId));
         }
-        reply
-            .check_fds(&got.fds)
-            .map_err(|_| Error::Protocol(ProtocolError::Response(ResponseError::FdMismatch)))?;
-        let mut fds = got.fds.into_iter();
+        let mut fds = fds.into_iter();
         match reply {
             WorkerReply::Rooms { types, .. } => {
                 let mut rooms = Rooms::default();

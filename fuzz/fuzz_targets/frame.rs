@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spacer_proto::internal::{self, SubspaceReady, SupervisorReply, SupervisorRequest, WorkerReply, WorkerRequest};
+use spacer_proto::internal::{
+    Message, SubspaceReady, SupervisorReply, SupervisorRequest, Trust, WorkerReply, WorkerRequest,
+};
 use spacer_proto::wire::{decode_reply, Request};
 use spacer_proto::{check_spaces, Spaces};
 
@@ -18,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Request::decode(&req.encode()).as_ref(), Ok(&req));
     }
     let _ = decode_reply(data, Vec::new());
-    let _ = internal::decode::<WorkerRequest>(data);
-    if let Ok(reply) = internal::decode::<WorkerReply>(data) {
-        let _ = reply.check_fds(&[]);
+    // As each end takes them (the fds are checked after decoding).
+    for trust in [Trust::Counts, Trust::Kinds] {
+        let _ = WorkerRequest::take(data, Vec::new(), trust);
+        let _ = WorkerReply::take(data, Vec::new(), trust);
+        let _ = SupervisorRequest::take(data, Vec::new(), trust);
+        let _ = SupervisorReply::take(data, Vec::new(), trust);
+        let _ = SubspaceReady::take(data, Vec::new(), trust);
     }
-    let _ = internal::decode::<SupervisorRequest>(data);
-    let _ = internal::decode::<SupervisorReply>(data);
-    let _ = internal::decode::<SubspaceReady>(data);
 });

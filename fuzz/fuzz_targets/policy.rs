@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             for uid in [0, 1000, 65534] {
                 let peer = Peer { uid, gid: 500, groups: &[500, 7] };
                 let _ = pol.decide(&peer, Op::Rooms, Spaces::NET | Spaces::UTS, &[RoomOption::Loopback, RoomOption::Hostname], &Usage::default());
-                let _ = pol.decide(&peer, Op::Subspace, Spaces::USER, &[], &Usage { requests_last_minute: 3, live_subspaces: 2, depth: 1 });
+                let _ = pol.decide(&peer, Op::Subspace, Spaces::USER, &[], &Usage { requests_last_minute: 3, live_subspaces: 2, depth: 1, live_rooms: [1, 0, 2, 64, 0, 3] });
             }
         }
         Err(diag) => {

@@ -13,7 +13,27 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 
+use crate::internal::{self, InternalError, Message, Trust};
 use crate::sys;
+
+/// Why a typed message could not be received.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// No whole datagram.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+    /// Not a message of the type, or not the fds it says.
+    #[error(transparent)]
+    Message(#[from] InternalError),
+}
+
+impl MessageError {
+    /// Whether this is a `WouldBlock` from a non-blocking socket.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, MessageError::Recv(e) if e.is_would_block())
+    }
+}
 
 /// Why a datagram could not be received whole.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +303,31 @@ impl Channel {
             return Ok(None);
         }
         Ok(Some(Received { len, fds, sender }))
+    }
+
+    /// Sends one internal message with the fds it says come with it.
+    pub fn send_msg<T: Message>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send(&internal::encode(msg), fds)
+    }
+
+    /// Receives one internal message of type `T` with its fds, checked as
+    /// `trust` says ([`Message::take`]); `Ok(None)` is end of stream. The
+    /// buffer is zeroed before it is freed: nothing of a message stays in
+    /// memory a later fork would copy.
+    pub fn recv_msg<T: Message>(
+        &self,
+        trust: Trust,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, MessageError> {
+        let mut buf = vec![0u8; internal::MAX_BYTES];
+        let out = match self.recv(&mut buf, T::MAX_FDS) {
+            Ok(Some(got)) => T::take(&buf[..got.len], got.fds, trust)
+                .map(Some)
+                .map_err(MessageError::from),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+        buf.fill(0);
+        out
     }
 
     /// Whether the peer has closed its end (`POLLHUP` right now: a connected

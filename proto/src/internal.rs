@@ -172,70 +172,6 @@ impl WorkerReply {
             | WorkerReply::Failed { id, .. } => id,
         }
     }
-
-    /// Checks that `fds` are as many as this reply says, without asking the
-    /// kernel what each is: for replies from the broker's own host worker,
-    /// which holds more privilege than the broker and whose fds every client
-    /// checks by kind again.
-    pub fn check_counts(&self, fds: &[OwnedFd]) -> Result<(), InternalError> {
-        let ok = match self {
-            WorkerReply::Rooms { types, inodes, .. } => {
-                let set = Spaces::of(types.iter().copied());
-                types.len() == fds.len()
-                    && inodes.len() == fds.len()
-                    && set.types().count() == types.len()
-                    && Spaces::ROOMS.contains(set)
-            }
-            WorkerReply::Subspace { user, pid, .. } => {
-                (*user || *pid) && fds.len() == 2 + usize::from(*user) + usize::from(*pid)
-            }
-            WorkerReply::Ended { .. }
-            | WorkerReply::Alive { .. }
-            | WorkerReply::Invalid { .. }
-            | WorkerReply::Failed { .. } => fds.is_empty(),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(InternalError::FdMismatch)
-        }
-    }
-
-    /// Checks that `fds` are exactly what this reply says they are, kind by
-    /// kind: for replies from a subspace worker (which runs as the
-    /// requester) and from a private worker.
-    pub fn check_fds(&self, fds: &[OwnedFd]) -> Result<(), InternalError> {
-        self.check_counts(fds)?;
-        match self {
-            WorkerReply::Rooms { types, .. } => {
-                for (t, fd) in types.iter().zip(fds) {
-                    if fd::namespace_type(fd.as_fd()).ok() != Some(*t) {
-                        return Err(InternalError::FdMismatch);
-                    }
-                }
-                Ok(())
-            }
-            WorkerReply::Subspace { user, pid, .. } => {
-                if !fd::is_unix_seqpacket(fds[0].as_fd()) || !fd::is_pidfd(fds[1].as_fd()) {
-                    return Err(InternalError::FdMismatch);
-                }
-                let mut rest = fds[2..].iter();
-                for (wanted, t) in [(*user, NsType::User), (*pid, NsType::Pid)] {
-                    if wanted {
-                        let fd = rest.next().ok_or(InternalError::FdMismatch)?;
-                        if fd::namespace_type(fd.as_fd()).ok() != Some(t) {
-                            return Err(InternalError::FdMismatch);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            WorkerReply::Ended { .. }
-            | WorkerReply::Alive { .. }
-            | WorkerReply::Invalid { .. }
-            | WorkerReply::Failed { .. } => Ok(()),
-        }
-    }
 }
 
 /// What a serving worker started by the supervisor does.
@@ -307,6 +243,171 @@ pub enum InternalError {
     /// The fds do not match what the message says.
     #[error("internal message fds do not match its content")]
     FdMismatch,
+}
+
+/// How far a receiver trusts the fds a message comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Counted only: a sender with more privilege than the receiver (the
+    /// broker's own host workers, whose fds every client checks by kind
+    /// again).
+    Counts,
+    /// Each fd's kind asked of the kernel: a sender that runs as a tenant
+    /// (a subspace worker), a private worker, and the broker as the worker
+    /// sees it.
+    Kinds,
+}
+
+/// A message of this module: what it decodes from, and which fds it says
+/// come with it. Decoding and the fd check live here, for every end.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The most fds one carries.
+    const MAX_FDS: usize;
+
+    /// Whether `fds` are what this message says: as many, in order, and
+    /// with [`Trust::Kinds`] each of the kind its place says.
+    fn fds_match(&self, fds: &[OwnedFd], trust: Trust) -> bool;
+
+    /// Decodes one message (exactly one: trailing bytes are refused) with
+    /// the fds that came with it. On any error every fd is closed.
+    fn take(
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        trust: Trust,
+    ) -> Result<(Self, Vec<OwnedFd>), InternalError> {
+        let msg: Self = decode(bytes)?;
+        if !msg.fds_match(&fds, trust) {
+            return Err(InternalError::FdMismatch);
+        }
+        Ok((msg, fds))
+    }
+}
+
+/// Whether `fds` are, in order, namespaces of these types (each checked
+/// with the kernel only if `trust` asks).
+fn namespaces(fds: &[OwnedFd], types: &[NsType], trust: Trust) -> bool {
+    fds.len() == types.len()
+        && (trust == Trust::Counts
+            || types
+                .iter()
+                .zip(fds)
+                .all(|(t, f)| fd::namespace_type(f.as_fd()).ok() == Some(*t)))
+}
+
+/// Whether `f` is a pidfd, if `trust` asks.
+fn pidfd(f: &OwnedFd, trust: Trust) -> bool {
+    trust == Trust::Counts || fd::is_pidfd(f.as_fd())
+}
+
+/// Whether `f` is an `AF_UNIX` `SOCK_SEQPACKET` socket, if `trust` asks.
+fn seqpacket(f: &OwnedFd, trust: Trust) -> bool {
+    trust == Trust::Counts || fd::is_unix_seqpacket(f.as_fd())
+}
+
+fn flagged(flags: &[(bool, NsType)]) -> Vec<NsType> {
+    flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+impl Message for WorkerRequest {
+    const MAX_FDS: usize = 2;
+
+    /// A room request's requester pidfd; a subspace request's parent user
+    /// namespace, then the requester's pidfd.
+    fn fds_match(&self, fds: &[OwnedFd], trust: Trust) -> bool {
+        match *self {
+            WorkerRequest::Rooms { caller, .. } => match fds {
+                [] => !caller,
+                [p] => caller && pidfd(p, trust),
+                _ => false,
+            },
+            WorkerRequest::Subspace { parent, caller, .. } => {
+                let want = usize::from(parent) + usize::from(caller);
+                fds.len() == want
+                    && (!parent || namespaces(&fds[..1], &[NsType::User], trust))
+                    && (!caller || pidfd(&fds[want - 1], trust))
+            }
+            WorkerRequest::Alive { .. } | WorkerRequest::End { .. } => fds.is_empty(),
+        }
+    }
+}
+
+impl Message for WorkerReply {
+    const MAX_FDS: usize = MAX_FDS;
+
+    /// Rooms: one namespace per type, each type once, rooms types only.
+    /// Subspace: its channel, its pidfd, then the user and PID namespaces
+    /// as flagged. Nothing with the others.
+    fn fds_match(&self, fds: &[OwnedFd], trust: Trust) -> bool {
+        match self {
+            WorkerReply::Rooms { types, inodes, .. } => {
+                let set = Spaces::of(types.iter().copied());
+                inodes.len() == types.len()
+                    && set.types().count() == types.len()
+                    && Spaces::ROOMS.contains(set)
+                    && namespaces(fds, types, trust)
+            }
+            WorkerReply::Subspace { user, pid, .. } => match fds {
+                [chan, pidfd_, rest @ ..] => {
+                    (*user || *pid)
+                        && seqpacket(chan, trust)
+                        && pidfd(pidfd_, trust)
+                        && namespaces(
+                            rest,
+                            &flagged(&[(*user, NsType::User), (*pid, NsType::Pid)]),
+                            trust,
+                        )
+                }
+                _ => false,
+            },
+            WorkerReply::Ended { .. }
+            | WorkerReply::Alive { .. }
+            | WorkerReply::Invalid { .. }
+            | WorkerReply::Failed { .. } => fds.is_empty(),
+        }
+    }
+}
+
+impl Message for SupervisorRequest {
+    const MAX_FDS: usize = 0;
+
+    fn fds_match(&self, fds: &[OwnedFd], _: Trust) -> bool {
+        fds.is_empty()
+    }
+}
+
+impl Message for SupervisorReply {
+    const MAX_FDS: usize = 2;
+
+    /// Spawned: the worker's channel and its pidfd.
+    fn fds_match(&self, fds: &[OwnedFd], trust: Trust) -> bool {
+        match (self, fds) {
+            (SupervisorReply::Spawned { .. }, [chan, p]) => {
+                seqpacket(chan, trust) && pidfd(p, trust)
+            }
+            (SupervisorReply::Failed { .. }, []) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Message for SubspaceReady {
+    const MAX_FDS: usize = 2;
+
+    /// The user and PID namespaces as flagged.
+    fn fds_match(&self, fds: &[OwnedFd], trust: Trust) -> bool {
+        match self {
+            SubspaceReady::Ready { user, pid } => namespaces(
+                fds,
+                &flagged(&[(*user, NsType::User), (*pid, NsType::Pid)]),
+                trust,
+            ),
+            SubspaceReady::Failed { .. } => fds.is_empty(),
+        }
+    }
 }
 
 /// Encodes an internal message.
@@ -396,21 +497,50 @@ mod tests {
     }
 
     #[test]
-    fn rooms_fds_are_checked_by_kind_and_count() {
-        let net: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
-        let reply = WorkerReply::Rooms {
-            id: 1,
-            types: vec![NsType::Uts],
-            inodes: vec![0],
+    fn fds_are_checked_by_kind_and_count() {
+        let ns = |t: &str| -> OwnedFd {
+            std::fs::File::open(format!("/proc/self/ns/{t}"))
+                .unwrap()
+                .into()
         };
-        assert_eq!(reply.check_fds(&[net]), Err(InternalError::FdMismatch));
-        let reply = WorkerReply::Rooms {
+        let rooms = |types: Vec<NsType>| WorkerReply::Rooms {
             id: 1,
-            types: vec![NsType::User],
-            inodes: vec![0],
+            inodes: vec![0; types.len()],
+            types,
         };
-        let user: OwnedFd = std::fs::File::open("/proc/self/ns/user").unwrap().into();
-        assert_eq!(reply.check_fds(&[user]), Err(InternalError::FdMismatch));
+        // Counted only, a net namespace passes for uts; by kind it does not.
+        assert!(rooms(vec![NsType::Uts]).fds_match(&[ns("net")], Trust::Counts));
+        assert!(!rooms(vec![NsType::Uts]).fds_match(&[ns("net")], Trust::Kinds));
+        assert!(rooms(vec![NsType::Uts]).fds_match(&[ns("uts")], Trust::Kinds));
+        // No room is a user namespace, and no count is off, however trusted.
+        assert!(!rooms(vec![NsType::User]).fds_match(&[ns("user")], Trust::Counts));
+        assert!(!rooms(vec![NsType::Uts]).fds_match(&[], Trust::Counts));
+        // A spawner's request: the parent user namespace, then a pidfd.
+        let sub = |parent, caller| WorkerRequest::Subspace {
+            id: 1,
+            spaces: 0,
+            uid: 1,
+            gid: 1,
+            parent,
+            caller,
+            maps: None,
+        };
+        let me = || fd::pidfd_open(std::process::id() as i32).unwrap();
+        assert!(sub(true, true).fds_match(&[ns("user"), me()], Trust::Kinds));
+        assert!(!sub(true, true).fds_match(&[me(), ns("user")], Trust::Kinds));
+        assert!(!sub(true, false).fds_match(&[ns("net")], Trust::Kinds));
+        assert!(sub(false, true).fds_match(&[me()], Trust::Kinds));
+        assert!(!sub(false, false).fds_match(&[me()], Trust::Kinds));
+        // take closes what it refuses and says why.
+        let bytes = encode(&sub(false, true));
+        assert_eq!(
+            WorkerRequest::take(&bytes, vec![ns("net")], Trust::Kinds).unwrap_err(),
+            InternalError::FdMismatch
+        );
+        assert_eq!(
+            WorkerRequest::take(&bytes[..3], vec![], Trust::Kinds).unwrap_err(),
+            InternalError::Malformed
+        );
     }
 
     proptest! {

@@ -3,8 +3,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use spacer_proto::internal::{self, WorkerReply, WorkerRequest};
-use spacer_proto::{check_spaces, fd, Channel, IdMaps, NsType, RecvError, Spaces};
+use spacer_proto::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
+use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, Spaces};
 
 use crate::maker::{Maker, RoomError};
 use crate::privilege::{self, as_requester, with_cap};
@@ -126,6 +126,11 @@ impl Server {
                     // next fork would copy.
                     buf[..got.len].fill(0);
                     match decoded {
+                        // The broker's fds are checked by kind: the worker
+                        // trusts it no more than a request's words.
+                        Ok(req) if !req.fds_match(&got.fds, Trust::Kinds) => {
+                            Answer::invalid(req.id(), "the fds do not match the request")
+                        }
                         Ok(req) => match self.handle(req, got.fds) {
                             Some(answer) => answer,
                             None => continue,
@@ -241,19 +246,9 @@ impl Server {
     /// Answers one request (`None`: a subspace is being set up, answered
     /// later). `fds`: what came with the request.
     fn handle(&mut self, req: WorkerRequest, fds: Vec<OwnedFd>) -> Option<Answer> {
-        let (id, role) = (req.id(), self.role);
-        let wants_fds = match req {
-            WorkerRequest::Subspace { parent, caller, .. } if role == Role::Spawner => {
-                usize::from(parent) + usize::from(caller)
-            }
-            WorkerRequest::Rooms { caller: true, .. } if role == Role::Rooms => 1,
-            _ => 0,
-        };
-        if fds.len() != wants_fds {
-            return Some(Answer::invalid(id, "unexpected fds with the request"));
-        }
+        let role = self.role;
         Some(match req {
-            WorkerRequest::Rooms { .. } if role == Role::Spawner => {
+            WorkerRequest::Rooms { id, .. } if role == Role::Spawner => {
                 Answer::invalid(id, "the spawner makes no rooms")
             }
             WorkerRequest::Rooms {
@@ -340,9 +335,6 @@ impl Server {
         if let Err(e) = crate::prepare::check_clocks(options) {
             return Answer::invalid(id, e.to_string());
         }
-        if requester.is_some_and(|f| !fd::is_pidfd(f.as_fd())) {
-            return Answer::invalid(id, "the requester's fd is no pidfd");
-        }
         let requester = requester.map(|f| f.as_fd());
         // A room worker makes them as the requester's effective uid, so the
         // kernel charges them to the requester's namespace limits.
@@ -422,18 +414,10 @@ impl Server {
                     .into(),
             );
         }
+        // Their kinds were checked with the request (fds_match).
         let mut fds = fds.into_iter();
         let parent = if parent { fds.next() } else { None };
         let caller = if caller { fds.next() } else { None };
-        if parent
-            .as_ref()
-            .is_some_and(|p| fd::namespace_type(p.as_fd()).ok() != Some(NsType::User))
-        {
-            return Err("the parent namespace is not a user namespace".into());
-        }
-        if caller.as_ref().is_some_and(|c| !fd::is_pidfd(c.as_fd())) {
-            return Err("the requester's fd is no pidfd".into());
-        }
         Ok(Requester::Host {
             uid,
             gid,
@@ -447,9 +431,7 @@ impl Server {
 /// close right after.
 fn send(channel: &Channel, answer: Answer) -> bool {
     let borrowed: Vec<BorrowedFd<'_>> = answer.fds.iter().map(|f| f.as_fd()).collect();
-    channel
-        .send(&internal::encode(&answer.reply), &borrowed)
-        .is_ok()
+    channel.send_msg(&answer.reply, &borrowed).is_ok()
 }
 
 /// How a pending setup stands.

@@ -46,7 +46,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::prctl;
 use nix::unistd::{getegid, geteuid, setgroups, setresgid, setresuid, Gid, Uid};
 use spacer_proto::fd::{self, Which};
-use spacer_proto::internal::{self, SubspaceReady};
+use spacer_proto::internal::{SubspaceReady, Trust};
 use spacer_proto::{Channel, IdMaps, NsType, Spaces};
 
 use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
@@ -163,37 +163,19 @@ impl Starting {
 
 type NsFds = (Option<OwnedFd>, Option<OwnedFd>);
 
-/// The parent's side of the setup, once `Ready` is readable.
+/// The parent's side of the setup, once `Ready` is readable. The new
+/// worker runs as the requester: its fds are checked by kind.
 fn read_ready(chan: &Channel) -> Result<NsFds, Error> {
-    let mut buf = [0u8; 1024];
-    let got = match chan.recv(&mut buf, 2) {
-        Ok(Some(got)) => got,
-        _ => return Err(Error::msg(LOST)),
-    };
-    match internal::decode::<SubspaceReady>(&buf[..got.len]) {
-        Ok(SubspaceReady::Ready { user, pid: has_pid })
-            if ready_fds_match(&got.fds, user, has_pid) =>
-        {
-            let mut fds = got.fds.into_iter();
+    match chan.recv_msg::<SubspaceReady>(Trust::Kinds) {
+        Ok(Some((SubspaceReady::Ready { user, pid }, fds))) => {
+            let mut fds = fds.into_iter();
             let user = if user { fds.next() } else { None };
-            let pidns = if has_pid { fds.next() } else { None };
+            let pidns = if pid { fds.next() } else { None };
             Ok((user, pidns))
         }
-        Ok(SubspaceReady::Failed { reason }) => Err(Error::msg(reason)),
+        Ok(Some((SubspaceReady::Failed { reason }, _))) => Err(Error::msg(reason)),
         _ => Err(Error::msg(LOST)),
     }
-}
-
-fn ready_fds_match(fds: &[OwnedFd], user: bool, pid: bool) -> bool {
-    let want: Vec<NsType> = [(user, NsType::User), (pid, NsType::Pid)]
-        .into_iter()
-        .filter_map(|(w, t)| w.then_some(t))
-        .collect();
-    want.len() == fds.len()
-        && want
-            .iter()
-            .zip(fds)
-            .all(|(t, fd)| fd::namespace_type(fd.as_fd()).ok() == Some(*t))
 }
 
 /// The new process: set up, report, serve. Returns the exit code.
@@ -239,7 +221,7 @@ fn become_subspace(
             };
             let fds: Vec<BorrowedFd<'_>> =
                 user.iter().chain(pidns.iter()).map(|f| f.as_fd()).collect();
-            if channel.send(&internal::encode(&ready), &fds).is_err() {
+            if channel.send_msg(&ready, &fds).is_err() {
                 return 1;
             }
             drop((user, pidns));
@@ -257,7 +239,7 @@ fn become_subspace(
         }
         Err(e) => {
             let reason = e.to_string();
-            let _ = channel.send(&internal::encode(&SubspaceReady::Failed { reason }), &[]);
+            let _ = channel.send_msg(&SubspaceReady::Failed { reason }, &[]);
             1
         }
     }

@@ -4,8 +4,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use spacer_proto::internal::{self, SupervisorReply, SupervisorRequest, WorkerKind};
-use spacer_proto::{fd, Channel, RecvError};
+use spacer_proto::internal::{SupervisorReply, SupervisorRequest, Trust, WorkerKind};
+use spacer_proto::{fd, Channel, MessageError, RecvError};
 
 use crate::sys::{self, Cloned, Ctx, Error};
 use crate::Role;
@@ -13,19 +13,18 @@ use crate::Role;
 /// Serves the broker until it closes the channel. Returns the exit code.
 pub fn supervise(channel: Channel) -> i32 {
     let mut workers: Vec<(i32, OwnedFd)> = Vec::new();
-    let mut buf = [0u8; 256];
     loop {
-        let got = match channel.recv(&mut buf, 0) {
-            Ok(Some(got)) => got,
+        let req = match channel.recv_msg::<SupervisorRequest>(Trust::Counts) {
+            Ok(Some((req, _))) => req,
             Ok(None) => return 0,
-            Err(RecvError::Io(e)) => {
+            Err(MessageError::Recv(RecvError::Io(e))) => {
                 eprintln!("spacer-worker: supervisor receiving: {e}");
                 return 1;
             }
             Err(_) => continue,
         };
-        match internal::decode::<SupervisorRequest>(&buf[..got.len]) {
-            Ok(SupervisorRequest::Spawn { kind }) => {
+        match req {
+            SupervisorRequest::Spawn { kind } => {
                 let (msg, fds) = match spawn_serving(&mut workers, kind) {
                     Ok((pid, chan, pidfd)) => (SupervisorReply::Spawned { pid }, vec![chan, pidfd]),
                     Err(e) => (
@@ -36,18 +35,17 @@ pub fn supervise(channel: Channel) -> i32 {
                     ),
                 };
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-                if channel.send(&internal::encode(&msg), &borrowed).is_err() {
+                if channel.send_msg(&msg, &borrowed).is_err() {
                     return 0;
                 }
             }
-            Ok(SupervisorRequest::Kill { pid }) => {
+            SupervisorRequest::Kill { pid } => {
                 if let Some(i) = workers.iter().position(|(p, _)| *p == pid) {
                     let (_, pidfd) = workers.swap_remove(i);
                     // ESRCH: it had already exited. Nothing else can fail here.
                     let _ = fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 }
             }
-            Err(_) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 
 use spacer_proto::internal::{
-    self, SupervisorReply, SupervisorRequest, WorkerKind, WorkerReply, WorkerRequest,
+    self, SupervisorReply, SupervisorRequest, Trust, WorkerKind, WorkerReply, WorkerRequest,
 };
 use spacer_proto::{fd, launch, Channel, Spaces};
 
@@ -41,15 +41,17 @@ impl Supervisor {
 
     fn spawn(&self, kind: WorkerKind) -> (i32, Channel, OwnedFd) {
         self.chan
-            .send(&internal::encode(&SupervisorRequest::Spawn { kind }), &[])
+            .send_msg(&SupervisorRequest::Spawn { kind }, &[])
             .unwrap();
-        let mut buf = [0u8; 512];
-        let got = self.chan.recv(&mut buf, 2).unwrap().unwrap();
-        let reply: SupervisorReply = internal::decode(&buf[..got.len]).unwrap();
+        let (reply, fds) = self
+            .chan
+            .recv_msg::<SupervisorReply>(Trust::Kinds)
+            .unwrap()
+            .unwrap();
         let SupervisorReply::Spawned { pid } = reply else {
             panic!("spawn failed: {reply:?}")
         };
-        let mut fds = got.fds.into_iter();
+        let mut fds = fds.into_iter();
         let chan = Channel::from_fd(fds.next().unwrap()).unwrap();
         (pid, chan, fds.next().unwrap())
     }
@@ -71,12 +73,8 @@ fn call_with(
     req: &WorkerRequest,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> (WorkerReply, Vec<OwnedFd>) {
-    chan.send(&internal::encode(req), fds).unwrap();
-    let mut buf = [0u8; 4096];
-    let got = chan.recv(&mut buf, internal::MAX_FDS).unwrap().unwrap();
-    let reply: WorkerReply = internal::decode(&buf[..got.len]).unwrap();
-    reply.check_fds(&got.fds).unwrap();
-    (reply, got.fds)
+    chan.send_msg(req, fds).unwrap();
+    chan.recv_msg::<WorkerReply>(Trust::Kinds).unwrap().unwrap()
 }
 
 /// A round trip that makes nothing: once it is answered, the worker has
