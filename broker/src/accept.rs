@@ -58,7 +58,7 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
     let groups = match sys::peer_groups(chan.as_fd()) {
         Ok(g) => g,
         Err(e) => {
-            tracing::warn!(target: "spacer::event", event = "peer_refused", uid = cred.uid(), error = %e, "cannot read the peer's groups (SO_PEERGROUPS); connection refused");
+            tracing::warn!(target: "spacer::event", event = "peer_refused", uid = cred.uid, error = %e, "cannot read the peer's groups (SO_PEERGROUPS); connection refused");
             return;
         }
     };
@@ -72,13 +72,13 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
     // process's by now); its user name off the event loop.
     let comm = pidfd.as_ref().and_then(|p| peer::comm_of(p.as_fd()));
     let peer = Rc::new(PeerInfo {
-        uid: cred.uid(),
-        gid: cred.gid(),
+        uid: cred.uid,
+        gid: cred.gid,
         groups,
-        pid: cred.pid(),
+        pid: cred.pid,
         pidfd,
         comm,
-        user: Some(ctx.names.of(cred.uid())),
+        user: Some(ctx.names.of(cred.uid)),
     });
     let cap = ctx.policy.borrow().connection_limit(&spacer_policy::Peer {
         uid: peer.uid,

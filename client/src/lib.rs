@@ -278,7 +278,7 @@ impl Client {
     /// The pid of the process serving this connection, as the kernel
     /// recorded it (`SO_PEERCRED`): the broker, or a private worker.
     pub fn service_pid(&self) -> Option<i32> {
-        self.chan.peer_credentials().ok().map(|c| c.pid())
+        self.chan.peer_credentials().ok().map(|c| c.pid)
     }
 
     /// The pid of the private worker this client started, if any.

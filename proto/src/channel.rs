@@ -93,6 +93,18 @@ pub struct Sender {
     pub pidfd: Option<OwnedFd>,
 }
 
+/// Who connected (or made the pair), as the kernel recorded it then
+/// ([`Channel::peer_credentials`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Its effective uid then, in this process's user namespace.
+    pub uid: u32,
+    /// Its effective gid then.
+    pub gid: u32,
+    /// Its pid, in this process's PID namespace (0 if it has none here).
+    pub pid: i32,
+}
+
 /// `SCM_PIDFD` (Linux 6.5; not in glibc 2.36).
 const SCM_PIDFD: libc::c_int = 4;
 
@@ -187,8 +199,13 @@ impl Channel {
 
     /// The peer's credentials as the kernel recorded them at `connect(2)` or
     /// `socketpair(2)` time (`SO_PEERCRED`).
-    pub fn peer_credentials(&self) -> io::Result<nix::sys::socket::UnixCredentials> {
-        Ok(getsockopt(&self.fd, sockopt::PeerCredentials)?)
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        let c = getsockopt(&self.fd, sockopt::PeerCredentials)?;
+        Ok(PeerCredentials {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        })
     }
 
     /// Sends `data` as one datagram with `fds` attached. The fds stay open

@@ -31,7 +31,7 @@ pub mod options;
 mod sys;
 pub mod wire;
 
-pub use channel::{Channel, MessageError, Received, RecvError, Sender};
+pub use channel::{Channel, MessageError, PeerCredentials, Received, RecvError, Sender};
 pub use idmap::{Extent, IdMaps, MapChoice};
 pub use ns::{check_spaces, NsType, SpaceError, Spaces};
 pub use options::{Offset, OptionError, RoomOption, RoomOptions};

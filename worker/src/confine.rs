@@ -21,7 +21,7 @@ pub fn check_channel(channel: &Channel) -> Result<(), Error> {
         .peer_credentials()
         .ctx("reading the channel's peer")?;
     let parent = getppid().as_raw();
-    if cred.pid() != parent || parent <= 1 {
+    if cred.pid != parent || parent <= 1 {
         return Err(Error::msg(
             "the channel's other end does not belong to the process that started the worker",
         ));
