@@ -1,22 +1,21 @@
-//! The request loop of a serving worker (room worker, spawner, private and
-//! subspace workers): it answers [`WorkerRequest`]s in order.
+//! A serving worker's request loop (room worker, spawner, private and
+//! subspace workers): rooms are answered at once; a subspace is answered
+//! when its worker is ready (or failed, or missed its deadline), while the
+//! loop serves on. The broker matches replies to requests by id.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
+use caps::Capability;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use spacer_proto::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
-use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, Spaces};
+use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Spaces};
 
 use crate::maker::{Maker, RoomError};
 use crate::privilege::{self, as_requester, with_cap};
-use crate::subspace::{self, Requester};
+use crate::subspace::{self, Requester, Starting};
 use crate::sys;
 use crate::Role;
-
-/// A subspace being set up, and the request it answers.
-struct Pending {
-    id: u64,
-    starting: subspace::Starting,
-}
 
 /// A reply, its fds, and whether the worker must stop after sending it
 /// (its own namespaces may have changed).
@@ -27,26 +26,22 @@ struct Answer {
 }
 
 impl Answer {
-    fn plain(reply: WorkerReply) -> Answer {
+    fn new(reply: WorkerReply, fds: Vec<OwnedFd>) -> Answer {
         Answer {
             reply,
-            fds: Vec::new(),
+            fds,
             fatal: false,
         }
     }
 
-    fn invalid(id: u64, reason: impl Into<String>) -> Answer {
-        Answer::plain(WorkerReply::Invalid {
-            id,
-            reason: reason.into(),
-        })
+    fn invalid(id: u64, reason: impl ToString) -> Answer {
+        let reason = reason.to_string();
+        Answer::new(WorkerReply::Invalid { id, reason }, Vec::new())
     }
 
     fn failed(id: u64, reason: impl ToString) -> Answer {
-        Answer::plain(WorkerReply::Failed {
-            id,
-            reason: reason.to_string(),
-        })
+        let reason = reason.to_string();
+        Answer::new(WorkerReply::Failed { id, reason }, Vec::new())
     }
 }
 
@@ -54,19 +49,14 @@ impl Answer {
 struct Server {
     role: Role,
     maker: Maker,
-    pending: Vec<Pending>,
+    /// Subspaces being set up, by request id.
+    pending: Vec<(u64, Starting)>,
     /// The spawner's subspace workers, by pid, until the broker ends them.
     started: Vec<(i32, OwnedFd)>,
 }
 
-/// Serves requests on `channel` until the other end closes. Returns the
-/// process's exit code.
-///
-/// Rooms are answered at once. A subspace request starts a subspace worker
-/// and is answered when that worker is ready (or failed, or missed its
-/// deadline); meanwhile the loop serves on. The broker matches replies to
-/// requests by id. `offsets_file`: a subspace worker's time offsets file,
-/// opened during its setup.
+/// Serves requests on `channel` until the other end closes; returns the
+/// exit code. `offsets_file`: a subspace worker's, opened during its setup.
 pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) -> i32 {
     let maker = match Maker::new(offsets_file) {
         Ok(m) => m,
@@ -89,8 +79,8 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
 impl Server {
     fn run(&mut self, channel: &Channel) -> i32 {
         let mut buf = vec![0u8; internal::MAX_BYTES];
-        // Only the spawner (a parent user namespace, the requesting
-        // process's pidfd) and a room worker (that pidfd) take fds.
+        // The spawner takes a parent user namespace and the requester's
+        // pidfd, a room worker that pidfd.
         let max_fds = match self.role {
             Role::Spawner => 2,
             Role::Rooms => 1,
@@ -100,20 +90,18 @@ impl Server {
             if privilege::tainted() {
                 return 1;
             }
-            // With nothing pending, block in recv (no extra syscall per
-            // request).
+            // With nothing pending, block in recv (no extra syscall).
             let request_ready = self.pending.is_empty() || self.wait(channel);
             let mut i = 0;
             while i < self.pending.len() {
-                match poll_pending(&self.pending[i]) {
-                    None => i += 1,
-                    Some(done) => {
-                        let p = self.pending.swap_remove(i);
-                        let answer = self.finish(p, done);
-                        if !send(channel, answer) {
-                            return 0;
-                        }
-                    }
+                let Some(done) = poll_pending(&self.pending[i].1) else {
+                    i += 1;
+                    continue;
+                };
+                let (id, starting) = self.pending.swap_remove(i);
+                let answer = self.finish(id, starting, done);
+                if !send(channel, answer) {
+                    return 0;
                 }
             }
             if !request_ready {
@@ -122,12 +110,11 @@ impl Server {
             let answer = match channel.recv(&mut buf, max_fds) {
                 Ok(Some(got)) => {
                     let decoded = internal::decode::<WorkerRequest>(&buf[..got.len]);
-                    // Nothing of a request stays in this buffer, which the
-                    // next fork would copy.
+                    // Nothing of a request stays here for the next fork to copy.
                     buf[..got.len].fill(0);
                     match decoded {
-                        // The broker's fds are checked by kind: the worker
-                        // trusts it no more than a request's words.
+                        // Checked by kind: the broker is trusted no more
+                        // than a request's words.
                         Ok(req) if !req.fds_match(&got.fds, Trust::Kinds) => {
                             Answer::invalid(req.id(), "the fds do not match the request")
                         }
@@ -135,7 +122,7 @@ impl Server {
                             Some(answer) => answer,
                             None => continue,
                         },
-                        Err(e) => Answer::invalid(0, e.to_string()),
+                        Err(e) => Answer::invalid(0, e),
                     }
                 }
                 Ok(None) => return 0,
@@ -144,7 +131,7 @@ impl Server {
                     return 1;
                 }
                 // A datagram the broker should never send: refuse it, serve on.
-                Err(e) => Answer::invalid(0, e.to_string()),
+                Err(e) => Answer::invalid(0, e),
             };
             let fatal = answer.fatal;
             if !send(channel, answer) {
@@ -158,11 +145,10 @@ impl Server {
     }
 
     /// Leaving: a private worker takes its subspace workers, at any depth,
-    /// with it (and reaps them: nothing is left for init); the spawner ends
-    /// every subspace worker it started (the broker has gone).
+    /// with it; the spawner ends every one it started.
     fn end(&mut self) {
-        for p in self.pending.drain(..) {
-            p.starting.abandon();
+        for (_, starting) in self.pending.drain(..) {
+            starting.abandon();
         }
         match self.role {
             Role::Private => sys::kill_descendants(),
@@ -178,69 +164,56 @@ impl Server {
     /// Waits until a request or a pending setup needs attention, or the
     /// first setup deadline passes. Returns whether a request can be read.
     fn wait(&self, channel: &Channel) -> bool {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let now = std::time::Instant::now();
-        let first = self
-            .pending
-            .iter()
-            .map(|p| p.starting.deadline)
-            .min()
-            .unwrap_or(now);
-        let ms = first.saturating_duration_since(now).as_millis().min(60_000) as i32;
+        let now = Instant::now();
+        let first = self.pending.iter().map(|(_, s)| s.deadline).min();
+        let ms = first
+            .unwrap_or(now)
+            .saturating_duration_since(now)
+            .as_millis();
         let mut fds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-        for p in &self.pending {
-            fds.push(PollFd::new(p.starting.channel.as_fd(), PollFlags::POLLIN));
-            fds.push(PollFd::new(p.starting.pidfd.as_fd(), PollFlags::POLLIN));
+        for (_, s) in &self.pending {
+            fds.push(PollFd::new(s.channel.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN));
         }
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO),
-        );
-        fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+        let timeout = PollTimeout::try_from(ms.min(60_000) as i32);
+        let _ = poll(&mut fds, timeout.unwrap_or(PollTimeout::ZERO));
+        readable(&fds[0])
     }
 
-    fn finish(&mut self, p: Pending, done: Done) -> Answer {
-        let id = p.id;
-        let s = match done {
-            Done::Readable => match p.starting.finish() {
-                Ok(s) => s,
-                Err(e) => return Answer::failed(id, e),
-            },
-            Done::Ended => {
-                p.starting.abandon();
-                return Answer::failed(id, subspace::LOST);
-            }
-            Done::Late => {
-                p.starting.abandon();
-                return Answer::failed(id, "the subspace worker did not get ready in time");
+    fn finish(&mut self, id: u64, starting: Starting, done: Done) -> Answer {
+        let ready = match done {
+            Done::Readable => starting.ready(),
+            Done::Ended => Err(sys::Error::msg(subspace::LOST)),
+            Done::Late => Err(sys::Error::msg(
+                "the subspace worker did not get ready in time",
+            )),
+        };
+        let (user, pidns) = match ready {
+            Ok(fds) => fds,
+            Err(e) => {
+                starting.abandon();
+                return Answer::failed(id, e);
             }
         };
         if self.role == Role::Spawner {
             // The spawner keeps a pidfd to end it with.
-            match s.pidfd.try_clone() {
-                Ok(dup) => self.started.push((s.pid, dup)),
+            match starting.pidfd.try_clone() {
+                Ok(dup) => self.started.push((starting.pid, dup)),
                 Err(e) => {
-                    privilege::kill(s.pidfd.as_fd());
+                    starting.abandon();
                     return Answer::failed(id, format!("keeping the subspace worker's pidfd: {e}"));
                 }
             }
         }
         let reply = WorkerReply::Subspace {
             id,
-            user: s.user.is_some(),
-            pid: s.pidns.is_some(),
-            worker_pid: s.pid,
+            user: user.is_some(),
+            pid: pidns.is_some(),
+            worker_pid: starting.pid,
         };
-        let mut fds = vec![s.channel, s.pidfd];
-        fds.extend(s.user);
-        fds.extend(s.pidns);
-        Answer {
-            reply,
-            fds,
-            fatal: false,
-        }
+        let mut fds = vec![starting.channel.into_fd(), starting.pidfd];
+        fds.extend(user.into_iter().chain(pidns));
+        Answer::new(reply, fds)
     }
 
     /// Answers one request (`None`: a subspace is being set up, answered
@@ -258,20 +231,17 @@ impl Server {
                 uid,
                 ..
             } => self.rooms(id, spaces, &options, uid, fds.first()),
+            WorkerRequest::Alive { id, .. } if role != Role::Rooms => {
+                Answer::invalid(id, "only a room worker counts rooms")
+            }
+            WorkerRequest::Alive { id, rooms, .. } if rooms.len() > internal::MAX_ALIVE => {
+                Answer::invalid(id, "too many rooms asked about")
+            }
             WorkerRequest::Alive { id, nstype, rooms } => {
-                if role != Role::Rooms {
-                    return Some(Answer::invalid(id, "only a room worker counts rooms"));
-                }
-                if rooms.len() > internal::MAX_ALIVE {
-                    return Some(Answer::invalid(id, "too many rooms asked about"));
-                }
-                // An error other than "gone" counts the room as alive: a cap
-                // errs on the side of the host.
-                let alive = rooms
-                    .into_iter()
-                    .map(|r| sys::namespace_alive(&fd::handle_bytes(nstype, r)).unwrap_or(true))
-                    .collect();
-                Answer::plain(WorkerReply::Alive { id, alive })
+                // Errors other than "gone" count as alive (see "Bounded resources").
+                let alive = |r| sys::namespace_alive(&fd::handle_bytes(nstype, r)).unwrap_or(true);
+                let alive = rooms.into_iter().map(alive).collect();
+                Answer::new(WorkerReply::Alive { id, alive }, Vec::new())
             }
             WorkerRequest::Subspace {
                 id,
@@ -295,23 +265,21 @@ impl Server {
                 };
                 match subspace::start(spaces, requester, maps, serve) {
                     Ok(starting) => {
-                        self.pending.push(Pending { id, starting });
+                        self.pending.push((id, starting));
                         return None;
                     }
                     Err(e) => Answer::failed(id, e),
                 }
             }
+            WorkerRequest::End { id, .. } if role != Role::Spawner => {
+                Answer::invalid(id, "only the spawner ends subspaces")
+            }
             WorkerRequest::End { id, pid } => {
-                if role != Role::Spawner {
-                    return Some(Answer::invalid(id, "only the spawner ends subspaces"));
-                }
                 if let Some(i) = self.started.iter().position(|(p, _)| *p == pid) {
-                    let (_, pidfd) = self.started.swap_remove(i);
-                    // SIGKILL ends a stopped or traced process too. It is
-                    // reaped by the kernel (SIGCHLD is ignored).
-                    privilege::kill(pidfd.as_fd());
+                    // Ends a stopped or traced process too; SIGCHLD is ignored.
+                    privilege::kill(self.started.swap_remove(i).1.as_fd());
                 }
-                Answer::plain(WorkerReply::Ended { id })
+                Answer::new(WorkerReply::Ended { id }, Vec::new())
             }
         })
     }
@@ -320,53 +288,43 @@ impl Server {
         &mut self,
         id: u64,
         spaces: u64,
-        options: &spacer_proto::RoomOptions,
+        options: &RoomOptions,
         uid: u32,
         requester: Option<&OwnedFd>,
     ) -> Answer {
         // The worker checks every request itself, whatever the broker did.
         let spaces = match check_spaces(spaces, Spaces::ROOMS) {
             Ok(s) => s,
-            Err(e) => return Answer::invalid(id, e.to_string()),
+            Err(e) => return Answer::invalid(id, e),
         };
         if let Err(e) = options.check(spaces) {
-            return Answer::invalid(id, e.to_string());
+            return Answer::invalid(id, e);
         }
         if let Err(e) = crate::prepare::check_clocks(options) {
-            return Answer::invalid(id, e.to_string());
+            return Answer::invalid(id, e);
         }
         let requester = requester.map(|f| f.as_fd());
-        // A room worker makes them as the requester's effective uid, so the
-        // kernel charges them to the requester's namespace limits.
+        // A room worker makes them as the requester's effective uid: the
+        // kernel charges them to the requester.
         let charged_to = (self.role == Role::Rooms && uid != 0).then_some(uid);
-        // Joining the requester's mount and UTS namespaces through its
-        // pidfd takes CAP_SYS_PTRACE: raised once for the request.
-        let make = |maker: &mut Maker| -> Result<_, RoomError> {
-            match requester {
-                Some(_) => with_cap(caps::Capability::CAP_SYS_PTRACE, || {
-                    maker.rooms(spaces, options, requester)
-                })?,
-                None => maker.rooms(spaces, options, None),
-            }
-        };
-        let made = as_requester(charged_to, || make(&mut self.maker))
-            .map_err(RoomError::from)
-            .and_then(|r| r);
+        let maker = &mut self.maker;
+        let made = as_requester(charged_to, || match requester {
+            // Joining the requester's namespaces by pidfd needs CAP_SYS_PTRACE.
+            Some(_) => with_cap(Capability::CAP_SYS_PTRACE, || {
+                maker.rooms(spaces, options, requester)
+            })?,
+            None => maker.rooms(spaces, options, None),
+        })
+        .map_err(RoomError::from)
+        .and_then(|r| r);
         match made {
             Ok(made) => {
                 let (types, fds): (Vec<_>, Vec<_>) = made.into_iter().unzip();
-                let inodes = fds
-                    .iter()
-                    .map(|f| fd::namespace_inode(f.as_fd()).unwrap_or(0))
-                    .collect();
-                Answer {
-                    reply: WorkerReply::Rooms { id, types, inodes },
-                    fds,
-                    fatal: false,
-                }
+                let inode = |f: &OwnedFd| fd::namespace_inode(f.as_fd()).unwrap_or(0);
+                let inodes = fds.iter().map(inode).collect();
+                Answer::new(WorkerReply::Rooms { id, types, inodes }, fds)
             }
             Err(e) => {
-                let fatal = e.fatal;
                 let mut reason = e.error.to_string();
                 if self.role == Role::Private
                     && e.error.errno() == Some(nix::errno::Errno::EPERM)
@@ -378,7 +336,7 @@ impl Server {
                     );
                 }
                 Answer {
-                    fatal,
+                    fatal: e.fatal,
                     ..Answer::failed(id, reason)
                 }
             }
@@ -405,9 +363,8 @@ impl Server {
         if uid == u32::MAX || gid == u32::MAX {
             return Err("invalid requester ids".into());
         }
-        // Owned by the host's user namespace, it could be entered only with
-        // CAP_SYS_ADMIN there, and its worker would serve as host root for
-        // an unprivileged requester.
+        // Owned by the host's user namespace, its worker would serve as host
+        // root (see "Subspaces").
         if uid != 0 && !parent && !spaces.contains(Spaces::USER) {
             return Err(
                 "a PID subspace without a user namespace is for root only: ask for user and pid together"
@@ -434,41 +391,36 @@ fn send(channel: &Channel, answer: Answer) -> bool {
     channel.send_msg(&answer.reply, &borrowed).is_ok()
 }
 
-/// How a pending setup stands.
+/// How a pending setup stands: its `Ready` (or failure) can be read, its
+/// worker ended before saying anything, or its deadline passed.
 enum Done {
-    /// Its `Ready` (or failure) can be read.
     Readable,
-    /// Its worker ended before saying anything.
     Ended,
-    /// Its deadline passed.
     Late,
 }
 
-fn poll_pending(p: &Pending) -> Option<Done> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+fn readable(fd: &PollFd<'_>) -> bool {
+    let ready = PollFlags::POLLIN | PollFlags::POLLHUP;
+    fd.revents().is_some_and(|r| r.intersects(ready))
+}
+
+fn poll_pending(s: &Starting) -> Option<Done> {
     let mut fds = [
-        PollFd::new(p.starting.channel.as_fd(), PollFlags::POLLIN),
-        PollFd::new(p.starting.pidfd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(s.channel.as_fd(), PollFlags::POLLIN),
+        PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN),
     ];
     let _ = poll(&mut fds, PollTimeout::ZERO);
-    let hit = |f: &PollFd<'_>| {
-        f.revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
-    };
-    if hit(&fds[0]) {
+    if readable(&fds[0]) {
         Some(Done::Readable)
-    } else if hit(&fds[1]) {
+    } else if readable(&fds[1]) {
         Some(Done::Ended)
-    } else if std::time::Instant::now() >= p.starting.deadline {
-        Some(Done::Late)
     } else {
-        None
+        (Instant::now() >= s.deadline).then_some(Done::Late)
     }
 }
 
-/// The worker's own check of a subspace's id maps, whatever the broker
-/// said: only with a new user namespace, only at the first level (a nested
-/// map would name the parent subspace's ids), subordinate ids only from the
+/// The worker's own check of a subspace's id maps: only with a new user
+/// namespace, only at the first level, subordinate ids only from the
 /// spawner, and every line as [`IdMaps::check`] wants it for the requester
 /// (a private worker's requester is itself).
 fn check_maps(
