@@ -1,28 +1,18 @@
 //! # spacer-worker
 //!
 //! The privileged half of spacer. Trust level: **privileged** — it holds
-//! `CAP_SYS_ADMIN` (and the others in [`privilege::WORKER_CAPS`]), so every
-//! line is attack surface. It:
-//!
-//! * talks only over the socket its parent handed it (no path a client could
-//!   connect to) and refuses to run when that is not a socket to its parent;
-//! * drops to its few capabilities, sets no_new_privs, becomes non-dumpable,
-//!   and installs a seccomp allow-list before reading a request;
-//! * re-checks every request against its own fixed vocabulary;
-//! * leaves its own namespaces as they were after every request.
-//!
-//! Started by `spacer-broker` it is the *supervisor*, which forks serving
-//! workers on the broker's request (and kills hung ones). Started by the
-//! client library's private mode (`--private`) it serves directly, with the
-//! caller's own privileges. It never links `policy`, `toml` or `clap`.
-//! The library exists for the binary and for the tests of its seccomp
-//! filter ([`seccomp`]); it is no API.
+//! `CAP_SYS_ADMIN` (and the others in README.md, "Privileges"), so every
+//! line is attack surface. It talks only over the socket its parent handed
+//! it, confines itself before reading a request, re-checks every request,
+//! and leaves its own namespaces as they were after each. Started by
+//! `spacer-broker` it is the *supervisor*; by the client library's private
+//! mode (`--private`) it serves directly. Processes, modules and trust:
+//! docs/ARCHITECTURE.md. The library exists for the binary and for the
+//! tests of its seccomp filter ([`seccomp`]); it is no API.
 
 #![deny(unsafe_code)]
 
-mod confine;
 mod maker;
-mod prepare;
 mod privilege;
 pub mod seccomp;
 mod serve;
@@ -45,32 +35,24 @@ pub enum Role {
     Supervisor,
     /// Making rooms in the host's namespaces for the broker.
     Rooms,
-    /// Starting every subspace worker for the broker, at any depth; it sees
-    /// no room request, and ends the subspace workers it started when asked
-    /// to or when the broker goes.
+    /// Starting (and ending) every subspace worker for the broker, at any
+    /// depth; it sees no room request.
     Spawner,
     /// Serving a client library directly (private mode), with that
-    /// process's own privileges: never switches ids; when its client goes,
-    /// it ends every subspace worker below it.
+    /// process's own privileges.
     Private,
-    /// Serving inside a subspace of a private worker: already the
-    /// requester; starts nested subspaces itself.
+    /// Serving inside a subspace of a private worker: starts nested
+    /// subspaces itself.
     Subspace,
-    /// Serving inside a subspace the spawner started: already the
-    /// requester; nested subspaces are the spawner's job.
+    /// Serving inside a subspace the spawner started.
     HostSubspace,
 }
 
 const USAGE: &str = "spacer-worker is started by spacer-broker (or by the spacer client \
 library's private mode), never by hand; run spacer-broker instead";
 
-struct Args {
-    channel_fd: i32,
-    seccomp: SeccompMode,
-    private: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
+/// The arguments: the channel fd, the seccomp mode, private mode.
+fn parse_args() -> Result<(i32, SeccompMode, bool), String> {
     let (mut channel_fd, mut seccomp, mut private) = (None, SeccompMode::Kill, false);
     let mut version = false;
     let mut args = std::env::args().skip(1);
@@ -109,11 +91,7 @@ fn parse_args() -> Result<Args, String> {
         ));
     }
     match channel_fd {
-        Some(channel_fd) if channel_fd >= 3 => Ok(Args {
-            channel_fd,
-            seccomp,
-            private,
-        }),
+        Some(fd) if fd >= 3 => Ok((fd, seccomp, private)),
         Some(_) => Err("bad --channel-fd".into()),
         None => Err("no --channel-fd".into()),
     }
@@ -125,28 +103,28 @@ pub fn main() -> ExitCode {
         eprintln!("spacer-worker: refusing to run: {e}\n{USAGE}");
         ExitCode::from(2)
     };
-    let args = match parse_args() {
+    let (channel_fd, seccomp, private) = match parse_args() {
         Ok(a) => a,
         Err(e) => return refuse(&e),
     };
     // SAFETY: the number is the one fd our parent left for us, and nothing
     // in this fresh process owns it yet.
     #[allow(unsafe_code)]
-    let inherited = unsafe { sys::adopt_inherited_fd(args.channel_fd) }
+    let inherited = unsafe { sys::adopt_inherited_fd(channel_fd) }
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF));
     let channel = match inherited.and_then(Channel::from_fd) {
         Ok(c) => c,
         Err(e) => return refuse(&format!("channel: {e}")),
     };
-    if let Err(e) = confine::check_channel(&channel) {
+    if let Err(e) = privilege::check_channel(&channel) {
         return refuse(&e);
     }
-    let role = if args.private {
+    let role = if private {
         Role::Private
     } else {
         Role::Supervisor
     };
-    if let Err(e) = confine::confine(&channel, args.seccomp, role) {
+    if let Err(e) = privilege::confine(&channel, seccomp, role) {
         eprintln!("spacer-worker: cannot confine itself: {e}");
         return ExitCode::from(1);
     }

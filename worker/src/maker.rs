@@ -1,45 +1,42 @@
-//! Creating rooms: one new namespace per requested type, handed out as an
-//! fd, with the worker back in its own namespaces before it answers.
+//! Rooms: one new namespace per requested type, prepared as the room
+//! options ask while nobody else can have entered it, handed out as an fd,
+//! with the worker back in its own namespaces before it answers. See
+//! docs/ARCHITECTURE.md, "One request" and "Room options".
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use caps::Capability;
 use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::stat::Mode;
+use nix::time::{clock_gettime, ClockId};
 use spacer_proto::fd::{self, Which};
-use spacer_proto::{NsType, RoomOptions, Spaces};
+use spacer_proto::{NsType, Offset, RoomOptions, Spaces};
 
-use crate::sys::{Ctx, Error};
-
-/// Where the worker returns to after making a room of one type.
-enum Home {
-    /// A namespace this process may `setns(2)` back into.
-    Ready(OwnedFd),
-    /// The namespace the process started in is owned by an ancestor user
-    /// namespace (a subspace worker), so it cannot go back there; a private
-    /// home is made the first time a room of this type is asked for.
-    NotYet,
-}
+use crate::privilege::with_cap;
+use crate::sys::{self, Ctx, Error};
 
 /// Makes rooms and keeps the process's own namespaces what they were.
 pub struct Maker {
     me: OwnedFd,
-    homes: [Home; 6],
+    /// Where to return after making a room of each type: `None` until a
+    /// private one is made, where the process cannot return to the
+    /// namespace it started in (owned by an ancestor user namespace).
+    homes: [Option<OwnedFd>; 6],
     /// A subspace worker's `/proc/self/timens_offsets`, opened during its
-    /// setup ([`crate::prepare::open_offsets_file`]).
-    offsets_file: Option<std::fs::File>,
+    /// setup.
+    offsets_file: Option<File>,
 }
 
 /// Why a room could not be made (nothing is handed out), and whether the
-/// worker's own namespaces may now be wrong: then it must not serve any
-/// further request.
+/// worker's own namespaces may now be wrong: then it must serve no more.
 #[derive(Debug)]
 pub struct RoomError {
-    /// What failed.
     pub error: Error,
-    /// The worker could not return to its own namespace.
     pub fatal: bool,
 }
 
@@ -53,44 +50,38 @@ impl From<Error> for RoomError {
 }
 
 impl Maker {
-    /// Records the process's current namespaces as its homes: those owned by
-    /// its own user namespace can be returned to; the others get a private
-    /// home on first use. `offsets_file`: a subspace worker's time offsets
-    /// file, opened during its setup.
-    pub fn new(offsets_file: Option<std::fs::File>) -> Result<Maker, Error> {
-        Maker::record(offsets_file).ctx("recording own namespaces")
-    }
-
-    fn record(offsets_file: Option<std::fs::File>) -> io::Result<Maker> {
-        let me = fd::pidfd_open(std::process::id() as i32)?;
-        let own_user = current(&me, NsType::User)?;
-        let own_user_ino = fd::namespace_inode(own_user.as_fd())?;
-        let mut homes: [Home; 6] = std::array::from_fn(|_| Home::NotYet);
-        for (slot, t) in homes.iter_mut().zip(Spaces::ROOMS.types()) {
-            let ns = current(&me, t)?;
-            match fd::owning_user_namespace(ns.as_fd()) {
-                Ok(owner) if fd::namespace_inode(owner.as_fd())? == own_user_ino => {
-                    *slot = Home::Ready(ns);
+    /// Records the process's current namespaces that its own user namespace
+    /// owns as its homes.
+    pub fn new(offsets_file: Option<File>) -> Result<Maker, Error> {
+        let record = || -> io::Result<Maker> {
+            let me = fd::pidfd_open(std::process::id() as i32)?;
+            let own_user = fd::namespace_inode(current(&me, NsType::User)?.as_fd())?;
+            let mut homes: [Option<OwnedFd>; 6] = Default::default();
+            for (slot, t) in homes.iter_mut().zip(Spaces::ROOMS.types()) {
+                let ns = current(&me, t)?;
+                match fd::owning_user_namespace(ns.as_fd()) {
+                    Ok(owner) if fd::namespace_inode(owner.as_fd())? == own_user => {
+                        *slot = Some(ns)
+                    }
+                    // EPERM: the owner is an ancestor the kernel does not show.
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => {}
-                // The owner is an ancestor of our user namespace, which the
-                // kernel does not show us: not a namespace we can return to.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-                Err(e) => return Err(e),
             }
-        }
-        Ok(Maker {
-            me,
-            homes,
-            offsets_file,
-        })
+            Ok(Maker {
+                me,
+                homes,
+                offsets_file,
+            })
+        };
+        record().ctx("recording own namespaces")
     }
 
-    /// One new namespace for each type in `spaces` (room types only; the
-    /// caller has checked them and the options), each prepared as
-    /// `options` ask. New mount and UTS namespaces are copies of the
-    /// requesting process's (`requester`, a pidfd) when given, else of the
-    /// worker's. All or nothing: on error every fd made so far is closed.
+    /// One new namespace for each type in `spaces` (checked by the caller,
+    /// with the options). New mount and UTS namespaces are copies of the
+    /// requesting process's (`requester`, a pidfd; the caller holds
+    /// `CAP_SYS_PTRACE`) when given. All or nothing.
     pub fn rooms(
         &mut self,
         spaces: Spaces,
@@ -102,9 +93,7 @@ impl Maker {
             self.ensure_home(t)?;
             let from = requester.filter(|_| matches!(t, NsType::Mnt | NsType::Uts));
             if let Some(pidfd) = from {
-                // The copy is made from there. Nothing is opened by path
-                // while in it (the requester may control what paths mean).
-                // (The caller holds CAP_SYS_PTRACE effective for this.)
+                // Nothing is opened by path while in there.
                 setns(pidfd, clone_flag(t))
                     .ctx(&format!("entering the requesting process's {t} namespace"))?;
             }
@@ -115,8 +104,7 @@ impl Maker {
                 return Err(create_error(t, e).into());
             }
             let fd = self.finish_new(t, options);
-            // Back home before looking at the result: whatever happened, the
-            // process must not stay in the new namespace.
+            // Back home whatever happened, before looking at the result.
             self.go_home(t)?;
             made.push((t, fd?));
         }
@@ -128,30 +116,29 @@ impl Maker {
         if t == NsType::Mnt {
             make_root_private()?;
         }
-        crate::prepare::apply(t, options, self.offsets_file.as_ref())
+        apply(t, options, self.offsets_file.as_ref())
             .map_err(|e| Error::msg(format!("preparing the new {t} namespace: {e}")))?;
         Ok(current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?)
     }
 
     fn go_home(&self, t: NsType) -> Result<(), RoomError> {
-        match &self.homes[index(t)] {
-            Home::Ready(home) => setns(home, clone_flag(t))
-                .ctx(&format!("returning to the worker's own {t} namespace"))
-                .map_err(|error| RoomError { error, fatal: true }),
-            Home::NotYet => unreachable!("ensure_home ran first"),
-        }
+        let home = self.homes[index(t)]
+            .as_ref()
+            .expect("ensure_home ran first");
+        setns(home, clone_flag(t))
+            .ctx(&format!("returning to the worker's own {t} namespace"))
+            .map_err(|error| RoomError { error, fatal: true })
     }
 
-    /// Makes a private home of type `t` if the process cannot return to the
-    /// namespace it started in.
+    /// Makes a private home of type `t` if there is none yet.
     fn ensure_home(&mut self, t: NsType) -> Result<(), RoomError> {
-        if let Home::NotYet = self.homes[index(t)] {
+        if self.homes[index(t)].is_none() {
             unshare(clone_flag(t)).map_err(|e| create_error(t, e))?;
             if t == NsType::Mnt {
                 make_root_private()?;
             }
             let home = current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?;
-            self.homes[index(t)] = Home::Ready(home);
+            self.homes[index(t)] = Some(home);
         }
         Ok(())
     }
@@ -164,8 +151,7 @@ fn index(t: NsType) -> usize {
         .expect("a room type")
 }
 
-/// The `CloneFlags` of a type.
-pub fn clone_flag(t: NsType) -> CloneFlags {
+fn clone_flag(t: NsType) -> CloneFlags {
     CloneFlags::from_bits_retain(t.flag().bits() as libc::c_int)
 }
 
@@ -173,23 +159,101 @@ fn create_error(t: NsType, e: Errno) -> Error {
     Error::os(format!("creating {t} namespace"), e)
 }
 
-/// `mount --make-rprivate /`: nothing done in the new mount namespace
-/// propagates anywhere, and nothing propagates into it.
+/// `mount --make-rprivate /`: nothing propagates out of or into the new
+/// mount namespace.
 fn make_root_private() -> Result<(), Error> {
     mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
         .ctx("making / private in the new mount namespace")
 }
 
-/// The namespace of type `t` a new child of this process would get: for
-/// time that is `time_for_children`, which `unshare(CLONE_NEWTIME)` changes.
-/// By pidfd ioctl where the kernel has it (6.11), else by `/proc`.
-pub fn current(me: &OwnedFd, t: NsType) -> io::Result<OwnedFd> {
+/// The namespace of type `t` a new child of this process would get (for
+/// time, `time_for_children`): by pidfd ioctl (Linux 6.11), else `/proc`.
+fn current(me: &OwnedFd, t: NsType) -> io::Result<OwnedFd> {
     match fd::pidfd_namespace(me.as_fd(), t, Which::ForChildren) {
-        Ok(ns) => Ok(ns),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
             let path = format!("/proc/thread-self/ns/{}", t.proc_for_children());
             File::open(path).map(OwnedFd::from)
         }
-        Err(e) => Err(e),
+        other => other,
     }
+}
+
+/// The request is refused before anything is created if an offset would
+/// take the worker's own clock below zero or past the kernel's limit.
+pub fn check_clocks(options: &RoomOptions) -> Result<(), Error> {
+    for (what, clock, offset) in [
+        (
+            "monotonic",
+            ClockId::CLOCK_MONOTONIC,
+            options.monotonic_offset,
+        ),
+        ("boottime", ClockId::CLOCK_BOOTTIME, options.boottime_offset),
+    ] {
+        if let Some(o) = offset {
+            let now = clock_gettime(clock).ctx(&format!("reading the {what} clock"))?;
+            let now = Offset {
+                secs: now.tv_sec(),
+                nanos: now.tv_nsec() as u32,
+            };
+            o.applies_to(now)
+                .map_err(|why| Error::msg(format!("invalid {what} offset: {why}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the options that concern a new namespace of type `t`, raising
+/// the one capability each needs.
+fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Result<(), Error> {
+    match t {
+        NsType::Net if options.loopback_up => with_cap(Capability::CAP_NET_ADMIN, || {
+            sys::loopback_up().ctx("bringing lo up")
+        })?,
+        NsType::Uts => {
+            if let Some(name) = &options.hostname {
+                nix::unistd::sethostname(name).ctx("setting the host name")?;
+            }
+            if let Some(name) = &options.domainname {
+                sys::set_domainname(name).ctx("setting the domain name")?;
+            }
+            Ok(())
+        }
+        NsType::Time => offsets(options, offsets_file),
+        _ => Ok(()),
+    }
+}
+
+/// Opens `/proc/self/timens_offsets` through `proc`, an fd of the worker's
+/// own `/proc` (a subspace worker, during its setup: see "Room options").
+pub fn open_offsets_file_at(proc: BorrowedFd<'_>) -> Result<File, Errno> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    openat(proc, "self/timens_offsets", flags, Mode::empty()).map(File::from)
+}
+
+/// Writes the offsets of the time namespace `unshare(CLONE_NEWTIME)` just
+/// made for this process's children: through the file opened during a
+/// subspace worker's setup, or else opened now with `CAP_SYS_TIME` (the
+/// kernel checks the opener). Each write is taken at offset 0.
+fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), Error> {
+    let lines: String = [
+        (libc::CLOCK_MONOTONIC, options.monotonic_offset),
+        (libc::CLOCK_BOOTTIME, options.boottime_offset),
+    ]
+    .into_iter()
+    .filter_map(|(id, o)| o.map(|o| format!("{id} {} {}\n", o.secs, o.nanos)))
+    .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let open = || {
+        let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+        nix::fcntl::open("/proc/self/timens_offsets", flags, Mode::empty()).map(File::from)
+    };
+    let written = match preopened {
+        Some(mut file) => file.write_all(lines.as_bytes()),
+        None => with_cap(Capability::CAP_SYS_TIME, open)?
+            .ctx("opening /proc/self/timens_offsets")?
+            .write_all(lines.as_bytes()),
+    };
+    written.ctx("setting the clock offsets")
 }

@@ -1,57 +1,116 @@
-//! Capabilities and ids: the sets each worker keeps, and the only places
-//! one is raised or an id taken for a while. Why each capability is needed
-//! is argued in README.md, "Privileges".
-//!
-//! Whatever cannot be undone (a capability that will not go down, an
-//! effective uid that will not return to 0) marks the process as
-//! [`tainted`]: its serving loop then ends through its normal clean-up, and
-//! it serves nothing more.
+//! Privileges: the start-up drop, the capability sets each worker keeps,
+//! and the only places one is raised or an id taken for a while. Why each
+//! capability is needed: README.md, "Privileges". What cannot be undone
+//! taints the process ([`tainted`]; docs/ARCHITECTURE.md, "Processes and
+//! trust").
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use caps::{CapSet, Capability, CapsHashSet};
-use nix::unistd::{setfsuid, setresuid, Uid};
+use nix::sys::prctl;
+use nix::unistd::{getppid, setfsuid, setgroups, setresuid, Uid};
+use spacer_proto::Channel;
 
-use crate::sys::{Ctx, Error};
+use crate::seccomp::{self, SeccompMode};
+use crate::sys::{self, Ctx, Error};
+use crate::Role;
+
+use Capability::*;
 
 /// Every capability the worker may hold (bounding and permitted sets).
 pub const WORKER_CAPS: [Capability; 9] = [
-    Capability::CAP_KILL,
-    Capability::CAP_SYS_PTRACE,
-    Capability::CAP_SYS_ADMIN,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETGID,
-    Capability::CAP_SETFCAP,
-    Capability::CAP_NET_ADMIN,
-    Capability::CAP_SYS_TIME,
+    CAP_KILL,
+    CAP_SYS_PTRACE,
+    CAP_SYS_ADMIN,
+    CAP_SYS_CHROOT,
+    CAP_SETUID,
+    CAP_SETGID,
+    CAP_SETFCAP,
+    CAP_NET_ADMIN,
+    CAP_SYS_TIME,
 ];
 
-/// The worker's effective set; the others of [`WORKER_CAPS`] are raised
-/// around the one call that needs each ([`with_cap`]).
-pub const WORKER_EFFECTIVE: [Capability; 4] = [
-    Capability::CAP_SYS_ADMIN,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_SETUID,
-    Capability::CAP_SETGID,
-];
+/// The worker's effective set; the others are raised around the one call
+/// that needs each ([`with_cap`]).
+pub const WORKER_EFFECTIVE: [Capability; 4] =
+    [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID];
 
-/// What a subspace worker keeps, inside its own user namespace (the
-/// requester's own powers there).
+/// What a subspace worker keeps, inside its own user namespace.
 pub const SUBSPACE_CAPS: [Capability; 5] = [
-    Capability::CAP_SYS_ADMIN,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_SETFCAP,
-    Capability::CAP_NET_ADMIN,
-    Capability::CAP_SYS_TIME,
+    CAP_SYS_ADMIN,
+    CAP_SYS_CHROOT,
+    CAP_SETFCAP,
+    CAP_NET_ADMIN,
+    CAP_SYS_TIME,
 ];
 
 /// A subspace worker's effective set.
-pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [
-    Capability::CAP_SYS_ADMIN,
-    Capability::CAP_SYS_CHROOT,
-    Capability::CAP_SETFCAP,
-];
+pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETFCAP];
+
+/// Checks that `channel` is what a legitimate parent hands us: a socket
+/// whose other end was created by our parent process (a shell that starts
+/// the worker by hand cannot pass that).
+pub fn check_channel(channel: &Channel) -> Result<(), Error> {
+    let cred = channel
+        .peer_credentials()
+        .ctx("reading the channel's peer")?;
+    let parent = getppid().as_raw();
+    if cred.pid != parent || parent <= 1 {
+        return Err(Error::msg(
+            "the channel's other end does not belong to the process that started the worker",
+        ));
+    }
+    Ok(())
+}
+
+/// The ordered drop, for a worker started by the broker as root, or by a
+/// client library with the caller's own privileges (private mode: it keeps
+/// what it has of [`WORKER_CAPS`]).
+pub fn confine(channel: &Channel, seccomp_mode: SeccompMode, role: Role) -> Result<(), Error> {
+    let supervisor = role == Role::Supervisor;
+    // 1. Die with the parent, and notice if it is already gone (not in
+    //    private mode: see docs/ARCHITECTURE.md, "Private mode").
+    if role != Role::Private {
+        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .ctx("setting the parent-death signal")?;
+    }
+    check_channel(channel)?;
+    // 2. No fd but stdio and the channel.
+    // SAFETY: nothing in this process owns another fd yet.
+    #[allow(unsafe_code)]
+    let closed = unsafe { sys::close_fds_except(&[channel.as_raw_fd()]) };
+    closed.ctx("closing inherited fds")?;
+    nix::unistd::chdir("/").ctx("changing to /")?;
+    // 3. No supplementary groups (a subspace worker, with setgroups denied,
+    //    could never drop them). A private worker of an unprivileged caller
+    //    keeps them: they are the caller's own.
+    if nix::unistd::geteuid().is_root() {
+        setgroups(&[]).ctx("dropping supplementary groups")?;
+    }
+    // 4. Capabilities kept across the room worker's uid switches
+    //    ([`as_requester`]); needs CAP_SETPCAP, which goes next.
+    if supervisor {
+        sys::keep_caps_across_uid_changes().ctx("keeping capabilities across uid changes")?;
+    }
+    // 5. Capabilities: bounding, ambient, inheritable, effective, permitted.
+    keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
+    // 6. A network namespace of its own, so CAP_NET_ADMIN cannot reach the
+    //    host's interfaces.
+    if supervisor {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .ctx("moving to a network namespace of its own")?;
+    }
+    // 7. No privilege gain through exec, no ptrace or core dump.
+    prctl::set_no_new_privs().ctx("setting no_new_privs")?;
+    prctl::set_dumpable(false).ctx("making the worker non-dumpable")?;
+    // 8. Children reaped by the kernel; orphaned descendants come here.
+    sys::autoreap_children().ctx("ignoring SIGCHLD")?;
+    prctl::set_child_subreaper(true).ctx("becoming a child subreaper")?;
+    // 9. Last: the syscall allow-list.
+    seccomp::install(seccomp_mode, role)
+        .map_err(|e| Error::msg(format!("installing the seccomp filter: {e}")))
+}
 
 static TAINTED: AtomicBool = AtomicBool::new(false);
 
@@ -69,35 +128,32 @@ fn taint(what: &str) {
 /// thread has of it): bounding set (where CAP_SETPCAP allows), ambient,
 /// inheritable, then effective (to `effective`, a subset) and permitted.
 pub fn keep_only(keep: &[Capability], effective: &[Capability]) -> Result<(), Error> {
-    fn caps_err(what: &'static str) -> impl Fn(caps::errors::CapsError) -> Error {
-        move |e| Error::msg(format!("{what}: {e}"))
-    }
-    let permitted =
-        caps::read(None, CapSet::Permitted).map_err(caps_err("reading capabilities"))?;
+    let err =
+        |what: &'static str| move |e: caps::errors::CapsError| Error::msg(format!("{what}: {e}"));
+    let permitted = caps::read(None, CapSet::Permitted).map_err(err("reading capabilities"))?;
     let keep: CapsHashSet = keep
         .iter()
         .copied()
         .filter(|c| permitted.contains(c))
         .collect();
-    if permitted.contains(&Capability::CAP_SETPCAP) {
+    if permitted.contains(&CAP_SETPCAP) {
         for cap in caps::all() {
             if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
                 caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(caps_err("dropping a capability from the bounding set"))?;
+                    .map_err(err("dropping a capability from the bounding set"))?;
             }
         }
     }
-    caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing ambient capabilities"))?;
-    caps::clear(None, CapSet::Inheritable)
-        .map_err(caps_err("clearing inheritable capabilities"))?;
+    caps::clear(None, CapSet::Ambient).map_err(err("clearing ambient capabilities"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(err("clearing inheritable capabilities"))?;
     let effective: CapsHashSet = effective
         .iter()
         .copied()
         .filter(|c| keep.contains(c))
         .collect();
     caps::set(None, CapSet::Effective, &effective)
-        .map_err(caps_err("setting effective capabilities"))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(caps_err("setting permitted capabilities"))
+        .map_err(err("setting effective capabilities"))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(err("setting permitted capabilities"))
 }
 
 /// Runs `f` with `cap` in the effective set (raised from the permitted set
@@ -120,8 +176,7 @@ pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, Error> {
 
 /// Runs `f` with `uid` (if any) as the effective uid, the filesystem uid
 /// staying 0 (the worker's own `/proc/self` files are root's) and the
-/// capabilities kept (`SECBIT_NO_SETUID_FIXUP`, set at start): what a room
-/// worker makes is charged by the kernel to the requester.
+/// capabilities kept: the kernel charges what it makes to the requester.
 pub fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, Error> {
     let Some(uid) = uid else { return Ok(f()) };
     // -1: leave that id as it is.
@@ -135,14 +190,12 @@ pub fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, Err
     Ok(out)
 }
 
-/// Sends `SIGKILL` through a pidfd, with `CAP_KILL` raised for the call if
-/// it is permitted (the target may run as another uid). ESRCH (gone
-/// already) and every other error are ignored: the caller waits for the
-/// process's end by other means.
-pub fn kill(pidfd: std::os::fd::BorrowedFd<'_>) {
+/// Sends `SIGKILL` through a pidfd, with `CAP_KILL` raised if permitted
+/// (else as this process can). Errors (ESRCH: gone already) are ignored:
+/// the caller sees the end by other means.
+pub fn kill(pidfd: BorrowedFd<'_>) {
     let send = || spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
-    // Without CAP_KILL (a private worker), as this process can.
-    if with_cap(Capability::CAP_KILL, send).is_err() {
+    if with_cap(CAP_KILL, send).is_err() {
         let _ = send();
     }
 }

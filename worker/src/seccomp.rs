@@ -152,7 +152,7 @@ fn prctl(options: &[c_int]) -> Entry {
     arg_in(libc::SYS_prctl, 0, options)
 }
 
-/// Making rooms (maker, prepare).
+/// Making rooms (maker).
 fn rooms() -> Vec<Entry> {
     // NS_GET_USERNS, NS_GET_NSTYPE and the ten PIDFD_GET_*_NAMESPACE ioctls
     // (fd::namespace_type, fd::owning_user_namespace, maker::current);
@@ -174,7 +174,7 @@ fn rooms() -> Vec<Entry> {
         long_arg_in(libc::SYS_mount, 3, &[libc::MS_REC | libc::MS_PRIVATE]),
         long_arg_in(libc::SYS_ioctl, 1, &ioctls),
         socketpair(), // sys::loopback_up
-        // prepare::apply: the names of the new UTS namespace it is in.
+        // maker::apply: the names of the new UTS namespace it is in.
         always(libc::SYS_sethostname),
         always(libc::SYS_setdomainname),
         always(libc::SYS_newfstatat), // fd::namespace_inode (glibc's fstat)
@@ -239,7 +239,7 @@ fn calls(role: Role) -> Vec<Entry> {
             let read_only = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
             e.extend(rooms());
             e.extend([
-                // prepare::offsets; maker::current's /proc fallback.
+                // maker::offsets; maker::current's /proc fallback.
                 openat(),
                 // privilege::as_requester: the requester's effective uid.
                 always(libc::SYS_setresuid),

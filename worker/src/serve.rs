@@ -300,7 +300,7 @@ impl Server {
         if let Err(e) = options.check(spaces) {
             return Answer::invalid(id, e);
         }
-        if let Err(e) = crate::prepare::check_clocks(options) {
+        if let Err(e) = crate::maker::check_clocks(options) {
             return Answer::invalid(id, e);
         }
         let requester = requester.map(|f| f.as_fd());

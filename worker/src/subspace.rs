@@ -17,7 +17,7 @@ use spacer_proto::fd::{self, Which};
 use spacer_proto::internal::{SubspaceReady, Trust};
 use spacer_proto::{Channel, IdMaps, NsType, Spaces};
 
-use crate::prepare::open_offsets_file_at;
+use crate::maker::open_offsets_file_at;
 use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
 use crate::sys::{self, Cloned, Ctx, Error};
 use crate::Role;

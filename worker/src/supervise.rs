@@ -1,6 +1,5 @@
-//! The supervisor: starts serving workers on the broker's request (each a
-//! fork of this process, so already confined) and kills hung ones. Serving
-//! workers are reaped by the kernel (`SIGCHLD` ignored).
+//! The supervisor: forks serving workers on the broker's request (already
+//! confined) and kills hung ones; the kernel reaps them.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -27,12 +26,10 @@ pub fn supervise(channel: Channel) -> i32 {
             SupervisorRequest::Spawn { kind } => {
                 let (msg, fds) = match spawn_serving(&mut workers, kind) {
                     Ok((pid, chan, pidfd)) => (SupervisorReply::Spawned { pid }, vec![chan, pidfd]),
-                    Err(e) => (
-                        SupervisorReply::Failed {
-                            reason: e.to_string(),
-                        },
-                        Vec::new(),
-                    ),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        (SupervisorReply::Failed { reason }, Vec::new())
+                    }
                 };
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
                 if channel.send_msg(&msg, &borrowed).is_err() {
@@ -41,9 +38,8 @@ pub fn supervise(channel: Channel) -> i32 {
             }
             SupervisorRequest::Kill { pid } => {
                 if let Some(i) = workers.iter().position(|(p, _)| *p == pid) {
-                    let (_, pidfd) = workers.swap_remove(i);
                     // ESRCH: it had already exited. Nothing else can fail here.
-                    let _ = fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                    let _ = fd::pidfd_send_signal(workers.swap_remove(i).1.as_fd(), libc::SIGKILL);
                 }
             }
         }
@@ -71,7 +67,6 @@ fn spawn_serving(
                 let role = match kind {
                     WorkerKind::Rooms => Role::Rooms,
                     WorkerKind::Subspaces => {
-                        // Told apart in `ps` (and by the tests).
                         let _ = nix::sys::prctl::set_name(c"spacer-spawner");
                         Role::Spawner
                     }

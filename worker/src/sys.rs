@@ -1,15 +1,13 @@
-//! The worker's system calls without a safe wrapper, and its one error
-//! type. Every `unsafe` block of the worker lives here.
+//! The worker's system calls without a safe wrapper (every `unsafe` block
+//! of the worker), and its one error type.
 
-use std::fmt;
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::{fmt, io};
 
 use nix::errno::Errno;
 
 /// A failed operation: what the worker was doing, and the kernel's errno
-/// if it gave one (shown as `EPERM (Operation not permitted)`: the name
-/// for searching, the text for reading).
+/// if it gave one (shown as `EPERM (Operation not permitted)`).
 #[derive(Debug)]
 pub struct Error {
     what: String,
@@ -19,21 +17,19 @@ pub struct Error {
 impl Error {
     /// A failure that `what` describes completely.
     pub fn msg(what: impl Into<String>) -> Error {
-        Error {
-            what: what.into(),
-            errno: None,
-        }
+        let what = what.into();
+        Error { what, errno: None }
     }
 
     /// A call that failed with `errno`.
     pub fn os(what: impl Into<String>, errno: Errno) -> Error {
+        let what = what.into();
         Error {
-            what: what.into(),
+            what,
             errno: Some(errno),
         }
     }
 
-    /// The kernel's errno, if any.
     pub fn errno(&self) -> Option<Errno> {
         self.errno
     }
@@ -50,7 +46,6 @@ impl fmt::Display for Error {
 
 /// `.ctx("what was being done")` on a failed call's result.
 pub trait Ctx<T> {
-    /// The error as an [`Error`] saying what failed.
     fn ctx(self, what: &str) -> Result<T, Error>;
 }
 
@@ -69,29 +64,21 @@ impl<T> Ctx<T> for io::Result<T> {
     }
 }
 
-/// The outcome of [`clone_with_pidfd`].
+/// The outcome of [`clone_with_pidfd`]: we are the new process, or its
+/// parent, holding a pidfd of it (close-on-exec).
 pub enum Cloned {
-    /// We are the new process.
     Child,
-    /// We are the caller; the child is `pid`, referenced by `pidfd`.
-    Parent {
-        /// The child's pid.
-        pid: libc::pid_t,
-        /// A pidfd for the child (close-on-exec).
-        pidfd: OwnedFd,
-    },
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
 }
 
-/// The exact flags the worker clones with; the seccomp filter allows `clone`
-/// with these flags and no others.
+/// The exact flags the worker clones with (the seccomp filter allows no
+/// others).
 pub const CLONE_FLAGS: u64 = libc::CLONE_PIDFD as u64 | libc::SIGCHLD as u64;
 
-/// `clone(CLONE_PIDFD | SIGCHLD)` without a new stack: a fork that also
-/// returns a pidfd, so the child can be referenced without a pid race.
-///
-/// Only call this from a single-threaded process (the worker is): the child
-/// continues on a copy of the caller's stack and memory, and must leave by
-/// `std::process::exit`, never by returning into the caller's frames.
+/// A fork that also returns a pidfd, so the child can be referenced without
+/// a pid race. Only from a single-threaded process (the worker is): the
+/// child continues on a copy of the caller's stack and must leave by
+/// [`child_exit`], never by returning into the caller's frames.
 pub fn clone_with_pidfd() -> io::Result<Cloned> {
     let mut pidfd: libc::c_int = -1;
     // SAFETY: clone without CLONE_VM and with a null stack has fork semantics:
@@ -122,10 +109,9 @@ pub fn clone_with_pidfd() -> io::Result<Cloned> {
     }
 }
 
-/// Runs the body of a freshly cloned child and exits with its code. A
-/// panic must not unwind into the parent's frames that the child's stack
-/// copy still holds (their fds were closed and their numbers may be
-/// reused): it ends the child with status 101 instead.
+/// Runs a freshly cloned child's body and exits with its code. A panic
+/// must not unwind into the parent's frames the child's stack still holds
+/// (their fds may be closed and reused): it exits with 101 instead.
 pub fn child_exit(body: impl FnOnce() -> i32) -> ! {
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(101);
     std::process::exit(code)
@@ -141,8 +127,9 @@ pub fn child_exit(body: impl FnOnce() -> i32) -> ! {
 pub unsafe fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= 3).collect();
     keep.sort_unstable();
+    keep.push(libc::c_int::MAX);
     let mut first: RawFd = 3;
-    for k in keep.into_iter().chain(std::iter::once(libc::c_int::MAX)) {
+    for k in keep {
         if first < k {
             let last = if k == libc::c_int::MAX { k } else { k - 1 };
             // SAFETY: close_range takes integers only; that no owner of a
@@ -157,9 +144,8 @@ pub unsafe fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Takes ownership of an fd number passed on the command line by the
-/// process that started us, if it is open. The caller checks right after
-/// that it is the socket it should be.
+/// Takes ownership of an fd number the process that started us passed on
+/// the command line, if it is open (the caller checks what it is).
 ///
 /// # Safety
 ///
@@ -174,8 +160,7 @@ pub unsafe fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sets `SIGCHLD` to `SIG_IGN`, so that exited children are reaped by the
-/// kernel: no zombie can pile up in a worker that never calls `wait`.
+/// Sets `SIGCHLD` to `SIG_IGN`: exited children are reaped by the kernel.
 pub fn autoreap_children() -> io::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
@@ -185,9 +170,7 @@ pub fn autoreap_children() -> io::Result<()> {
     Ok(())
 }
 
-/// Points fds 0, 1 and 2 at `/dev/null`, whatever they were. A subspace
-/// worker runs as the requester: it must not hold the broker's stderr (the
-/// audit log) or anything else of the service's.
+/// Points fds 0, 1 and 2 at `/dev/null`, whatever they were.
 pub fn stdio_to_dev_null() -> io::Result<()> {
     for (fd, flags) in [
         (0, libc::O_RDONLY),
@@ -213,18 +196,16 @@ pub fn stdio_to_dev_null() -> io::Result<()> {
     Ok(())
 }
 
-/// Kills every descendant of this process and waits until none is left.
-/// The caller is a child subreaper with `SIGCHLD` ignored: children are
-/// reaped by the kernel, and a killed child's own children are reparented
-/// here, to be killed in the next round. Each child is pinned with a pidfd
-/// and checked to still be ours before it is signalled, so a recycled pid
-/// is never hit.
+/// Kills every descendant of this process (a child subreaper with
+/// `SIGCHLD` ignored: a killed child's children come here for the next
+/// round) and waits until none is left. Each child is pinned by a pidfd and
+/// checked to still be ours before it is signalled.
 pub fn kill_descendants() {
     let me = std::process::id();
     let list = format!("/proc/{me}/task/{me}/children");
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     for _ in 0..200 {
-        let pids: Vec<i32> = std::fs::read_to_string(&list)
-            .unwrap_or_default()
+        let pids: Vec<i32> = read(&list)
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect();
@@ -235,50 +216,36 @@ pub fn kill_descendants() {
             let Ok(pidfd) = spacer_proto::fd::pidfd_open(pid) else {
                 continue;
             };
-            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| {
-                    l.strip_prefix("PPid:")
-                        .is_some_and(|v| v.trim() == me.to_string())
-                });
-            if ours {
-                let _ = spacer_proto::fd::pidfd_send_signal(
-                    std::os::fd::AsFd::as_fd(&pidfd),
-                    libc::SIGKILL,
-                );
+            let status = read(&format!("/proc/{pid}/status"));
+            let parent = |l: &str| {
+                l.strip_prefix("PPid:")
+                    .is_some_and(|v| v.trim() == me.to_string())
+            };
+            if status.lines().any(parent) {
+                let pidfd = std::os::fd::AsFd::as_fd(&pidfd);
+                let _ = spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
-/// Brings up `lo` in the calling process's network namespace: reads its
-/// flags (`SIOCGIFFLAGS`) and sets them again with `IFF_UP`
-/// (`SIOCSIFFLAGS`). The ioctls go through one end of an `AF_UNIX`
-/// `SOCK_SEQPACKET` pair made here, which belongs to this network
-/// namespace; interface ioctls on any socket reach the device layer, so no
-/// inet socket is needed. A connected pair is the only kind of socket the
-/// seccomp filter lets the worker make: it cannot be aimed at any address
-/// (a datagram socket could send to any socket file on the host). Needs
-/// `CAP_NET_ADMIN` over the namespace.
+/// Brings up `lo` in the calling process's network namespace
+/// (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`), through one end of
+/// an `AF_UNIX` pair made here (docs/ARCHITECTURE.md, "Room options").
 pub fn loopback_up() -> io::Result<()> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
     let (sock, _other) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
-    for (d, s) in name.iter_mut().zip(b"lo") {
-        *d = *s as libc::c_char;
-    }
     let mut req = libc::ifreq {
-        ifr_name: name,
+        ifr_name: [0; libc::IFNAMSIZ],
         ifr_ifru: libc::__c_anonymous_ifr_ifru { ifru_flags: 0 },
     };
+    req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
     // SAFETY: `req` is a live, properly laid out `struct ifreq` with a
     // NUL-terminated name; SIOCGIFFLAGS writes only its flags field, within
     // the struct. The socket fd is open for the duration.
@@ -295,47 +262,44 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// `setdomainname(2)` for the calling process's UTS namespace (nix wraps
-/// only `sethostname`). The caller has checked the name: at most 64 bytes.
+/// `setdomainname(2)` (nix wraps only `sethostname`); the caller has
+/// checked the name: at most 64 bytes.
 pub fn set_domainname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes, which stay
     // alive and unchanged for the call; the kernel copies at most `len`
     // bytes and needs no NUL terminator.
-    let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
-    if ret < 0 {
+    if unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// `FD_NSFS_ROOT`: the "mount fd" that makes `open_by_handle_at(2)` look a
-/// handle up among namespaces only (Linux 6.18).
+/// The "mount fd" that makes `open_by_handle_at(2)` look a handle up among
+/// namespaces only (Linux 6.18).
 pub const FD_NSFS_ROOT: libc::c_int = -10003;
 
-/// Whether the namespace with this file handle (see
-/// `spacer_proto::fd::handle_bytes`) still exists: `open_by_handle_at` in
-/// nsfs succeeds while it lives and fails with `ESTALE` once it is gone.
-/// The fd it opens is closed at once. Other errors are returned.
+/// Whether the namespace with this nsfs file handle still exists (opened
+/// and closed at once; `ESTALE`: gone). Other errors are returned.
 pub fn namespace_alive(handle: &[u8; 16]) -> io::Result<bool> {
     #[repr(C)]
     struct Handle {
         head: libc::file_handle,
         bytes: [u8; 16],
     }
+    let head = libc::file_handle {
+        handle_bytes: 16,
+        handle_type: spacer_proto::fd::FILEID_NSFS,
+        f_handle: [],
+    };
     let mut h = Handle {
-        head: libc::file_handle {
-            handle_bytes: 16,
-            handle_type: spacer_proto::fd::FILEID_NSFS,
-            f_handle: [],
-        },
+        head,
         bytes: *handle,
     };
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC;
     // SAFETY: `h` is a live, aligned `struct file_handle` followed by the 16
     // bytes its `handle_bytes` announces; the kernel only reads it. The
     // mount fd is the nsfs marker, not an fd of ours.
-    let ret = unsafe {
-        libc::open_by_handle_at(FD_NSFS_ROOT, &mut h.head, libc::O_RDONLY | libc::O_CLOEXEC)
-    };
+    let ret = unsafe { libc::open_by_handle_at(FD_NSFS_ROOT, &mut h.head, flags) };
     if ret >= 0 {
         // SAFETY: a successful open_by_handle_at returned a new fd that
         // nothing else in this process knows; it is closed right here.
@@ -343,17 +307,14 @@ pub fn namespace_alive(handle: &[u8; 16]) -> io::Result<bool> {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESTALE) {
-        Ok(false)
-    } else {
-        Err(err)
+    match err.raw_os_error() {
+        Some(libc::ESTALE) => Ok(false),
+        _ => Err(err),
     }
 }
 
 /// Sets `SECBIT_NO_SETUID_FIXUP`: changing the effective uid between 0 and
-/// another uid then leaves the capability sets alone, so a room worker can
-/// make rooms as the requester's effective uid (charged to the requester
-/// by the kernel) and keep its capabilities. Needs `CAP_SETPCAP`.
+/// another then leaves the capability sets alone. Needs `CAP_SETPCAP`.
 pub fn keep_caps_across_uid_changes() -> io::Result<()> {
     const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
     // SAFETY: PR_GET_SECUREBITS takes no pointer and returns the bits.
