@@ -199,11 +199,11 @@ fn setup(
             if let Some(caller) = caller {
                 // Still root on the host: the requester's mount and UTS
                 // namespaces, and its PID namespace for this one's children.
-                let mut types = vec![CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS];
-                if want_pid {
-                    types.push(CloneFlags::CLONE_NEWPID);
-                }
-                for t in types {
+                let pid = want_pid.then_some(CloneFlags::CLONE_NEWPID);
+                for t in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS]
+                    .into_iter()
+                    .chain(pid)
+                {
                     with_cap(Capability::CAP_SYS_PTRACE, || setns(&caller, t))?
                         .ctx("entering the requesting process's namespaces")?;
                 }
@@ -222,15 +222,14 @@ fn setup(
     // Made here when its children are born in the requester's PID
     // namespace; else by a helper born there (`pid_namespace_below`).
     let pid_here = want_pid && (own || children_born_here()?);
-    let pid_flag = if pid_here {
-        CloneFlags::CLONE_NEWPID
-    } else {
-        CloneFlags::empty()
-    };
     let mut offsets_file = None;
     if want_user {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
-        unshare(CloneFlags::CLONE_NEWUSER | pid_flag).ctx("creating the user namespace")?;
+        let mut new = CloneFlags::CLONE_NEWUSER;
+        if pid_here {
+            new |= CloneFlags::CLONE_NEWPID;
+        }
+        unshare(new).ctx("creating the user namespace")?;
         offsets_file = match writer {
             Some(writer) => {
                 finish_map_writer(writer)?;
@@ -246,7 +245,7 @@ fn setup(
         };
     } else {
         if pid_here {
-            unshare(pid_flag).ctx("creating the PID namespace")?;
+            unshare(CloneFlags::CLONE_NEWPID).ctx("creating the PID namespace")?;
         }
         if joined {
             // With all capabilities in the parent subspace's user namespace,
