@@ -13,8 +13,8 @@ use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Sp
 
 use crate::maker::{Maker, RoomError};
 use crate::privilege::{self, as_requester, with_cap};
-use crate::subspace::{self, Requester, Starting};
-use crate::sys;
+use crate::subspace::{self, NsFds, Requester, Starting};
+use crate::sys::{self, Error};
 use crate::Role;
 
 /// A reply, its fds, and whether the worker must stop after sending it
@@ -94,12 +94,12 @@ impl Server {
             let request_ready = self.pending.is_empty() || self.wait(channel);
             let mut i = 0;
             while i < self.pending.len() {
-                let Some(done) = poll_pending(&self.pending[i].1) else {
+                let Some(ready) = poll_pending(&self.pending[i].1) else {
                     i += 1;
                     continue;
                 };
                 let (id, starting) = self.pending.swap_remove(i);
-                let answer = self.finish(id, starting, done);
+                let answer = self.finish(id, starting, ready);
                 if !send(channel, answer) {
                     return 0;
                 }
@@ -180,14 +180,8 @@ impl Server {
         readable(&fds[0])
     }
 
-    fn finish(&mut self, id: u64, starting: Starting, done: Done) -> Answer {
-        let ready = match done {
-            Done::Readable => starting.ready(),
-            Done::Ended => Err(sys::Error::msg(subspace::LOST)),
-            Done::Late => Err(sys::Error::msg(
-                "the subspace worker did not get ready in time",
-            )),
-        };
+    /// Answers a subspace request once its setup has an outcome.
+    fn finish(&mut self, id: u64, starting: Starting, ready: Result<NsFds, Error>) -> Answer {
         let (user, pidns) = match ready {
             Ok(fds) => fds,
             Err(e) => {
@@ -391,31 +385,26 @@ fn send(channel: &Channel, answer: Answer) -> bool {
     channel.send_msg(&answer.reply, &borrowed).is_ok()
 }
 
-/// How a pending setup stands: its `Ready` (or failure) can be read, its
-/// worker ended before saying anything, or its deadline passed.
-enum Done {
-    Readable,
-    Ended,
-    Late,
-}
-
 fn readable(fd: &PollFd<'_>) -> bool {
     let ready = PollFlags::POLLIN | PollFlags::POLLHUP;
     fd.revents().is_some_and(|r| r.intersects(ready))
 }
 
-fn poll_pending(s: &Starting) -> Option<Done> {
+/// A pending setup's outcome, if it has one: its `Ready` (or failure), its
+/// worker's end before saying anything, or its deadline passed.
+fn poll_pending(s: &Starting) -> Option<Result<NsFds, Error>> {
     let mut fds = [
         PollFd::new(s.channel.as_fd(), PollFlags::POLLIN),
         PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN),
     ];
     let _ = poll(&mut fds, PollTimeout::ZERO);
     if readable(&fds[0]) {
-        Some(Done::Readable)
+        Some(s.ready())
     } else if readable(&fds[1]) {
-        Some(Done::Ended)
+        Some(Err(Error::msg(subspace::LOST)))
     } else {
-        (Instant::now() >= s.deadline).then_some(Done::Late)
+        let late = "the subspace worker did not get ready in time";
+        (Instant::now() >= s.deadline).then(|| Err(Error::msg(late)))
     }
 }
 
