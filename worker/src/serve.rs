@@ -3,6 +3,7 @@
 //! when its worker is ready (or failed, or missed its deadline), while the
 //! loop serves on. The broker matches replies to requests by id.
 
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
@@ -57,7 +58,7 @@ struct Server {
 
 /// Serves requests on `channel` until the other end closes; returns the
 /// exit code. `offsets_file`: a subspace worker's, opened during its setup.
-pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) -> i32 {
+pub fn serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
     let maker = match Maker::new(offsets_file) {
         Ok(m) => m,
         Err(e) => {
@@ -74,6 +75,15 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<std::fs::File>) 
     let code = server.run(&channel);
     server.end();
     code
+}
+
+/// Adds `role`'s seccomp filter (a forked worker's), then serves.
+pub fn narrow_and_serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
+    if let Err(e) = crate::seccomp::narrow(role) {
+        eprintln!("spacer-worker: installing the {role:?} filter: {e}");
+        return 1;
+    }
+    serve(channel, role, offsets_file)
 }
 
 impl Server {
@@ -257,7 +267,7 @@ impl Server {
                     Ok(c) => c,
                     Err(reason) => return Some(Answer::invalid(id, reason)),
                 };
-                match subspace::start(spaces, requester, maps, serve) {
+                match subspace::start(spaces, requester, maps, narrow_and_serve) {
                     Ok(starting) => {
                         self.pending.push((id, starting));
                         return None;

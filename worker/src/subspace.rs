@@ -19,10 +19,11 @@ use spacer_proto::{Channel, IdMaps, NsType, Spaces};
 
 use crate::maker::open_offsets_file_at;
 use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
-use crate::sys::{self, Cloned, Ctx, Error};
+use crate::sys::{self, Ctx, Error};
 use crate::Role;
 
-/// How a subspace worker serves once set up ([`crate::serve::serve`]).
+/// How a subspace worker serves once set up
+/// ([`crate::serve::narrow_and_serve`]).
 pub type Serve = fn(Channel, Role, Option<File>) -> i32;
 
 /// Why a setup failed when its worker ended or answered nonsense.
@@ -67,19 +68,20 @@ pub fn start(
     maps: Option<IdMaps>,
     serve: Serve,
 ) -> Result<Starting, Error> {
-    let (parent_end, child_end) = Channel::pair().ctx("creating the subspace channel")?;
-    match sys::clone_with_pidfd().ctx("starting the subspace worker")? {
-        Cloned::Child => {
-            drop(parent_end);
-            sys::child_exit(|| become_subspace(child_end, spaces, requester, maps, serve))
-        }
-        Cloned::Parent { pid, pidfd } => Ok(Starting {
-            channel: parent_end,
-            pidfd,
-            pid,
-            deadline: Instant::now() + SETUP_DEADLINE,
-        }),
-    }
+    let ctx = (
+        "creating the subspace channel",
+        "starting the subspace worker",
+    );
+    let (channel, pid, pidfd) = sys::fork_with_channel(ctx, |child_end| {
+        become_subspace(child_end, spaces, requester, maps, serve)
+    })?;
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    Ok(Starting {
+        channel,
+        pidfd,
+        pid,
+        deadline,
+    })
 }
 
 impl Starting {
@@ -158,10 +160,6 @@ fn become_subspace(
             eprintln!("spacer-worker: {e}");
             return 1;
         }
-    }
-    if let Err(e) = crate::seccomp::narrow(role) {
-        eprintln!("spacer-worker: installing the {role:?} filter: {e}");
-        return 1;
     }
     serve(channel, role, offsets_file)
 }
@@ -453,17 +451,15 @@ fn finish_map_writer(writer: Channel) -> Result<(), Error> {
 /// process (`PR_SET_PDEATHSIG`; one that died before it was armed shows as
 /// a hung-up peer).
 fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channel, Error> {
-    let (mine, theirs) = Channel::pair().ctx(&format!("creating the channel to {what}"))?;
-    match sys::clone_with_pidfd().ctx(&format!("starting {what}"))? {
-        Cloned::Child => {
-            drop(mine);
-            sys::child_exit(|| {
-                if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || theirs.peer_closed() {
-                    return 1;
-                }
-                body(&theirs)
-            })
+    let (pair, fork) = (
+        format!("creating the channel to {what}"),
+        format!("starting {what}"),
+    );
+    let (mine, _, _) = sys::fork_with_channel((&pair, &fork), |theirs| {
+        if prctl::set_pdeathsig(Signal::SIGKILL).is_err() || theirs.peer_closed() {
+            return 1;
         }
-        Cloned::Parent { .. } => Ok(mine),
-    }
+        body(&theirs)
+    })?;
+    Ok(mine)
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use spacer_proto::internal::{SupervisorReply, SupervisorRequest, Trust, WorkerKind};
 use spacer_proto::{fd, Channel, MessageError, RecvError};
 
-use crate::sys::{self, Cloned, Ctx, Error};
+use crate::sys::{self, Ctx, Error};
 use crate::Role;
 
 /// Serves the broker until it closes the channel. Returns the exit code.
@@ -52,37 +52,25 @@ fn spawn_serving(
     workers: &mut Vec<(i32, OwnedFd)>,
     kind: WorkerKind,
 ) -> Result<(i32, OwnedFd, OwnedFd), Error> {
-    let (broker_end, worker_end) = Channel::pair().ctx("creating a worker channel")?;
-    match sys::clone_with_pidfd().ctx("starting a worker")? {
-        Cloned::Child => {
-            drop(broker_end);
-            sys::child_exit(|| {
-                // SAFETY: a fresh child that never returns to the frames
-                // owning the other fds (`workers`, the supervisor's channel).
-                #[allow(unsafe_code)]
-                let closed = unsafe { sys::close_fds_except(&[worker_end.as_raw_fd()]) };
-                if closed.is_err() {
-                    return 1;
-                }
-                let role = match kind {
-                    WorkerKind::Rooms => Role::Rooms,
-                    WorkerKind::Subspaces => {
-                        let _ = nix::sys::prctl::set_name(c"spacer-spawner");
-                        Role::Spawner
-                    }
-                };
-                if let Err(e) = crate::seccomp::narrow(role) {
-                    eprintln!("spacer-worker: installing the {role:?} filter: {e}");
-                    return 1;
-                }
-                crate::serve::serve(worker_end, role, None)
-            })
+    let ctx = ("creating a worker channel", "starting a worker");
+    let (broker_end, pid, pidfd) = sys::fork_with_channel(ctx, |worker_end| {
+        // SAFETY: a fresh child that never returns to the frames owning the
+        // other fds (`workers`, the supervisor's channel).
+        #[allow(unsafe_code)]
+        let closed = unsafe { sys::close_fds_except(&[worker_end.as_raw_fd()]) };
+        if closed.is_err() {
+            return 1;
         }
-        Cloned::Parent { pid, pidfd } => {
-            drop(worker_end);
-            let for_broker = pidfd.try_clone().ctx("duplicating a pidfd")?;
-            workers.push((pid, pidfd));
-            Ok((pid, broker_end.into_fd(), for_broker))
-        }
-    }
+        let role = match kind {
+            WorkerKind::Rooms => Role::Rooms,
+            WorkerKind::Subspaces => {
+                let _ = nix::sys::prctl::set_name(c"spacer-spawner");
+                Role::Spawner
+            }
+        };
+        crate::serve::narrow_and_serve(worker_end, role, None)
+    })?;
+    let for_broker = pidfd.try_clone().ctx("duplicating a pidfd")?;
+    workers.push((pid, pidfd));
+    Ok((pid, broker_end.into_fd(), for_broker))
 }

@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::{fmt, io};
 
 use nix::errno::Errno;
+use spacer_proto::Channel;
 
 /// A failed operation: what the worker was doing, and the kernel's errno
 /// if it gave one (shown as `EPERM (Operation not permitted)`).
@@ -106,6 +107,23 @@ pub fn clone_with_pidfd() -> io::Result<Cloned> {
             // this process alone, in `pidfd` before returning the child's pid.
             pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         }),
+    }
+}
+
+/// Forks a child that runs `body` on its end of a new channel and exits
+/// with its code; returns this process's end, the child's pid and a pidfd.
+/// `ctx`: what creating the channel and what forking are, for errors.
+pub fn fork_with_channel(
+    (pair, fork): (&str, &str),
+    body: impl FnOnce(Channel) -> i32,
+) -> Result<(Channel, libc::pid_t, OwnedFd), Error> {
+    let (mine, theirs) = Channel::pair().ctx(pair)?;
+    match clone_with_pidfd().ctx(fork)? {
+        Cloned::Child => {
+            drop(mine);
+            child_exit(|| body(theirs))
+        }
+        Cloned::Parent { pid, pidfd } => Ok((mine, pid, pidfd)),
     }
 }
 
