@@ -117,6 +117,11 @@ fn request_in_flight_when_the_worker_dies_fails_promptly() {
     let base = baseline(&b);
     let w = b.worker_pid();
     signal(w, Signal::SIGSTOP);
+    // Stopped for sure before the request is sent: a worker that gets the
+    // processor only after the datagram has arrived reads it first, and
+    // stops mid-request.
+    assert!(eventually(Duration::from_secs(5), || status(w, "State")
+        .starts_with('T')));
     let sock = b.socket.clone();
     let t = std::thread::spawn(move || {
         let c = spacer_client::Client::connect(&sock).unwrap();
@@ -330,6 +335,9 @@ fn client_killed_before_the_reply_is_audited_undelivered() {
     let base = baseline(&b);
     let w = b.worker_pid();
     signal(w, Signal::SIGSTOP);
+    // Stopped for sure first (see the test above that kills it).
+    assert!(eventually(Duration::from_secs(5), || status(w, "State")
+        .starts_with('T')));
     // (Not mnt or uts: those copy the client's own, and a client that is
     // gone before the worker gets to them is refused instead.)
     let mut client = spawn_retrying(
