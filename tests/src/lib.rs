@@ -228,6 +228,30 @@ fn retrying<T>(mut start: impl FnMut() -> std::io::Result<T>) -> T {
     panic!("binary stayed busy");
 }
 
+/// A child process killed and reaped when dropped, also when the test
+/// panics before it ends it.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns a command, retrying while its binary is busy (see [`retrying`]).
 pub fn spawn_retrying(cmd: &mut Command) -> Child {
     retrying(|| cmd.spawn())

@@ -40,19 +40,21 @@ fn socket_activation_serves_and_leaves_the_socket_to_systemd() {
     let dir = open_dir();
     let sock = dir.path().join("activated.sock");
     let log = dir.path().join("broker.log");
-    let mut child = Command::new("systemd-socket-activate")
-        .arg("--seqpacket")
-        .arg("-l")
-        .arg(&sock)
-        .arg(bin("spacer-broker"))
-        .arg("--policy")
-        .arg(write_policy(dir.path()))
-        .arg("--log-format")
-        .arg("json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd)");
+    let mut child = KillOnDrop(
+        Command::new("systemd-socket-activate")
+            .arg("--seqpacket")
+            .arg("-l")
+            .arg(&sock)
+            .arg(bin("spacer-broker"))
+            .arg("--policy")
+            .arg(write_policy(dir.path()))
+            .arg("--log-format")
+            .arg("json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("systemd-socket-activate (Debian package systemd)"),
+    );
     assert!(eventually(Duration::from_secs(5), || sock.exists()));
     // The first connection starts the broker on the passed socket.
     let rooms = Client::connect(&sock).unwrap().rooms(Spaces::UTS).unwrap();
@@ -81,16 +83,18 @@ fn readiness_reload_and_stop_are_notified() {
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut child = Command::new(bin("spacer-broker"))
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--policy")
-        .arg(write_policy(dir.path()))
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .arg("--policy")
+            .arg(write_policy(dir.path()))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut buf = [0u8; 256];
     let mut next = || {
         let n = notify.recv(&mut buf).unwrap();
@@ -116,17 +120,19 @@ fn readiness_reload_and_stop_are_notified() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
-fn start_as_daemon(dir: &std::path::Path, sock: &std::path::Path) -> std::process::Child {
-    let child = Command::new(bin("spacer-broker"))
-        .arg("--socket")
-        .arg(sock)
-        .arg("--policy")
-        .arg(write_policy(dir))
-        .args(["--user", "daemon", "--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
-        .spawn()
-        .unwrap();
+fn start_as_daemon(dir: &std::path::Path, sock: &std::path::Path) -> KillOnDrop {
+    let child = KillOnDrop(
+        Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(sock)
+            .arg("--policy")
+            .arg(write_policy(dir))
+            .args(["--user", "daemon", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("broker.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     assert!(eventually(Duration::from_secs(5), || Client::connect(sock).is_ok()));
     child
 }
@@ -190,19 +196,21 @@ fn journal_gets_each_audit_field_as_a_field() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let sock = dir.path().join("s.sock");
-    let mut child = Command::new(bin("spacer-broker"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--policy")
-        .arg(write_policy(dir.path()))
-        .arg("--log-format")
-        .arg("journal")
-        .arg("--journal-socket")
-        .arg(&journal_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--policy")
+            .arg(write_policy(dir.path()))
+            .arg("--log-format")
+            .arg("journal")
+            .arg("--journal-socket")
+            .arg(&journal_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(eventually(Duration::from_secs(5), || Client::connect(
         &sock
     )
@@ -260,17 +268,19 @@ fn an_abstract_socket_from_systemd_is_refused() {
     let dir = open_dir();
     let name = format!("spacer-test-{}", std::process::id());
     let log = dir.path().join("broker.log");
-    let mut child = Command::new("systemd-socket-activate")
-        .arg("--seqpacket")
-        .arg("-l")
-        .arg(format!("@{name}"))
-        .arg(bin("spacer-broker"))
-        .arg("--policy")
-        .arg(write_policy(dir.path()))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd)");
+    let mut child = KillOnDrop(
+        Command::new("systemd-socket-activate")
+            .arg("--seqpacket")
+            .arg("-l")
+            .arg(format!("@{name}"))
+            .arg(bin("spacer-broker"))
+            .arg("--policy")
+            .arg(write_policy(dir.path()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("systemd-socket-activate (Debian package systemd)"),
+    );
     // The first connection starts the broker on the passed socket.
     let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
     let connected = eventually(Duration::from_secs(5), || {

@@ -69,20 +69,22 @@ fn broken_audit_sink_fails_grants_closed_and_says_why() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, TEST_POLICY).unwrap();
     let sock = dir.path().join("s.sock");
-    let mut child = std::process::Command::new(bin("spacer-broker"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--policy")
-        .arg(&policy)
-        .stdout(std::process::Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        )
-        .spawn()
-        .unwrap();
+    let _broker = KillOnDrop(
+        std::process::Command::new(bin("spacer-broker"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap(),
+    );
     assert!(eventually(Duration::from_secs(5), || {
         spacer_client::Client::connect(&sock).is_ok()
     }));
@@ -100,6 +102,4 @@ fn broken_audit_sink_fails_grants_closed_and_says_why() {
             .uid_gid(STRANGER),
     );
     assert_eq!(out.status.code(), Some(3));
-    let _ = child.kill();
-    let _ = child.wait();
 }
