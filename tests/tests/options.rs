@@ -555,3 +555,28 @@ fn a_subspace_sets_the_offsets_of_each_time_room_it_makes_and_so_does_a_nested_o
     assert!(made.iter().all(|d| d["decision"] == "allow"), "{made:?}");
     assert_eq!(made[2]["subspace"]["depth"], 2, "{made:?}");
 }
+
+#[test]
+fn a_root_pid_subspace_sets_the_offsets_of_its_time_rooms_and_serves_on() {
+    // Root's PID subspace without a user namespace: its worker stays in the
+    // host's user namespace and opens its offsets file during setup, before
+    // it narrows its filter (which has no open).
+    let b = Broker::start(POLICY);
+    let base = b.fd_counts();
+    let (conn, sub) = b.client().subspace(Spaces::PID).unwrap();
+    for secs in [100, 200] {
+        let rooms = conn
+            .rooms_with(
+                Spaces::TIME,
+                &RoomOptions::new().monotonic_offset(Offset::from_secs(secs)),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", b.log_text()));
+        assert!(rooms.time.is_some());
+    }
+    assert!(conn.rooms(Spaces::UTS).is_ok(), "still serving");
+    drop((conn, sub));
+    assert!(eventually(Duration::from_secs(5), || b
+        .subspace_workers()
+        .is_empty()));
+    b.assert_fds_back_to(&base);
+}

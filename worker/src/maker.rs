@@ -27,9 +27,20 @@ pub struct Maker {
     /// private one is made, where the process cannot return to the
     /// namespace it started in (owned by an ancestor user namespace).
     homes: [Option<OwnedFd>; 6],
-    /// A subspace worker's `/proc/self/timens_offsets`, opened during its
+    offsets: Offsets,
+}
+
+/// Where a worker writes the clock offsets of the time rooms it makes.
+pub enum Offsets {
+    /// Its `/proc/self/timens_offsets`, opened during a subspace worker's
     /// setup.
-    offsets_file: Option<File>,
+    Opened(File),
+    /// Opened for each request with `CAP_SYS_TIME` (a room worker, a
+    /// private worker).
+    OnRequest,
+    /// Opening it during setup failed, and a subspace worker of the
+    /// service's, once narrowed, opens nothing: offsets are refused.
+    Missing,
 }
 
 /// Why a room could not be made (nothing is handed out), and whether the
@@ -52,7 +63,7 @@ impl From<Error> for RoomError {
 impl Maker {
     /// Records the process's current namespaces that its own user namespace
     /// owns as its homes.
-    pub fn new(offsets_file: Option<File>) -> Result<Maker, Error> {
+    pub fn new(offsets: Offsets) -> Result<Maker, Error> {
         let record = || -> io::Result<Maker> {
             let me = fd::pidfd_open(std::process::id() as i32)?;
             let own_user = fd::namespace_inode(current(&me, NsType::User)?.as_fd())?;
@@ -69,11 +80,7 @@ impl Maker {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(Maker {
-                me,
-                homes,
-                offsets_file,
-            })
+            Ok(Maker { me, homes, offsets })
         };
         record().ctx("recording own namespaces")
     }
@@ -116,7 +123,7 @@ impl Maker {
         if t == NsType::Mnt {
             make_root_private()?;
         }
-        apply(t, options, self.offsets_file.as_ref())
+        apply(t, options, &self.offsets)
             .map_err(|e| Error::msg(format!("preparing the new {t} namespace: {e}")))?;
         Ok(current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?)
     }
@@ -204,7 +211,7 @@ pub fn check_clocks(options: &RoomOptions) -> Result<(), Error> {
 
 /// Applies the options that concern a new namespace of type `t`, raising
 /// the one capability each needs.
-fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Result<(), Error> {
+fn apply(t: NsType, options: &RoomOptions, offsets: &Offsets) -> Result<(), Error> {
     match t {
         NsType::Net if options.loopback_up => with_cap(Capability::CAP_NET_ADMIN, || {
             sys::loopback_up().ctx("bringing lo up")
@@ -218,7 +225,7 @@ fn apply(t: NsType, options: &RoomOptions, offsets_file: Option<&File>) -> Resul
             }
             Ok(())
         }
-        NsType::Time => offsets(options, offsets_file),
+        NsType::Time => write_offsets(options, offsets),
         _ => Ok(()),
     }
 }
@@ -234,7 +241,7 @@ pub fn open_offsets_file_at(proc: BorrowedFd<'_>) -> Result<File, Errno> {
 /// made for this process's children: through the file opened during a
 /// subspace worker's setup, or else opened now with `CAP_SYS_TIME` (the
 /// kernel checks the opener). Each write is taken at offset 0.
-fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), Error> {
+fn write_offsets(options: &RoomOptions, file: &Offsets) -> Result<(), Error> {
     let lines: String = [
         (libc::CLOCK_MONOTONIC, options.monotonic_offset),
         (libc::CLOCK_BOOTTIME, options.boottime_offset),
@@ -249,11 +256,16 @@ fn offsets(options: &RoomOptions, preopened: Option<&File>) -> Result<(), Error>
         let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
         nix::fcntl::open("/proc/self/timens_offsets", flags, Mode::empty()).map(File::from)
     };
-    let written = match preopened {
-        Some(mut file) => file.write_all(lines.as_bytes()),
-        None => with_cap(Capability::CAP_SYS_TIME, open)?
+    let written = match file {
+        Offsets::Opened(file) => (&*file).write_all(lines.as_bytes()),
+        Offsets::OnRequest => with_cap(Capability::CAP_SYS_TIME, open)?
             .ctx("opening /proc/self/timens_offsets")?
             .write_all(lines.as_bytes()),
+        Offsets::Missing => {
+            return Err(Error::msg(
+                "this subspace could not open its clock offsets file when it was set up",
+            ))
+        }
     };
     written.ctx("setting the clock offsets")
 }

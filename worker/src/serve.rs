@@ -12,7 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use spacer_proto::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
 use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Spaces};
 
-use crate::maker::{Maker, RoomError};
+use crate::maker::{Maker, Offsets, RoomError};
 use crate::privilege::{self, as_requester, with_cap};
 use crate::subspace::{self, NsFds, Requester, Starting};
 use crate::sys::{self, Error};
@@ -59,7 +59,12 @@ struct Server {
 /// Serves requests on `channel` until the other end closes; returns the
 /// exit code. `offsets_file`: a subspace worker's, opened during its setup.
 pub fn serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
-    let maker = match Maker::new(offsets_file) {
+    let offsets = match (offsets_file, role) {
+        (Some(file), _) => Offsets::Opened(file),
+        (None, Role::HostSubspace) => Offsets::Missing,
+        (None, _) => Offsets::OnRequest,
+    };
+    let maker = match Maker::new(offsets) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("spacer-worker: {e}");

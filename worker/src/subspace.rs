@@ -249,6 +249,15 @@ fn setup(
             // With all capabilities in the parent subspace's user namespace,
             // which owns every time namespace this worker makes.
             offsets_file = open_offsets_file_at(proc.as_fd()).ok();
+        } else if !own {
+            // Root's subspace in the host's user namespace: CAP_SYS_TIME
+            // for the open (the kernel checks the opener). Opened now, as
+            // a narrowed subspace worker opens nothing.
+            offsets_file = with_cap(Capability::CAP_SYS_TIME, || {
+                open_offsets_file_at(proc.as_fd())
+            })
+            .ok()
+            .and_then(Result::ok);
         }
     }
     let me = own_pidfd()?;
