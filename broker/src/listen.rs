@@ -2,7 +2,7 @@
 //! from systemd (`LISTEN_FDS`); and readiness notification (`NOTIFY_SOCKET`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -78,20 +78,20 @@ pub fn inherited() -> Result<Option<Listener>, ListenError> {
     if count.as_deref() != Some("1") {
         return Err(ListenError::BadInherited);
     }
-    // SAFETY: LISTEN_PID and LISTEN_FDS=1 say fd 3 was passed to this
-    // process, and this runs once, at start-up, before anything opens
-    // an fd that could own it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { crate::sys::adopt_listen_fd() };
-    let fd = fd.ok_or(ListenError::BadInherited)?;
     // A socket file, so that its permissions apply: never an abstract or
     // unnamed socket, which anyone in the network namespace could reach.
-    let ok = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::SeqPacket))
-        && matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(true))
-        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok_and(|a| a.path().is_some());
-    if !ok {
-        return Err(ListenError::BadInherited);
-    }
+    let is_it = |fd: BorrowedFd<'_>| {
+        matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::SeqPacket))
+            && matches!(getsockopt(&fd, sockopt::AcceptConn), Ok(true))
+            && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok_and(|a| a.path().is_some())
+    };
+    // SAFETY: LISTEN_PID and LISTEN_FDS=1 say fd 3 was passed to this
+    // process; this runs once, before the runtime starts; `is_it` accepts
+    // only a listening SOCK_SEQPACKET socket file, which nothing else in
+    // the broker opens.
+    #[allow(unsafe_code)]
+    let fd = unsafe { crate::sys::adopt_listen_fd(is_it) };
+    let fd = fd.ok_or(ListenError::BadInherited)?;
     Channel::from_fd(fd.try_clone().map_err(|_| ListenError::BadInherited)?)
         .and_then(|c| c.set_nonblocking(true))
         .map_err(|_| ListenError::BadInherited)?;

@@ -39,21 +39,35 @@ pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     }
 }
 
-/// The first socket passed by systemd (`SD_LISTEN_FDS_START`), made
-/// close-on-exec, if fd 3 is open.
+/// The socket systemd passed as fd 3 (`SD_LISTEN_FDS_START`), owned from
+/// here and made close-on-exec, if fd 3 is open and `is_it` accepts it;
+/// otherwise fd 3 is left alone.
 ///
 /// # Safety
 ///
-/// Nothing else in the process may own fd 3: call it once, at start-up,
-/// and only when `LISTEN_PID`/`LISTEN_FDS` say fd 3 was passed to us.
-pub unsafe fn adopt_listen_fd() -> Option<OwnedFd> {
+/// Call it once, at start-up, single-threaded, and only when
+/// `LISTEN_PID`/`LISTEN_FDS` say fd 3 was passed to this process. If it was
+/// not after all, fd 3 may belong to something this process opened (a
+/// journal or notify socket): `is_it` must accept nothing but the kind of
+/// socket passed (a listening `SOCK_SEQPACKET` socket file), which nothing
+/// else here opens.
+pub unsafe fn adopt_listen_fd(is_it: impl FnOnce(BorrowedFd<'_>) -> bool) -> Option<OwnedFd> {
     const FD: libc::c_int = 3;
-    // SAFETY: fcntl on an fd number reads or sets its flags only.
+    // SAFETY: F_GETFD reads the fd's flags only.
+    if unsafe { libc::fcntl(FD, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: fd 3 is open (just checked) and stays open during the call:
+    // the process is single-threaded and `is_it` only inspects it.
+    if !is_it(unsafe { BorrowedFd::borrow_raw(FD) }) {
+        return None;
+    }
+    // SAFETY: fcntl on an fd number sets its flags only.
     if unsafe { libc::fcntl(FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return None;
     }
-    // SAFETY: fd 3 is open (checked above), and by the caller's contract
-    // nothing else owns it.
+    // SAFETY: fd 3 is the passed socket (the caller's contract and
+    // `is_it`), which nothing else in the process owns.
     Some(unsafe { OwnedFd::from_raw_fd(FD) })
 }
 
