@@ -94,10 +94,12 @@ impl Conn<'_> {
     /// Writes a request's audit record, with the peer's user name once its
     /// lookup (started at accept) is done, or [`USER_NAME_WAIT`] has passed.
     pub async fn finish(&self, mut record: AuditRecord, outcome: Outcome, delivered: bool) {
+        record.decide(outcome, delivered);
         if record.user.is_none() {
             record.user = self.peer.user_name(USER_NAME_WAIT).await;
         }
-        record.finish(outcome, delivered);
+        // Written here, or by its drop if this task ends while it waits.
+        drop(record);
     }
 }
 

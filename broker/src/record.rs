@@ -196,12 +196,14 @@ const UNDELIVERED: &str = "undelivered: the client did not take the response";
 /// The reason of a request that ended without an outcome.
 const ABANDONED: &str = "abandoned: the request ended before it was answered";
 
-/// The record of one request being served: written exactly once, by
-/// [`AuditRecord::finish`] or else on drop (as an `error`).
+/// The record of one request being served: written exactly once, when
+/// dropped, with the outcome [`AuditRecord::decide`] gave it, or else as an
+/// `error` (abandoned).
 #[derive(Debug)]
 pub struct AuditRecord {
     rec: Decision,
     t0: Instant,
+    decided: bool,
     written: bool,
 }
 
@@ -235,12 +237,15 @@ impl AuditRecord {
                 duration_us: 0,
             },
             t0,
+            decided: false,
             written: false,
         }
     }
 
-    /// Writes the record with the request's outcome.
-    pub fn finish(mut self, outcome: Outcome, delivered: bool) {
+    /// Fills in the request's outcome: from here the record is written with
+    /// it, at the latest when dropped (a task ended while it waits for
+    /// more, such as the user name, still records what happened).
+    pub fn decide(&mut self, outcome: Outcome, delivered: bool) {
         let (verdict, reason) = match outcome {
             Outcome::Allow => (Verdict::Allow, (!delivered).then(|| UNDELIVERED.to_owned())),
             Outcome::Deny(r) => (Verdict::Deny, Some(r)),
@@ -249,6 +254,13 @@ impl AuditRecord {
         self.rec.decision = verdict;
         self.rec.reason = reason;
         self.rec.delivered = delivered;
+        self.decided = true;
+    }
+
+    /// Writes the record with the request's outcome.
+    #[cfg(test)]
+    fn finish(mut self, outcome: Outcome, delivered: bool) {
+        self.decide(outcome, delivered);
         self.write();
     }
 
@@ -264,12 +276,12 @@ impl AuditRecord {
 
 impl Drop for AuditRecord {
     fn drop(&mut self) {
-        if !self.written {
+        if !self.written && !self.decided {
             self.rec.decision = Verdict::Error;
             self.rec.reason = Some(ABANDONED.to_owned());
             self.rec.delivered = false;
-            self.write();
         }
+        self.write();
     }
 }
 
@@ -350,6 +362,18 @@ mod tests {
         assert_eq!(lines[1]["decision"], "allow");
         assert_eq!(lines[1]["reason"], UNDELIVERED);
         assert_eq!(lines[1]["delivered"], false);
+    }
+
+    #[test]
+    fn a_decided_record_dropped_while_it_waits_keeps_its_outcome() {
+        let lines = capture(|| {
+            let mut r = AuditRecord::new(&peer(), None, Instant::now());
+            r.decide(Outcome::Allow, true);
+            drop(r);
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[0]["delivered"], true);
     }
 
     #[test]
