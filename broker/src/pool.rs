@@ -541,9 +541,17 @@ impl Pool {
                 Ok(Some((reply, fds))) => {
                     let waiter = link.pending.borrow_mut().remove(&reply.id());
                     // No waiter (it timed out or its client left): the fds
-                    // close as the reply is dropped.
-                    if let Some(tx) = waiter {
-                        let _ = tx.send((reply, fds));
+                    // close as the reply is dropped, and a subspace worker
+                    // started for nobody is ended (it runs as the
+                    // requester, who could stop it and keep it).
+                    match (waiter, &reply) {
+                        (Some(tx), _) => {
+                            let _ = tx.send((reply, fds));
+                        }
+                        (None, WorkerReply::Subspace { worker_pid, .. }) => {
+                            crate::subspace::end_unserved(&self, 0, *worker_pid);
+                        }
+                        (None, _) => {}
                     }
                 }
                 Ok(None) => break "exited",

@@ -116,6 +116,12 @@ async fn new_subspace(
     (worker_chan, worker_pid, pidfd, ns): (OwnedFd, i32, OwnedFd, Vec<(NsType, OwnedFd)>),
     record: &mut AuditRecord,
 ) -> Result<bool, NotRelayed> {
+    // Until its subspace task owns it, a failure here ends the worker.
+    let mut unserved = Unserved {
+        ctx,
+        uid: conn.peer.uid,
+        pid: Some(worker_pid),
+    };
     for (t, f) in &ns {
         if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
             record.namespaces.insert(t.name(), ino);
@@ -141,6 +147,7 @@ async fn new_subspace(
         user_ns,
     };
     subspace::start(ctx, conn.peer, broker_end, parts).map_err(NotRelayed::Serve)?;
+    unserved.pid = None;
     // From here the subspace task owns the live-subspace charge.
     grant.charge.into_subspace();
     let mut out: Vec<BorrowedFd<'_>> = vec![client_end.as_fd(), pidfd.as_fd()];
@@ -152,4 +159,20 @@ async fn new_subspace(
     drop(client_end);
     record.new_subspace = Some(id);
     Ok(delivered)
+}
+
+/// A subspace worker the spawner started and no subspace task serves yet:
+/// ended when dropped with a pid (see [`subspace::end_unserved`]).
+struct Unserved<'a> {
+    ctx: &'a Rc<Ctx>,
+    uid: u32,
+    pid: Option<i32>,
+}
+
+impl Drop for Unserved<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            subspace::end_unserved(&self.ctx.spawner, self.uid, pid);
+        }
+    }
 }

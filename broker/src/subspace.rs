@@ -243,6 +243,18 @@ pub fn start(
     Ok(())
 }
 
+/// Has the spawner end a subspace worker it started that never came into
+/// service (its reply could not be relayed, or came after the request had
+/// given up): the worker is killed whatever state the requester put it in.
+pub fn end_unserved(spawner: &Rc<crate::pool::Pool>, uid: u32, pid: i32) {
+    let spawner = spawner.clone();
+    tokio::task::spawn_local(async move {
+        let _ = spawner
+            .call(uid, |id| WorkerRequest::End { id, pid }, &[])
+            .await;
+    });
+}
+
 /// Ends a subspace whose connection has closed: its channel closes, the
 /// spawner kills its worker, and this returns once the process is gone.
 async fn end(ctx: &Rc<Ctx>, uid: u32, link: SubLink) {
