@@ -46,6 +46,7 @@ impl AsyncChannel {
     /// Receives one internal message; see [`Channel::recv_msg`].
     pub async fn recv_msg<T: Message>(
         &self,
+        buf: &mut [u8],
         trust: Trust,
     ) -> Result<Option<(T, Vec<OwnedFd>)>, MessageError> {
         loop {
@@ -54,7 +55,7 @@ impl AsyncChannel {
                 .readable()
                 .await
                 .map_err(|e| MessageError::Recv(RecvError::Io(e)))?;
-            match self.inner.get_ref().recv_msg(trust) {
+            match self.inner.get_ref().recv_msg(buf, trust) {
                 Err(e) if e.is_would_block() => guard.clear_ready(),
                 other => return other,
             }

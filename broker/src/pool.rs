@@ -479,9 +479,12 @@ impl Pool {
             .send_msg(&SupervisorRequest::Spawn { kind: self.kind }, &[])
             .await
             .map_err(|e| format!("asking the supervisor: {e}"))?;
+        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
         let got = tokio::time::timeout(
             Duration::from_secs(5),
-            self.sup.chan.recv_msg::<SupervisorReply>(Trust::Kinds),
+            self.sup
+                .chan
+                .recv_msg::<SupervisorReply>(&mut buf, Trust::Kinds),
         )
         .await
         .map_err(|_| "the supervisor did not answer".to_owned())?;
@@ -534,10 +537,15 @@ impl Pool {
     /// Hands each reply to the request waiting for it; ends when the worker
     /// does.
     async fn read_replies(self: Rc<Self>, link: Rc<Link>) {
+        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
         let why = loop {
             // The host worker is more trusted than the broker; its fds are
             // checked by kind by every client.
-            match link.chan.recv_msg::<WorkerReply>(Trust::Counts).await {
+            match link
+                .chan
+                .recv_msg::<WorkerReply>(&mut buf, Trust::Counts)
+                .await
+            {
                 Ok(Some((reply, fds))) => {
                     let waiter = link.pending.borrow_mut().remove(&reply.id());
                     // No waiter (it timed out or its client left): the fds

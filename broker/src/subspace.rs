@@ -146,7 +146,9 @@ impl SubLink {
             .send_msg(&req, &[])
             .await
             .map_err(|_| CallError::Died)?;
-        let got = tokio::time::timeout(timeout, self.chan.recv_msg::<WorkerReply>(Trust::Kinds))
+        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
+        let reply = self.chan.recv_msg::<WorkerReply>(&mut buf, Trust::Kinds);
+        let got = tokio::time::timeout(timeout, reply)
             .await
             .map_err(|_| CallError::Timeout(timeout))?;
         // A subspace worker runs as the requester: believe nothing unchecked.

@@ -436,7 +436,8 @@ impl Client {
         self.chan.send_msg(&msg, &[]).map_err(Error::Io)?;
         // A private worker is the caller's own, but its fds are checked by
         // kind like any other (an LSM may drop fds in flight).
-        let (reply, fds) = match self.chan.recv_msg::<WorkerReply>(Trust::Kinds) {
+        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
+        let (reply, fds) = match self.chan.recv_msg::<WorkerReply>(&mut buf, Trust::Kinds) {
             Ok(Some(got)) => got,
             Ok(None) => return Err(Error::Closed),
             Err(MessageError::Recv(RecvError::Io(e))) => return Err(Error::Io(e)),

@@ -327,24 +327,25 @@ impl Channel {
         self.send(&internal::encode(msg), fds)
     }
 
-    /// Receives one internal message of type `T` with its fds, checked as
-    /// `trust` says ([`Message::take`]); `Ok(None)` is end of stream. The
-    /// buffer is zeroed before it is freed: nothing of a message stays in
-    /// memory a later fork would copy.
+    /// Receives one internal message of type `T` into `buf` (of
+    /// [`internal::MAX_BYTES`], reused by the caller) with its fds, checked
+    /// as `trust` says ([`Message::take`]); `Ok(None)` is end of stream. The
+    /// bytes received are zeroed once decoded: nothing of a message stays
+    /// in memory a later fork would copy.
     pub fn recv_msg<T: Message>(
         &self,
+        buf: &mut [u8],
         trust: Trust,
     ) -> Result<Option<(T, Vec<OwnedFd>)>, MessageError> {
-        let mut buf = vec![0u8; internal::MAX_BYTES];
-        let out = match self.recv(&mut buf, T::MAX_FDS) {
-            Ok(Some(got)) => T::take(&buf[..got.len], got.fds, trust)
-                .map(Some)
-                .map_err(MessageError::from),
+        match self.recv(buf, T::MAX_FDS) {
+            Ok(Some(got)) => {
+                let out = T::take(&buf[..got.len], got.fds, trust);
+                buf[..got.len].fill(0);
+                out.map(Some).map_err(MessageError::from)
+            }
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),
-        };
-        buf.fill(0);
-        out
+        }
     }
 
     /// Whether the peer has closed its end (`POLLHUP` right now: a connected

@@ -88,7 +88,11 @@ impl Starting {
     /// Reads the `Ready` (or failure) that has arrived. The new worker runs
     /// as the requester: its fds are checked by kind.
     pub fn ready(&self) -> Result<NsFds, Error> {
-        match self.channel.recv_msg::<SubspaceReady>(Trust::Kinds) {
+        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
+        match self
+            .channel
+            .recv_msg::<SubspaceReady>(&mut buf, Trust::Kinds)
+        {
             Ok(Some((SubspaceReady::Ready { user, pid }, fds))) => {
                 let mut fds = fds.into_iter();
                 let user = if user { fds.next() } else { None };

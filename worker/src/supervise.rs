@@ -12,8 +12,9 @@ use crate::Role;
 /// Serves the broker until it closes the channel. Returns the exit code.
 pub fn supervise(channel: Channel) -> i32 {
     let mut workers: Vec<(i32, OwnedFd)> = Vec::new();
+    let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
     loop {
-        let req = match channel.recv_msg::<SupervisorRequest>(Trust::Counts) {
+        let req = match channel.recv_msg::<SupervisorRequest>(&mut buf, Trust::Counts) {
             Ok(Some((req, _))) => req,
             Ok(None) => return 0,
             Err(MessageError::Recv(RecvError::Io(e))) => {

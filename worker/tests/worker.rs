@@ -45,7 +45,7 @@ impl Supervisor {
             .unwrap();
         let (reply, fds) = self
             .chan
-            .recv_msg::<SupervisorReply>(Trust::Kinds)
+            .recv_msg::<SupervisorReply>(&mut [0; internal::MAX_BYTES], Trust::Kinds)
             .unwrap()
             .unwrap();
         let SupervisorReply::Spawned { pid } = reply else {
@@ -74,7 +74,9 @@ fn call_with(
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> (WorkerReply, Vec<OwnedFd>) {
     chan.send_msg(req, fds).unwrap();
-    chan.recv_msg::<WorkerReply>(Trust::Kinds).unwrap().unwrap()
+    chan.recv_msg::<WorkerReply>(&mut [0; internal::MAX_BYTES], Trust::Kinds)
+        .unwrap()
+        .unwrap()
 }
 
 /// A round trip that makes nothing: once it is answered, the worker has
