@@ -73,6 +73,18 @@ fn restricted(b: &Broker, args: &[&str]) -> std::process::Output {
     output_retrying(&mut cmd)
 }
 
+/// The words of each line `out` printed (it must have succeeded), and its
+/// stderr for messages.
+fn words_of_success(b: &Broker, out: &std::process::Output) -> (Vec<Vec<String>>, String) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}\n{}", b.log_text());
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    (lines, err)
+}
+
 const ENTRY: &str = "4343:200000:65536\n";
 
 #[test]
@@ -92,13 +104,7 @@ fn map_auto_maps_the_tenant_at_0_and_its_subordinate_ids_from_1() {
             "cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; id -u",
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}\n{}", b.log_text());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<Vec<&str>> = text
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let (lines, err) = words_of_success(&b, &out);
     assert_eq!(
         lines,
         [
@@ -218,13 +224,7 @@ fn map_current_user_keeps_the_tenants_own_ids_inside() {
             "id -u; id -g; cat /proc/self/uid_map",
         ],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}\n{}", b.log_text());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<Vec<&str>> = text
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let (lines, err) = words_of_success(&b, &out);
     assert_eq!(
         lines,
         [vec!["4343"], vec!["4343"], vec!["4343", "4343", "1"]],

@@ -342,7 +342,7 @@ fn build(
 
 /// The filters of a process that takes `role` first: `clone3` →
 /// `ENOSYS`, then the allow-list of `role` and everything below it.
-pub fn filters(mode: SeccompMode, role: Role) -> Result<Vec<BpfProgram>, String> {
+fn filters(mode: SeccompMode, role: Role) -> Result<Vec<BpfProgram>, String> {
     let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
     let enosys = build(vec![always(libc::SYS_clone3)], SeccompAction::Allow, enosys)?;
     Ok(vec![enosys, allow_list(mode, role)?])
