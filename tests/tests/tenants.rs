@@ -35,12 +35,15 @@ fn a_stopped_subspace_worker_ends_with_its_conn_and_max_subspaces_holds() {
         "workers left: {:?}",
         b.subspace_workers()
     );
-    let closed = b
-        .events()
-        .iter()
-        .filter(|e| e["event"] == "subspace_closed")
-        .count();
-    assert_eq!(closed, 10);
+    // Logged once the process is gone, which the check above may see first.
+    let closed = || {
+        b.events()
+            .iter()
+            .filter(|e| e["event"] == "subspace_closed")
+            .count()
+    };
+    eventually(Duration::from_secs(5), || closed() == 10);
+    assert_eq!(closed(), 10);
     no_leaks(&b, &base);
 }
 
