@@ -177,8 +177,17 @@ pub fn open_dir() -> tempfile::TempDir {
 pub fn copy_bin_to(dir: &Path, name: &str) -> PathBuf {
     let dst = dir.join(name);
     if !dst.exists() {
-        fs::copy(bin(name), &dst).expect("copy binary");
-        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Copied by another process: a copy made here would hold the file
+        // open for writing, and a child another test thread forks in that
+        // moment inherits it until its exec, so that running the copy fails
+        // with ETXTBSY (seen through setpriv, which cannot retry).
+        let status = Command::new("install")
+            .args(["-m", "0755"])
+            .arg(bin(name))
+            .arg(&dst)
+            .status()
+            .expect("install (coreutils)");
+        assert!(status.success(), "copying {name}: {status}");
     }
     dst
 }
