@@ -48,6 +48,15 @@ fn policy_check_summarises_rules_and_warns() {
     assert!(text.contains("valid, 3 rule(s)"), "{text}");
     assert!(text.contains("rule 1 (\"root\") (line 15): uid 0 may create cgroup, ipc, mnt, net, time, uts, user, pid"), "{text}");
     assert!(!text.contains("can never match"), "{text}");
+    // The broker's default caps apply where a rule sets none, and say so.
+    assert!(
+        text.contains("; max_subspaces 64 (broker default), max_connections 64 (broker default)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("max_subspaces 32, max_connections 64 (broker default), max_rooms 64 (broker default)\n"),
+        "{text}"
+    );
     assert!(
         text.contains("grant user: a holder can create every other namespace type"),
         "{text}"

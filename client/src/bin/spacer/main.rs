@@ -582,20 +582,35 @@ fn options_text(grant: &spacer_policy::Grant) -> String {
     text
 }
 
-fn limits_text(l: &spacer_policy::Limits) -> String {
-    l.set()
+/// `; max_depth 2, max_rooms 64 (broker default)`: the limits that apply,
+/// marked where the file sets none; or nothing.
+fn limits_text(written: &spacer_policy::Limits, applied: &spacer_policy::Limits) -> String {
+    let set = written.set();
+    let text: Vec<String> = applied
+        .set()
         .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|&(k, v)| {
+            let default = if set.iter().any(|&(w, _)| w == k) {
+                ""
+            } else {
+                " (broker default)"
+            };
+            format!("{k} {v}{default}")
+        })
+        .collect();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", text.join(", "))
+    }
 }
 
 /// Validates the file as the broker would load it: its owner and mode too.
 fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
-    let pol = with_broker_caps(load(file, FileCheck::Strict)?);
+    let written = load(file, FileCheck::Strict)?;
+    let pol = with_broker_caps(written.clone());
     println!("{}: valid, {} rule(s)", file.display(), pol.rules().len());
-    for r in pol.rules() {
-        let lim = limits_text(&r.grant.limits);
+    for (w, r) in written.rules().iter().zip(pol.rules()) {
         println!(
             "  {} (line {}): {} may create {}{}{}",
             RuleRef::Rule(r),
@@ -603,23 +618,14 @@ fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
             r.matcher,
             describe(r.grant.allow),
             options_text(&r.grant),
-            if lim.is_empty() {
-                String::new()
-            } else {
-                format!("; {lim}")
-            }
+            limits_text(&w.grant.limits, &r.grant.limits)
         );
     }
-    let lim = limits_text(&pol.defaults().limits);
     println!(
         "  defaults: everyone else may create {}{}{}",
         describe(pol.defaults().allow),
         options_text(pol.defaults()),
-        if lim.is_empty() {
-            String::new()
-        } else {
-            format!("; {lim}")
-        }
+        limits_text(&written.defaults().limits, &pol.defaults().limits)
     );
     for w in pol.warnings() {
         println!("warning: {w}");
