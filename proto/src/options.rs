@@ -271,6 +271,17 @@ impl RoomOptions {
         self
     }
 
+    /// The clock offsets asked for: the clock's name, its `clockid_t` (as
+    /// `/proc/<pid>/timens_offsets` takes it), the offset.
+    pub fn clock_offsets(&self) -> impl Iterator<Item = (&'static str, libc::clockid_t, Offset)> {
+        [
+            ("monotonic", libc::CLOCK_MONOTONIC, self.monotonic_offset),
+            ("boottime", libc::CLOCK_BOOTTIME, self.boottime_offset),
+        ]
+        .into_iter()
+        .filter_map(|(name, id, o)| Some((name, id, o?)))
+    }
+
     /// Whether nothing is asked for.
     pub fn is_empty(&self) -> bool {
         *self == RoomOptions::default()

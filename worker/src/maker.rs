@@ -17,47 +17,27 @@ use nix::time::{clock_gettime, ClockId};
 use spacer_proto::fd::{self, Which};
 use spacer_proto::{NsType, Offset, RoomOptions, Spaces};
 
-use crate::privilege::with_cap;
+use crate::privilege::{taint, with_cap};
 use crate::sys::{self, Ctx, Error};
 
 /// Makes rooms and keeps the process's own namespaces what they were.
 pub struct Maker {
     me: OwnedFd,
     /// Where to return after making a room of each type: `None` until a
-    /// private one is made, where the process cannot return to the
-    /// namespace it started in (owned by an ancestor user namespace).
+    /// private one is made (the process cannot return to a namespace an
+    /// ancestor user namespace owns).
     homes: [Option<OwnedFd>; 6],
     offsets: Offsets,
 }
 
 /// Where a worker writes the clock offsets of the time rooms it makes.
 pub enum Offsets {
-    /// Its `/proc/self/timens_offsets`, opened during a subspace worker's
-    /// setup.
+    /// Its `/proc/self/timens_offsets`, opened during a subspace's setup.
     Opened(File),
-    /// Opened for each request with `CAP_SYS_TIME` (a room worker, a
-    /// private worker).
+    /// Opened for each request with `CAP_SYS_TIME` (room, private worker).
     OnRequest,
-    /// Opening it during setup failed, and a subspace worker of the
-    /// service's, once narrowed, opens nothing: offsets are refused.
+    /// Opening it during setup failed: offsets are refused.
     Missing,
-}
-
-/// Why a room could not be made (nothing is handed out), and whether the
-/// worker's own namespaces may now be wrong: then it must serve no more.
-#[derive(Debug)]
-pub struct RoomError {
-    pub error: Error,
-    pub fatal: bool,
-}
-
-impl From<Error> for RoomError {
-    fn from(error: Error) -> RoomError {
-        RoomError {
-            error,
-            fatal: false,
-        }
-    }
 }
 
 impl Maker {
@@ -75,9 +55,8 @@ impl Maker {
                         *slot = Some(ns)
                     }
                     // EPERM: the owner is an ancestor the kernel does not show.
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-                    Err(e) => return Err(e),
+                    Err(e) if e.raw_os_error() != Some(libc::EPERM) => return Err(e),
+                    _ => {}
                 }
             }
             Ok(Maker { me, homes, offsets })
@@ -86,61 +65,65 @@ impl Maker {
     }
 
     /// One new namespace for each type in `spaces` (checked by the caller,
-    /// with the options). New mount and UTS namespaces are copies of the
-    /// requesting process's (`requester`, a pidfd; the caller holds
-    /// `CAP_SYS_PTRACE`) when given. All or nothing.
+    /// with the options); mount and UTS ones copies of the `requester`'s
+    /// (a pidfd; the caller holds `CAP_SYS_PTRACE`). All or nothing.
     pub fn rooms(
         &mut self,
         spaces: Spaces,
         options: &RoomOptions,
         requester: Option<BorrowedFd<'_>>,
-    ) -> Result<Vec<(NsType, OwnedFd)>, RoomError> {
+    ) -> Result<Vec<(NsType, OwnedFd)>, Error> {
         let mut made = Vec::with_capacity(spaces.bits().count_ones() as usize);
         for t in spaces.types() {
-            self.ensure_home(t)?;
+            let flag = CloneFlags::from_bits_retain(t.flag().bits() as libc::c_int);
+            self.ensure_home(t, flag)?;
             let from = requester.filter(|_| matches!(t, NsType::Mnt | NsType::Uts));
             if let Some(pidfd) = from {
                 // Nothing is opened by path while in there.
-                setns(pidfd, clone_flag(t))
-                    .ctx(&format!("entering the requesting process's {t} namespace"))?;
+                let entered = setns(pidfd, flag);
+                entered.ctx(&format!("entering the requesting process's {t} namespace"))?;
             }
-            if let Err(e) = unshare(clone_flag(t)) {
-                if from.is_some() {
-                    self.go_home(t)?;
-                }
-                return Err(create_error(t, e).into());
-            }
-            let fd = self.finish_new(t, options);
+            let new = match unshare(flag) {
+                Ok(()) => self.finish_new(t, options),
+                // Still home: an unprivileged private worker may not even
+                // join its own namespaces again.
+                Err(e) if from.is_none() => return Err(create_error(t, e)),
+                Err(e) => Err(create_error(t, e)),
+            };
             // Back home whatever happened, before looking at the result.
-            self.go_home(t)?;
-            made.push((t, fd?));
+            self.go_home(t, flag)?;
+            made.push((t, new?));
         }
         Ok(made)
     }
 
     /// In a namespace just made: make it ready and take an fd for it.
-    fn finish_new(&self, t: NsType, options: &RoomOptions) -> Result<OwnedFd, RoomError> {
+    fn finish_new(&self, t: NsType, options: &RoomOptions) -> Result<OwnedFd, Error> {
         if t == NsType::Mnt {
             make_root_private()?;
         }
         apply(t, options, &self.offsets)
             .map_err(|e| Error::msg(format!("preparing the new {t} namespace: {e}")))?;
-        Ok(current(&self.me, t).ctx(&format!("opening the new {t} namespace"))?)
+        current(&self.me, t).ctx(&format!("opening the new {t} namespace"))
     }
 
-    fn go_home(&self, t: NsType) -> Result<(), RoomError> {
+    /// Back to the home of type `t`; a process that cannot return taints
+    /// itself (its own namespaces may now be wrong).
+    fn go_home(&self, t: NsType, flag: CloneFlags) -> Result<(), Error> {
         let home = self.homes[index(t)]
             .as_ref()
             .expect("ensure_home ran first");
-        setns(home, clone_flag(t))
-            .ctx(&format!("returning to the worker's own {t} namespace"))
-            .map_err(|error| RoomError { error, fatal: true })
+        let back = setns(home, flag).ctx(&format!("returning to the worker's own {t} namespace"));
+        if let Err(e) = &back {
+            taint(&e.to_string());
+        }
+        back
     }
 
     /// Makes a private home of type `t` if there is none yet.
-    fn ensure_home(&mut self, t: NsType) -> Result<(), RoomError> {
+    fn ensure_home(&mut self, t: NsType, flag: CloneFlags) -> Result<(), Error> {
         if self.homes[index(t)].is_none() {
-            unshare(clone_flag(t)).map_err(|e| create_error(t, e))?;
+            unshare(flag).map_err(|e| create_error(t, e))?;
             if t == NsType::Mnt {
                 make_root_private()?;
             }
@@ -158,16 +141,11 @@ fn index(t: NsType) -> usize {
         .expect("a room type")
 }
 
-fn clone_flag(t: NsType) -> CloneFlags {
-    CloneFlags::from_bits_retain(t.flag().bits() as libc::c_int)
-}
-
 fn create_error(t: NsType, e: Errno) -> Error {
     Error::os(format!("creating {t} namespace"), e)
 }
 
-/// `mount --make-rprivate /`: nothing propagates out of or into the new
-/// mount namespace.
+/// `mount --make-rprivate /`: nothing propagates out of or into it.
 fn make_root_private() -> Result<(), Error> {
     mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
         .ctx("making / private in the new mount namespace")
@@ -177,34 +155,25 @@ fn make_root_private() -> Result<(), Error> {
 /// time, `time_for_children`): by pidfd ioctl (Linux 6.11), else `/proc`.
 fn current(me: &OwnedFd, t: NsType) -> io::Result<OwnedFd> {
     match fd::pidfd_namespace(me.as_fd(), t, Which::ForChildren) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
-            let path = format!("/proc/thread-self/ns/{}", t.proc_for_children());
-            File::open(path).map(OwnedFd::from)
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
+            File::open(format!("/proc/thread-self/ns/{}", t.proc_for_children())).map(Into::into)
         }
         other => other,
     }
 }
 
-/// The request is refused before anything is created if an offset would
-/// take the worker's own clock below zero or past the kernel's limit.
+/// Refuses, before anything is made, offsets that would take the worker's
+/// own clocks below zero or past the kernel's limit.
 pub fn check_clocks(options: &RoomOptions) -> Result<(), Error> {
-    for (what, clock, offset) in [
-        (
-            "monotonic",
-            ClockId::CLOCK_MONOTONIC,
-            options.monotonic_offset,
-        ),
-        ("boottime", ClockId::CLOCK_BOOTTIME, options.boottime_offset),
-    ] {
-        if let Some(o) = offset {
-            let now = clock_gettime(clock).ctx(&format!("reading the {what} clock"))?;
-            let now = Offset {
-                secs: now.tv_sec(),
-                nanos: now.tv_nsec() as u32,
-            };
-            o.applies_to(now)
-                .map_err(|why| Error::msg(format!("invalid {what} offset: {why}")))?;
-        }
+    for (name, id, offset) in options.clock_offsets() {
+        let now = clock_gettime(ClockId::from_raw(id)).ctx(&format!("reading the {name} clock"))?;
+        let now = Offset {
+            secs: now.tv_sec(),
+            nanos: now.tv_nsec() as u32,
+        };
+        offset
+            .applies_to(now)
+            .map_err(|why| Error::msg(format!("invalid {name} offset: {why}")))?;
     }
     Ok(())
 }
@@ -231,24 +200,20 @@ fn apply(t: NsType, options: &RoomOptions, offsets: &Offsets) -> Result<(), Erro
 }
 
 /// Opens `/proc/self/timens_offsets` through `proc`, an fd of the worker's
-/// own `/proc` (a subspace worker, during its setup: see "Room options").
+/// own `/proc`.
 pub fn open_offsets_file_at(proc: BorrowedFd<'_>) -> Result<File, Errno> {
     let flags = OFlag::O_WRONLY | OFlag::O_CLOEXEC;
     openat(proc, "self/timens_offsets", flags, Mode::empty()).map(File::from)
 }
 
 /// Writes the offsets of the time namespace `unshare(CLONE_NEWTIME)` just
-/// made for this process's children: through the file opened during a
-/// subspace worker's setup, or else opened now with `CAP_SYS_TIME` (the
-/// kernel checks the opener). Each write is taken at offset 0.
+/// made for this process's children (the kernel checks `CAP_SYS_TIME` of
+/// the opener and takes each write at offset 0).
 fn write_offsets(options: &RoomOptions, file: &Offsets) -> Result<(), Error> {
-    let lines: String = [
-        (libc::CLOCK_MONOTONIC, options.monotonic_offset),
-        (libc::CLOCK_BOOTTIME, options.boottime_offset),
-    ]
-    .into_iter()
-    .filter_map(|(id, o)| o.map(|o| format!("{id} {} {}\n", o.secs, o.nanos)))
-    .collect();
+    let lines: String = options
+        .clock_offsets()
+        .map(|(_, id, o)| format!("{id} {} {}\n", o.secs, o.nanos))
+        .collect();
     if lines.is_empty() {
         return Ok(());
     }
@@ -262,9 +227,8 @@ fn write_offsets(options: &RoomOptions, file: &Offsets) -> Result<(), Error> {
             .ctx("opening /proc/self/timens_offsets")?
             .write_all(lines.as_bytes()),
         Offsets::Missing => {
-            return Err(Error::msg(
-                "this subspace could not open its clock offsets file when it was set up",
-            ))
+            let why = "this subspace could not open its clock offsets file when it was set up";
+            return Err(Error::msg(why));
         }
     };
     written.ctx("setting the clock offsets")

@@ -1,6 +1,6 @@
 //! Privileges: the start-up drop, the capability sets each worker keeps,
-//! and the only places one is raised or an id taken for a while. Why each
-//! capability is needed: README.md, "Privileges". What cannot be undone
+//! and the only places a capability is raised or an id taken for a while.
+//! Why each capability: README.md, "Privileges". What cannot be undone
 //! taints the process ([`tainted`]; docs/ARCHITECTURE.md, "Processes and
 //! trust").
 
@@ -12,9 +12,8 @@ use nix::sys::prctl;
 use nix::unistd::{getppid, setfsuid, setgroups, setresuid, Uid};
 use spacer_proto::Channel;
 
-use crate::seccomp::{self, SeccompMode};
 use crate::sys::{self, Ctx, Error};
-use crate::Role;
+use crate::{seccomp, Role};
 
 use Capability::*;
 
@@ -31,8 +30,7 @@ pub const WORKER_CAPS: [Capability; 9] = [
     CAP_SYS_TIME,
 ];
 
-/// The worker's effective set; the others are raised around the one call
-/// that needs each ([`with_cap`]).
+/// The worker's effective set; the others are raised by [`with_cap`].
 pub const WORKER_EFFECTIVE: [Capability; 4] =
     [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETUID, CAP_SETGID];
 
@@ -48,9 +46,8 @@ pub const SUBSPACE_CAPS: [Capability; 5] = [
 /// A subspace worker's effective set.
 pub const SUBSPACE_EFFECTIVE: [Capability; 3] = [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_SETFCAP];
 
-/// Checks that `channel` is what a legitimate parent hands us: a socket
-/// whose other end was created by our parent process (a shell that starts
-/// the worker by hand cannot pass that).
+/// Checks that the other end of `channel` was made by our parent (a shell
+/// starting the worker by hand cannot pass that).
 pub fn check_channel(channel: &Channel) -> Result<(), Error> {
     let cred = channel
         .peer_credentials()
@@ -64,16 +61,14 @@ pub fn check_channel(channel: &Channel) -> Result<(), Error> {
     Ok(())
 }
 
-/// The ordered drop, for a worker started by the broker as root, or by a
-/// client library with the caller's own privileges (private mode: it keeps
-/// what it has of [`WORKER_CAPS`]).
-pub fn confine(channel: &Channel, seccomp_mode: SeccompMode, role: Role) -> Result<(), Error> {
+/// The ordered drop, for a worker started by the broker as root or by a
+/// client library with the caller's privileges (private mode: it keeps
+/// what it has of [`WORKER_CAPS`]). Each step: docs/ARCHITECTURE.md.
+pub fn confine(channel: &Channel, mode: seccomp::Mode, role: Role) -> Result<(), Error> {
     let supervisor = role == Role::Supervisor;
-    // 1. Die with the parent, and notice if it is already gone (not in
-    //    private mode: see docs/ARCHITECTURE.md, "Private mode").
+    // 1. Die with the parent (not a private worker: its parent is a thread).
     if role != Role::Private {
-        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-            .ctx("setting the parent-death signal")?;
+        prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).ctx("setting pdeathsig")?;
     }
     check_channel(channel)?;
     // 2. No fd but stdio and the channel.
@@ -82,34 +77,30 @@ pub fn confine(channel: &Channel, seccomp_mode: SeccompMode, role: Role) -> Resu
     let closed = unsafe { sys::close_fds_except(&[channel.as_raw_fd()]) };
     closed.ctx("closing inherited fds")?;
     nix::unistd::chdir("/").ctx("changing to /")?;
-    // 3. No supplementary groups (a subspace worker, with setgroups denied,
-    //    could never drop them). A private worker of an unprivileged caller
-    //    keeps them: they are the caller's own.
+    // 3. No supplementary groups (a private worker's are its caller's).
     if nix::unistd::geteuid().is_root() {
         setgroups(&[]).ctx("dropping supplementary groups")?;
     }
-    // 4. Capabilities kept across the room worker's uid switches
-    //    ([`as_requester`]); needs CAP_SETPCAP, which goes next.
+    // 4. Capabilities kept across as_requester's uid changes (needs
+    //    CAP_SETPCAP, which goes next).
     if supervisor {
         sys::keep_caps_across_uid_changes().ctx("keeping capabilities across uid changes")?;
     }
-    // 5. Capabilities: bounding, ambient, inheritable, effective, permitted.
+    // 5. Bounding, ambient, inheritable, effective, permitted.
     keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
-    // 6. A network namespace of its own, so CAP_NET_ADMIN cannot reach the
-    //    host's interfaces.
+    // 6. A network namespace of its own: CAP_NET_ADMIN cannot reach the host's.
     if supervisor {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .ctx("moving to a network namespace of its own")?;
     }
-    // 7. No privilege gain through exec, no ptrace or core dump.
+    // 7. No privilege gain through exec, no ptrace, no core dump.
     prctl::set_no_new_privs().ctx("setting no_new_privs")?;
     prctl::set_dumpable(false).ctx("making the worker non-dumpable")?;
     // 8. Children reaped by the kernel; orphaned descendants come here.
     sys::autoreap_children().ctx("ignoring SIGCHLD")?;
     prctl::set_child_subreaper(true).ctx("becoming a child subreaper")?;
     // 9. Last: the syscall allow-list.
-    seccomp::install(seccomp_mode, role)
-        .map_err(|e| Error::msg(format!("installing the seccomp filter: {e}")))
+    seccomp::install(mode, role).map_err(|e| Error::msg(format!("installing seccomp: {e}")))
 }
 
 static TAINTED: AtomicBool = AtomicBool::new(false);
@@ -119,17 +110,16 @@ pub fn tainted() -> bool {
     TAINTED.load(Ordering::Relaxed)
 }
 
-fn taint(what: &str) {
+pub fn taint(what: &str) {
     eprintln!("spacer-worker: {what}; serving nothing more");
     TAINTED.store(true, Ordering::Relaxed);
 }
 
-/// Reduces every capability set of this thread to `keep` (or to what the
-/// thread has of it): bounding set (where CAP_SETPCAP allows), ambient,
-/// inheritable, then effective (to `effective`, a subset) and permitted.
+/// Reduces every capability set to `keep` (what the process has of it):
+/// bounding (where CAP_SETPCAP allows), ambient, inheritable, then
+/// effective (to `effective`) and permitted.
 pub fn keep_only(keep: &[Capability], effective: &[Capability]) -> Result<(), Error> {
-    let err =
-        |what: &'static str| move |e: caps::errors::CapsError| Error::msg(format!("{what}: {e}"));
+    let err = |what: &'static str| move |e| Error::msg(format!("{what}: {e}"));
     let permitted = caps::read(None, CapSet::Permitted).map_err(err("reading capabilities"))?;
     let keep: CapsHashSet = keep
         .iter()
@@ -137,10 +127,9 @@ pub fn keep_only(keep: &[Capability], effective: &[Capability]) -> Result<(), Er
         .filter(|c| permitted.contains(c))
         .collect();
     if permitted.contains(&CAP_SETPCAP) {
-        for cap in caps::all() {
-            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-                caps::drop(None, CapSet::Bounding, cap)
-                    .map_err(err("dropping a capability from the bounding set"))?;
+        for cap in caps::all().into_iter().filter(|c| !keep.contains(c)) {
+            if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(err("dropping from bounding"))?;
             }
         }
     }
@@ -151,16 +140,14 @@ pub fn keep_only(keep: &[Capability], effective: &[Capability]) -> Result<(), Er
         .copied()
         .filter(|c| keep.contains(c))
         .collect();
-    caps::set(None, CapSet::Effective, &effective)
-        .map_err(err("setting effective capabilities"))?;
+    caps::set(None, CapSet::Effective, &effective).map_err(err("setting effective"))?;
     caps::set(None, CapSet::Permitted, &keep).map_err(err("setting permitted capabilities"))
 }
 
-/// Runs `f` with `cap` in the effective set (raised from the permitted set
-/// unless it is effective already), and lowers it again after.
+/// Runs `f` with `cap` effective (raised from the permitted set unless it
+/// is effective already), and lowers it again after.
 pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, Error> {
     let was = caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
-    // Raising fails when the permitted set lacks it.
     if !was && caps::raise(None, CapSet::Effective, cap).is_err() {
         return Err(Error::msg(format!(
             "the worker does not hold {cap} (it was not in the service's capability \
@@ -174,13 +161,11 @@ pub fn with_cap<T>(cap: Capability, f: impl FnOnce() -> T) -> Result<T, Error> {
     Ok(out)
 }
 
-/// Runs `f` with `uid` (if any) as the effective uid, the filesystem uid
-/// staying 0 (the worker's own `/proc/self` files are root's) and the
-/// capabilities kept: the kernel charges what it makes to the requester.
+/// Runs `f` with `uid` (if any) as the effective uid, filesystem uid 0 and
+/// the capabilities kept: the kernel charges what it makes to `uid`.
 pub fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, Error> {
     let Some(uid) = uid else { return Ok(f()) };
-    // -1: leave that id as it is.
-    let keep = Uid::from_raw(u32::MAX);
+    let keep = Uid::from_raw(u32::MAX); // -1: leave as it is
     setresuid(keep, Uid::from_raw(uid), keep).ctx("taking the requester's uid")?;
     setfsuid(Uid::from_raw(0));
     let out = f();
@@ -190,9 +175,8 @@ pub fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, Err
     Ok(out)
 }
 
-/// Sends `SIGKILL` through a pidfd, with `CAP_KILL` raised if permitted
-/// (else as this process can). Errors (ESRCH: gone already) are ignored:
-/// the caller sees the end by other means.
+/// `SIGKILL` through a pidfd, with `CAP_KILL` if permitted. Errors (ESRCH:
+/// gone already) are ignored: the caller sees the end by other means.
 pub fn kill(pidfd: BorrowedFd<'_>) {
     let send = || spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
     if with_cap(CAP_KILL, send).is_err() {

@@ -1,49 +1,46 @@
-//! A serving worker's request loop (room worker, spawner, private and
-//! subspace workers): rooms are answered at once; a subspace is answered
-//! when its worker is ready (or failed, or missed its deadline), while the
-//! loop serves on. The broker matches replies to requests by id.
+//! A serving worker's loop (room worker, spawner, private and subspace
+//! workers): rooms are answered at once, a subspace once its worker is
+//! ready (or failed, or missed its deadline) while the loop serves on.
+//! Replies carry their request's id.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use caps::Capability;
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::{getegid, geteuid};
 use spacer_proto::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
 use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Spaces};
 
-use crate::maker::{Maker, Offsets, RoomError};
+use crate::maker::{check_clocks, Maker, Offsets};
 use crate::privilege::{self, as_requester, with_cap};
 use crate::subspace::{self, NsFds, Requester, Starting};
 use crate::sys::{self, Error};
 use crate::Role;
 
-/// A reply, its fds, and whether the worker must stop after sending it
-/// (its own namespaces may have changed).
-struct Answer {
-    reply: WorkerReply,
-    fds: Vec<OwnedFd>,
-    fatal: bool,
+/// A reply and its fds.
+type Answer = (WorkerReply, Vec<OwnedFd>);
+
+fn invalid(id: u64, reason: impl ToString) -> Answer {
+    (
+        WorkerReply::Invalid {
+            id,
+            reason: reason.to_string(),
+        },
+        Vec::new(),
+    )
 }
 
-impl Answer {
-    fn new(reply: WorkerReply, fds: Vec<OwnedFd>) -> Answer {
-        Answer {
-            reply,
-            fds,
-            fatal: false,
-        }
-    }
-
-    fn invalid(id: u64, reason: impl ToString) -> Answer {
-        let reason = reason.to_string();
-        Answer::new(WorkerReply::Invalid { id, reason }, Vec::new())
-    }
-
-    fn failed(id: u64, reason: impl ToString) -> Answer {
-        let reason = reason.to_string();
-        Answer::new(WorkerReply::Failed { id, reason }, Vec::new())
-    }
+fn failed(id: u64, reason: impl ToString) -> Answer {
+    (
+        WorkerReply::Failed {
+            id,
+            reason: reason.to_string(),
+        },
+        Vec::new(),
+    )
 }
 
 /// A serving worker's state.
@@ -64,18 +61,17 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
         (None, Role::HostSubspace) => Offsets::Missing,
         (None, _) => Offsets::OnRequest,
     };
-    let maker = match Maker::new(offsets) {
-        Ok(m) => m,
+    let mut server = match Maker::new(offsets) {
+        Ok(maker) => Server {
+            role,
+            maker,
+            pending: Vec::new(),
+            started: Vec::new(),
+        },
         Err(e) => {
             eprintln!("spacer-worker: {e}");
             return 1;
         }
-    };
-    let mut server = Server {
-        role,
-        maker,
-        pending: Vec::new(),
-        started: Vec::new(),
     };
     let code = server.run(&channel);
     server.end();
@@ -101,10 +97,7 @@ impl Server {
             Role::Rooms => 1,
             _ => 0,
         };
-        loop {
-            if privilege::tainted() {
-                return 1;
-            }
+        while !privilege::tainted() {
             // With nothing pending, block in recv (no extra syscall).
             let request_ready = self.pending.is_empty() || self.wait(channel);
             let mut i = 0;
@@ -114,8 +107,7 @@ impl Server {
                     continue;
                 };
                 let (id, starting) = self.pending.swap_remove(i);
-                let answer = self.finish(id, starting, ready);
-                if !send(channel, answer) {
+                if !send(channel, self.finish(id, starting, ready)) {
                     return 0;
                 }
             }
@@ -128,16 +120,15 @@ impl Server {
                     // Nothing of a request stays here for the next fork to copy.
                     buf[..got.len].fill(0);
                     match decoded {
-                        // Checked by kind: the broker is trusted no more
-                        // than a request's words.
+                        // By kind: the broker is trusted no more than its words.
                         Ok(req) if !req.fds_match(&got.fds, Trust::Kinds) => {
-                            Answer::invalid(req.id(), "the fds do not match the request")
+                            invalid(req.id(), "the fds do not match the request")
                         }
                         Ok(req) => match self.handle(req, got.fds) {
                             Some(answer) => answer,
                             None => continue,
                         },
-                        Err(e) => Answer::invalid(0, e),
+                        Err(e) => invalid(0, e),
                     }
                 }
                 Ok(None) => return 0,
@@ -146,32 +137,27 @@ impl Server {
                     return 1;
                 }
                 // A datagram the broker should never send: refuse it, serve on.
-                Err(e) => Answer::invalid(0, e),
+                Err(e) => invalid(0, e),
             };
-            let fatal = answer.fatal;
             if !send(channel, answer) {
                 return 0;
             }
-            if fatal {
-                eprintln!("spacer-worker: own namespaces may have changed; exiting");
-                return 1;
-            }
         }
+        1
     }
 
     /// Leaving: a private worker takes its subspace workers, at any depth,
     /// with it; the spawner ends every one it started.
     fn end(&mut self) {
-        for (_, starting) in self.pending.drain(..) {
-            starting.abandon();
-        }
+        self.pending
+            .drain(..)
+            .for_each(|(_, starting)| starting.abandon());
         match self.role {
             Role::Private => sys::kill_descendants(),
-            Role::Spawner => {
-                for (_, pidfd) in &self.started {
-                    privilege::kill(pidfd.as_fd());
-                }
-            }
+            Role::Spawner => self
+                .started
+                .iter()
+                .for_each(|(_, p)| privilege::kill(p.as_fd())),
             _ => {}
         }
     }
@@ -180,18 +166,22 @@ impl Server {
     /// first setup deadline passes. Returns whether a request can be read.
     fn wait(&self, channel: &Channel) -> bool {
         let now = Instant::now();
-        let first = self.pending.iter().map(|(_, s)| s.deadline).min();
-        let ms = first
-            .unwrap_or(now)
-            .saturating_duration_since(now)
-            .as_millis();
+        let first = self
+            .pending
+            .iter()
+            .map(|(_, s)| s.deadline)
+            .min()
+            .unwrap_or(now);
+        let ms = first.saturating_duration_since(now).as_millis().min(60_000) as i32;
         let mut fds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
         for (_, s) in &self.pending {
             fds.push(PollFd::new(s.channel.as_fd(), PollFlags::POLLIN));
             fds.push(PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = PollTimeout::try_from(ms.min(60_000) as i32);
-        let _ = poll(&mut fds, timeout.unwrap_or(PollTimeout::ZERO));
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO),
+        );
         readable(&fds[0])
     }
 
@@ -201,7 +191,7 @@ impl Server {
             Ok(fds) => fds,
             Err(e) => {
                 starting.abandon();
-                return Answer::failed(id, e);
+                return failed(id, e);
             }
         };
         if self.role == Role::Spawner {
@@ -210,28 +200,29 @@ impl Server {
                 Ok(dup) => self.started.push((starting.pid, dup)),
                 Err(e) => {
                     starting.abandon();
-                    return Answer::failed(id, format!("keeping the subspace worker's pidfd: {e}"));
+                    return failed(id, format!("keeping the subspace worker's pidfd: {e}"));
                 }
             }
         }
+        let (user_made, pid) = (user.is_some(), pidns.is_some());
         let reply = WorkerReply::Subspace {
             id,
-            user: user.is_some(),
-            pid: pidns.is_some(),
+            user: user_made,
+            pid,
             worker_pid: starting.pid,
         };
         let mut fds = vec![starting.channel.into_fd(), starting.pidfd];
         fds.extend(user.into_iter().chain(pidns));
-        Answer::new(reply, fds)
+        (reply, fds)
     }
 
     /// Answers one request (`None`: a subspace is being set up, answered
-    /// later). `fds`: what came with the request.
+    /// later). `fds`: what came with it.
     fn handle(&mut self, req: WorkerRequest, fds: Vec<OwnedFd>) -> Option<Answer> {
         let role = self.role;
         Some(match req {
             WorkerRequest::Rooms { id, .. } if role == Role::Spawner => {
-                Answer::invalid(id, "the spawner makes no rooms")
+                invalid(id, "the spawner makes no rooms")
             }
             WorkerRequest::Rooms {
                 id,
@@ -239,18 +230,23 @@ impl Server {
                 options,
                 uid,
                 ..
-            } => self.rooms(id, spaces, &options, uid, fds.first()),
+            } => self.rooms(id, spaces, &options, uid, fds.first().map(|f| f.as_fd())),
             WorkerRequest::Alive { id, .. } if role != Role::Rooms => {
-                Answer::invalid(id, "only a room worker counts rooms")
+                invalid(id, "only a room worker counts rooms")
             }
             WorkerRequest::Alive { id, rooms, .. } if rooms.len() > internal::MAX_ALIVE => {
-                Answer::invalid(id, "too many rooms asked about")
+                invalid(id, "too many rooms asked about")
             }
             WorkerRequest::Alive { id, nstype, rooms } => {
-                // Errors other than "gone" count as alive (see "Bounded resources").
+                // Errors other than "gone" count as alive ("Bounded resources").
                 let alive = |r| sys::namespace_alive(&fd::handle_bytes(nstype, r)).unwrap_or(true);
-                let alive = rooms.into_iter().map(alive).collect();
-                Answer::new(WorkerReply::Alive { id, alive }, Vec::new())
+                (
+                    WorkerReply::Alive {
+                        id,
+                        alive: rooms.into_iter().map(alive).collect(),
+                    },
+                    vec![],
+                )
             }
             WorkerRequest::Subspace {
                 id,
@@ -261,34 +257,28 @@ impl Server {
                 caller,
                 maps,
             } => {
-                let checked = check_spaces(spaces, Spaces::SUBSPACE)
-                    .map_err(|e| e.to_string())
-                    .and_then(|spaces| {
-                        check_maps(maps.as_ref(), spaces, role, parent, uid, gid)?;
-                        let requester = self.requester(spaces, uid, gid, parent, caller, fds)?;
-                        Ok((spaces, requester))
-                    });
-                let (spaces, requester) = match checked {
-                    Ok(c) => c,
-                    Err(reason) => return Some(Answer::invalid(id, reason)),
-                };
+                let (spaces, requester) =
+                    match self.requester(spaces, (uid, gid), parent, caller, maps.as_ref(), fds) {
+                        Ok(checked) => checked,
+                        Err(reason) => return Some(invalid(id, reason)),
+                    };
                 match subspace::start(spaces, requester, maps, narrow_and_serve) {
                     Ok(starting) => {
                         self.pending.push((id, starting));
                         return None;
                     }
-                    Err(e) => Answer::failed(id, e),
+                    Err(e) => failed(id, e),
                 }
             }
             WorkerRequest::End { id, .. } if role != Role::Spawner => {
-                Answer::invalid(id, "only the spawner ends subspaces")
+                invalid(id, "only the spawner ends subspaces")
             }
             WorkerRequest::End { id, pid } => {
                 if let Some(i) = self.started.iter().position(|(p, _)| *p == pid) {
                     // Ends a stopped or traced process too; SIGCHLD is ignored.
                     privilege::kill(self.started.swap_remove(i).1.as_fd());
                 }
-                Answer::new(WorkerReply::Ended { id }, Vec::new())
+                (WorkerReply::Ended { id }, Vec::new())
             }
         })
     }
@@ -299,105 +289,110 @@ impl Server {
         spaces: u64,
         options: &RoomOptions,
         uid: u32,
-        requester: Option<&OwnedFd>,
+        requester: Option<BorrowedFd<'_>>,
     ) -> Answer {
         // The worker checks every request itself, whatever the broker did.
-        let spaces = match check_spaces(spaces, Spaces::ROOMS) {
+        let checked = check_spaces(spaces, Spaces::ROOMS)
+            .map_err(|e| e.to_string())
+            .and_then(|s| options.check(s).map(|()| s).map_err(|e| e.to_string()))
+            .and_then(|s| check_clocks(options).map(|()| s).map_err(|e| e.to_string()));
+        let spaces = match checked {
             Ok(s) => s,
-            Err(e) => return Answer::invalid(id, e),
+            Err(e) => return invalid(id, e),
         };
-        if let Err(e) = options.check(spaces) {
-            return Answer::invalid(id, e);
-        }
-        if let Err(e) = crate::maker::check_clocks(options) {
-            return Answer::invalid(id, e);
-        }
-        let requester = requester.map(|f| f.as_fd());
-        // A room worker makes them as the requester's effective uid: the
+        // A room worker makes them as the requester's effective uid, so the
         // kernel charges them to the requester.
         let charged_to = (self.role == Role::Rooms && uid != 0).then_some(uid);
         let maker = &mut self.maker;
         let made = as_requester(charged_to, || match requester {
-            // Joining the requester's namespaces by pidfd needs CAP_SYS_PTRACE.
+            // Joining another process's namespaces by pidfd.
             Some(_) => with_cap(Capability::CAP_SYS_PTRACE, || {
                 maker.rooms(spaces, options, requester)
-            })?,
+            })
+            .and_then(|r| r),
             None => maker.rooms(spaces, options, None),
         })
-        .map_err(RoomError::from)
         .and_then(|r| r);
         match made {
             Ok(made) => {
                 let (types, fds): (Vec<_>, Vec<_>) = made.into_iter().unzip();
                 let inode = |f: &OwnedFd| fd::namespace_inode(f.as_fd()).unwrap_or(0);
                 let inodes = fds.iter().map(inode).collect();
-                Answer::new(WorkerReply::Rooms { id, types, inodes }, fds)
+                (WorkerReply::Rooms { id, types, inodes }, fds)
             }
-            Err(e) => {
-                let mut reason = e.error.to_string();
-                if self.role == Role::Private
-                    && e.error.errno() == Some(nix::errno::Errno::EPERM)
-                    && !nix::unistd::geteuid().is_root()
-                {
-                    reason.push_str(
-                        "; a private worker has only its caller's privileges: ask for a \
-                         user subspace first and make rooms inside it",
-                    );
-                }
-                Answer {
-                    fatal: e.fatal,
-                    ..Answer::failed(id, reason)
-                }
+            Err(e) if self.role == Role::Private
+                && e.errno() == Some(Errno::EPERM)
+                && !geteuid().is_root() =>
+            {
+                failed(id, format!("{e}; a private worker has only its caller's privileges: ask for a user subspace first and make rooms inside it"))
             }
+            Err(e) => failed(id, e),
         }
     }
 
-    /// Who a subspace is for, as this worker's role allows (`fds`: the
-    /// parent user namespace and the requester's pidfd, as announced).
+    /// Checks a subspace request as this worker's role allows, and says
+    /// who it is for. `fds`: the parent user namespace and the requester's
+    /// pidfd, as announced (their kinds checked with the request).
     fn requester(
         &self,
-        spaces: Spaces,
-        uid: u32,
-        gid: u32,
+        spaces: u64,
+        (uid, gid): (u32, u32),
         parent: bool,
         caller: bool,
+        maps: Option<&IdMaps>,
         fds: Vec<OwnedFd>,
-    ) -> Result<Requester, String> {
+    ) -> Result<(Spaces, Requester), String> {
+        let spaces = check_spaces(spaces, Spaces::SUBSPACE).map_err(|e| e.to_string())?;
+        if let Some(maps) = maps {
+            // A private worker's requester is itself.
+            let own = (geteuid().as_raw(), getegid().as_raw());
+            let (uid, gid) = match self.role {
+                _ if !spaces.contains(Spaces::USER) => Err("id maps need a new user namespace"),
+                Role::Spawner if !parent => Ok((uid, gid)),
+                Role::Private if !maps.has_subordinate_ids() => Ok(own),
+                Role::Private => Err("subordinate ids are mapped by the broker's spawner only"),
+                _ => Err("id maps are for first-level subspaces only"),
+            }?;
+            maps.check(uid, gid)?;
+        }
         match self.role {
             Role::Spawner => {}
-            Role::Private | Role::Subspace => return Ok(Requester::Own),
+            Role::Private | Role::Subspace => return Ok((spaces, Requester::Own)),
             _ => return Err("subspaces are started by the service's spawner".into()),
         }
         // (uid_t)-1 means "leave as it is" to setresuid.
         if uid == u32::MAX || gid == u32::MAX {
             return Err("invalid requester ids".into());
         }
-        // Owned by the host's user namespace, its worker would serve as host
-        // root (see "Subspaces").
+        // Owned by the host's user namespace, its worker would serve as
+        // host root ("Subspaces").
         if uid != 0 && !parent && !spaces.contains(Spaces::USER) {
             return Err(
-                "a PID subspace without a user namespace is for root only: ask for user and pid together"
+                "a PID subspace without a user namespace is for root only: ask for \
+                        user and pid together"
                     .into(),
             );
         }
-        // Their kinds were checked with the request (fds_match).
         let mut fds = fds.into_iter();
-        let parent = if parent { fds.next() } else { None };
-        let caller = if caller { fds.next() } else { None };
-        Ok(Requester::Host {
-            uid,
-            gid,
-            parent,
-            caller,
-        })
+        let parent = parent.then(|| fds.next()).flatten();
+        let caller = caller.then(|| fds.next()).flatten();
+        Ok((
+            spaces,
+            Requester::Host {
+                uid,
+                gid,
+                parent,
+                caller,
+            },
+        ))
     }
 }
 
 /// Sends a reply; false if the other end is gone. Our copies of its fds
 /// close right after.
-fn send(channel: &Channel, answer: Answer) -> bool {
-    let borrowed: Vec<BorrowedFd<'_>> = answer.fds.iter().map(|f| f.as_fd()).collect();
-    channel.send_msg(&answer.reply, &borrowed).is_ok()
+fn send(channel: &Channel, (reply, fds): Answer) -> bool {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    channel.send_msg(&reply, &borrowed).is_ok()
 }
 
 fn readable(fd: &PollFd<'_>) -> bool {
@@ -421,34 +416,4 @@ fn poll_pending(s: &Starting) -> Option<Result<NsFds, Error>> {
         let late = "the subspace worker did not get ready in time";
         (Instant::now() >= s.deadline).then(|| Err(Error::msg(late)))
     }
-}
-
-/// The worker's own check of a subspace's id maps: only with a new user
-/// namespace, only at the first level, subordinate ids only from the
-/// spawner, and every line as [`IdMaps::check`] wants it for the requester
-/// (a private worker's requester is itself).
-fn check_maps(
-    maps: Option<&IdMaps>,
-    spaces: Spaces,
-    role: Role,
-    parent: bool,
-    uid: u32,
-    gid: u32,
-) -> Result<(), String> {
-    let Some(maps) = maps else { return Ok(()) };
-    let refuse = |why: &str| Err(why.to_owned());
-    if !spaces.contains(Spaces::USER) {
-        return refuse("id maps need a new user namespace");
-    }
-    let (uid, gid) = match role {
-        Role::Spawner if parent => return refuse("id maps are for first-level subspaces only"),
-        Role::Spawner => (uid, gid),
-        Role::Private if !maps.has_subordinate_ids() => (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        ),
-        Role::Private => return refuse("subordinate ids are mapped by the broker's spawner only"),
-        _ => return refuse("id maps are for first-level subspaces only"),
-    };
-    maps.check(uid, gid).map_err(str::to_owned)
 }

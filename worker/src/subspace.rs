@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::{CapSet, Capability};
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, OFlag};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -22,8 +22,7 @@ use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
 use crate::sys::{self, Ctx, Error};
 use crate::Role;
 
-/// How a subspace worker serves once set up
-/// ([`crate::serve::narrow_and_serve`]).
+/// How a subspace worker serves once set up.
 pub type Serve = fn(Channel, Role, Option<File>) -> i32;
 
 /// Why a setup failed when its worker ended or answered nonsense.
@@ -35,26 +34,24 @@ pub const SETUP_DEADLINE: Duration = Duration::from_secs(2);
 /// Who the new subspace worker is to become.
 pub enum Requester {
     /// For the spawner: the requester's host ids, the parent subspace's
-    /// user namespace (nested), and the requesting process's pidfd.
+    /// user namespace (nested), the requesting process's pidfd.
     Host {
         uid: u32,
         gid: u32,
         parent: Option<OwnedFd>,
         caller: Option<OwnedFd>,
     },
-    /// A private worker or a subspace worker below one: already the
-    /// requester.
+    /// A private worker or a subspace worker below one: already the requester.
     Own,
 }
 
-/// A started subspace worker, not yet ready. Its parent must never block
-/// on it: the requester may stop it.
+/// A started subspace worker, not yet ready. Its parent never blocks on
+/// it: the requester may stop it.
 pub struct Starting {
     /// The parent's end of the new worker's channel.
     pub channel: Channel,
     pub pidfd: OwnedFd,
     pub pid: i32,
-    /// When to give up on it.
     pub deadline: Instant,
 }
 
@@ -75,18 +72,17 @@ pub fn start(
     let (channel, pid, pidfd) = sys::fork_with_channel(ctx, |child_end| {
         become_subspace(child_end, spaces, requester, maps, serve)
     })?;
-    let deadline = Instant::now() + SETUP_DEADLINE;
     Ok(Starting {
         channel,
         pidfd,
         pid,
-        deadline,
+        deadline: Instant::now() + SETUP_DEADLINE,
     })
 }
 
 impl Starting {
-    /// Reads the `Ready` (or failure) that has arrived. The new worker runs
-    /// as the requester: its fds are checked by kind.
+    /// Reads the `Ready` (or failure) that has arrived; the new worker runs
+    /// as the requester, so its fds are checked by kind.
     pub fn ready(&self) -> Result<NsFds, Error> {
         let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
         match self
@@ -118,7 +114,7 @@ fn become_subspace(
     serve: Serve,
 ) -> i32 {
     // Nothing of the parent's but the channel and the request's fds; stdio
-    // not the service's: this process will run as the requester.
+    // not the service's (it will run as the requester).
     let mut keep = vec![channel.as_raw_fd()];
     if let Requester::Host { parent, caller, .. } = &requester {
         keep.extend(parent.iter().chain(caller).map(|f| f.as_raw_fd()));
@@ -171,8 +167,8 @@ fn become_subspace(
 /// The new user and PID namespaces, and the time offsets file.
 type Made = (Option<OwnedFd>, Option<OwnedFd>, Option<File>);
 
-/// Makes a subspace's namespaces; `(uid_in, gid_in)`: the ids the worker
-/// will have inside.
+/// Makes a subspace's namespaces; `(uid_in, gid_in)`: the worker's ids
+/// inside.
 fn setup(
     spaces: Spaces,
     requester: Requester,
@@ -181,90 +177,80 @@ fn setup(
 ) -> Result<Made, Error> {
     let own = matches!(requester, Requester::Own);
     let (want_user, want_pid) = (spaces.contains(Spaces::USER), spaces.contains(Spaces::PID));
-    let mut joined = false;
-    // Opened before it may join the requester's mount namespace, where the
-    // requester may decide what paths mean: every /proc file goes through it.
-    let proc =
-        open("/proc", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ctx("opening /proc")?;
+    let me = fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")?;
+    // Opened before it may join the requester's mount namespace (where the
+    // requester decides what paths mean): every later /proc file is opened
+    // through it.
+    let proc = open("/proc", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty());
+    let proc = proc.ctx("opening /proc")?;
     // Subordinate ids: written by a child that stays root on the host.
     let writer = match maps {
         Some(m) if m.has_subordinate_ids() => Some(start_map_writer(proc.as_fd(), m)?),
         _ => None,
     };
-    match requester {
-        Requester::Host {
-            uid,
-            gid,
-            parent,
-            caller,
-        } => {
-            if let Some(caller) = caller {
-                // Still root on the host: the requester's mount and UTS
-                // namespaces, and its PID namespace for this one's children.
-                let pid = want_pid.then_some(CloneFlags::CLONE_NEWPID);
-                for t in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS]
-                    .into_iter()
-                    .chain(pid)
-                {
-                    with_cap(Capability::CAP_SYS_PTRACE, || setns(&caller, t))?
-                        .ctx("entering the requesting process's namespaces")?;
-                }
-            }
-            if want_user || parent.is_some() {
-                take_effective_ids(uid, gid)?;
-            }
-            if let Some(parent) = parent {
-                setns(&parent, CloneFlags::CLONE_NEWUSER)
-                    .ctx("joining the parent subspace's user namespace")?;
-                joined = true;
+    if let Requester::Host {
+        uid,
+        gid,
+        parent,
+        caller,
+    } = requester
+    {
+        if let Some(caller) = caller {
+            // The requester's mount and UTS namespaces, and its PID
+            // namespace for this one's children.
+            let pid = want_pid.then_some(CloneFlags::CLONE_NEWPID);
+            for t in [CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS]
+                .into_iter()
+                .chain(pid)
+            {
+                with_cap(Capability::CAP_SYS_PTRACE, || setns(&caller, t))?
+                    .ctx("entering the requesting process's namespaces")?;
             }
         }
-        Requester::Own => map_own_root_if_needed(),
+        if want_user || parent.is_some() {
+            take_effective_ids(uid, gid)?;
+        }
+        if let Some(parent) = parent {
+            setns(&parent, CloneFlags::CLONE_NEWUSER)
+                .ctx("joining the parent subspace's user namespace")?;
+        }
+    } else {
+        map_own_root_if_needed();
     }
     // Made here when its children are born in the requester's PID
-    // namespace; else by a helper born there (`pid_namespace_below`).
-    let pid_here = want_pid && (own || children_born_here()?);
+    // namespace, else by a helper born there.
+    let pid_here = want_pid && (own || children_born_here(me.as_fd())?);
     let mut offsets_file = None;
     if want_user {
         let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
-        let mut new = CloneFlags::CLONE_NEWUSER;
-        if pid_here {
-            new |= CloneFlags::CLONE_NEWPID;
-        }
-        unshare(new).ctx("creating the user namespace")?;
-        offsets_file = match writer {
-            Some(writer) => {
-                finish_map_writer(writer)?;
-                open_offsets_file_at(proc.as_fd()).ok()
-            }
+        let pid = if pid_here {
+            CloneFlags::CLONE_NEWPID
+        } else {
+            CloneFlags::empty()
+        };
+        unshare(CloneFlags::CLONE_NEWUSER | pid).ctx("creating the user namespace")?;
+        match writer {
+            Some(writer) => finish_map_writer(writer)?,
             None => {
-                let lines = (
+                let lines = [
                     format!("{uid_in} {outer_uid} 1"),
                     format!("{gid_in} {outer_gid} 1"),
-                );
-                write_own_maps(proc.as_fd(), lines, own)?
+                ];
+                offsets_file = write_own_maps(proc.as_fd(), lines, own)?;
             }
-        };
-    } else {
-        if pid_here {
-            unshare(CloneFlags::CLONE_NEWPID).ctx("creating the PID namespace")?;
         }
-        if joined {
-            // With all capabilities in the parent subspace's user namespace,
-            // which owns every time namespace this worker makes.
-            offsets_file = open_offsets_file_at(proc.as_fd()).ok();
-        } else if !own {
-            // Root's subspace in the host's user namespace: CAP_SYS_TIME
-            // for the open (the kernel checks the opener). Opened now, as
-            // a narrowed subspace worker opens nothing.
-            offsets_file = with_cap(Capability::CAP_SYS_TIME, || {
-                open_offsets_file_at(proc.as_fd())
-            })
+    } else if pid_here {
+        unshare(CloneFlags::CLONE_NEWPID).ctx("creating the PID namespace")?;
+    }
+    if !own {
+        // Now, as a narrowed subspace worker opens nothing. CAP_SYS_TIME
+        // counts for root's PID-only subspace (the kernel checks the
+        // opener); elsewhere it has every capability already.
+        let open = || open_offsets_file_at(proc.as_fd());
+        offsets_file = with_cap(Capability::CAP_SYS_TIME, open)
             .ok()
             .and_then(Result::ok);
-        }
     }
-    let me = own_pidfd()?;
     let user = want_user
         .then(|| fd::pidfd_namespace(me.as_fd(), NsType::User, Which::Current))
         .transpose()
@@ -279,10 +265,6 @@ fn setup(
 
 const NEEDS_6_11: &str = " (needs Linux 6.11 or later)";
 
-fn own_pidfd() -> Result<OwnedFd, Error> {
-    fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")
-}
-
 /// The PID namespace this process's children are born in.
 fn new_pid_namespace(me: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     fd::pidfd_namespace(me, NsType::Pid, Which::ForChildren)
@@ -291,71 +273,49 @@ fn new_pid_namespace(me: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
 
 /// Whether this process's children are born in its own PID namespace
 /// (after `setns(CLONE_NEWPID)` into a requester's that is the same).
-fn children_born_here() -> Result<bool, Error> {
-    let what = format!("reading own PID namespaces{NEEDS_6_11}");
-    let me = fd::pidfd_open(std::process::id() as i32).ctx(&what)?;
+fn children_born_here(me: BorrowedFd<'_>) -> Result<bool, Error> {
     let inode = |which| {
-        fd::pidfd_namespace(me.as_fd(), NsType::Pid, which)
+        fd::pidfd_namespace(me, NsType::Pid, which)
             .and_then(|ns| fd::namespace_inode(ns.as_fd()))
-            .ctx(&what)
+            .ctx(&format!("reading own PID namespaces{NEEDS_6_11}"))
     };
     Ok(inode(Which::Current)? == inode(Which::ForChildren)?)
 }
 
 /// A new, empty PID namespace below the one this process's children are
-/// born in, made by a short-lived helper born there (the kernel makes one
-/// only below a process's active PID namespace).
+/// born in, made by a helper born there (the kernel makes one only below
+/// a process's active PID namespace).
 fn pid_namespace_below() -> Result<OwnedFd, Error> {
-    let mine = start_helper("the PID namespace maker", |theirs| {
-        let made = unshare(CloneFlags::CLONE_NEWPID)
-            .ctx("creating the PID namespace")
-            .and_then(|()| new_pid_namespace(own_pidfd()?.as_fd()));
-        let sent = match &made {
-            Ok(ns) => theirs.send(b"", &[ns.as_fd()]),
-            Err(e) => theirs.send(e.to_string().as_bytes(), &[]),
-        };
-        i32::from(sent.is_err())
+    let what = "the PID namespace maker";
+    let mine = start_helper(what, |theirs| {
+        let made = unshare(CloneFlags::CLONE_NEWPID).ctx("creating the PID namespace");
+        let me = made.and_then(|()| fd::pidfd_open(std::process::id() as i32).ctx("own pidfd"));
+        let ns = me.and_then(|me| new_pid_namespace(me.as_fd()));
+        answer(theirs, ns.as_ref().map(|ns| Some(ns.as_fd())))
     })?;
-    let mut buf = [0u8; 256];
-    match mine.recv(&mut buf, 1) {
-        Ok(Some(got)) if got.fds.len() == 1 => {
-            let ns = got.fds.into_iter().next().expect("one fd");
-            if fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid) {
-                Ok(ns)
-            } else {
-                Err(Error::msg("the PID namespace maker sent something else"))
-            }
-        }
-        Ok(Some(got)) if got.fds.is_empty() && got.len > 0 => Err(Error::msg(
-            String::from_utf8_lossy(&buf[..got.len]).into_owned(),
-        )),
-        _ => Err(Error::msg("the PID namespace maker ended")),
-    }
+    let ns = answered(&mine, what, 1)?.pop();
+    ns.filter(|ns| fd::namespace_type(ns.as_fd()).ok() == Some(NsType::Pid))
+        .ok_or_else(|| Error::msg(format!("{what} sent something else")))
 }
 
-fn caps_set(caps: &[Capability]) -> CapsHashSet {
-    caps.iter().copied().collect()
-}
-
-/// The requester's ids as the *effective* ids only (real and saved uid, and
-/// the filesystem uid, stay 0); then `CAP_SYS_ADMIN` effective again, with
+/// The requester's ids as the *effective* ids only (real, saved and
+/// filesystem uid stay 0); then `CAP_SYS_ADMIN` effective again, with
 /// `CAP_SETFCAP` for a root requester.
 fn take_effective_ids(uid: u32, gid: u32) -> Result<(), Error> {
     let (root_u, root_g) = (Uid::from_raw(0), Gid::from_raw(0));
     setgroups(&[]).ctx("dropping supplementary groups")?;
     setresgid(root_g, Gid::from_raw(gid), root_g).ctx("taking the requester's gid")?;
     setresuid(root_u, Uid::from_raw(uid), root_u).ctx("taking the requester's uid")?;
-    // Allowed without a capability: 0 is the real uid. Returns the old
-    // value; -1 (no valid id) only asks for it.
+    // Allowed: 0 is the real uid. -1 (no valid id) only reads it back.
     setfsuid(root_u);
     if setfsuid(Uid::from_raw(u32::MAX)) != root_u {
         return Err(Error::os("keeping filesystem uid 0", Errno::EPERM));
     }
-    let mut need = caps_set(&[Capability::CAP_SYS_ADMIN]);
+    let mut need = vec![Capability::CAP_SYS_ADMIN];
     if uid == 0 {
-        need.insert(Capability::CAP_SETFCAP);
+        need.push(Capability::CAP_SETFCAP);
     }
-    caps::set(None, CapSet::Effective, &need)
+    caps::set(None, CapSet::Effective, &need.into_iter().collect())
         .map_err(|_| Error::os("raising CAP_SYS_ADMIN", Errno::EPERM))
 }
 
@@ -371,7 +331,7 @@ fn become_inside((uid, gid): (u32, u32)) -> Result<(), Error> {
 
 /// A uid 0 process that stays itself maps uid 0 of its parent namespace,
 /// which needs `CAP_SETFCAP` effective at `unshare`: raised if permitted
-/// (else the map write reports it).
+/// (else the map write says why).
 fn map_own_root_if_needed() {
     let setfcap = Capability::CAP_SETFCAP;
     if geteuid().is_root() && caps::has_cap(None, CapSet::Permitted, setfcap).unwrap_or(false) {
@@ -380,25 +340,25 @@ fn map_own_root_if_needed() {
 }
 
 /// Writes `setgroups` `deny` and the two map lines for this process's new
-/// user namespace, and opens its time offsets file (if that fails, a
-/// request for offsets says why). `dumpable`: a private worker's child,
-/// whose `/proc/self` files are its own only while it is dumpable.
+/// user namespace. `own`: a private worker's child, whose `/proc/self`
+/// files are its own only while it is dumpable; it also opens its time
+/// offsets file then.
 fn write_own_maps(
     proc: BorrowedFd<'_>,
-    (uid_line, gid_line): (String, String),
-    dumpable: bool,
+    [uid_line, gid_line]: [String; 2],
+    own: bool,
 ) -> Result<Option<File>, Error> {
-    if dumpable {
+    if own {
         prctl::set_dumpable(true).ctx("becoming dumpable")?;
     }
-    let result = write_proc(proc, "self/setgroups", "deny")
+    let written = write_proc(proc, "self/setgroups", "deny")
         .and_then(|()| write_proc(proc, "self/uid_map", &uid_line))
         .and_then(|()| write_proc(proc, "self/gid_map", &gid_line));
-    let offsets_file = open_offsets_file_at(proc).ok();
-    if dumpable {
+    let offsets_file = own.then(|| open_offsets_file_at(proc).ok()).flatten();
+    if own {
         prctl::set_dumpable(false).ctx("becoming non-dumpable")?;
     }
-    result.map(|()| offsets_file)
+    written.map(|()| offsets_file)
 }
 
 /// Writes `content` to `path` under `proc` (this process's own `/proc`).
@@ -408,8 +368,8 @@ fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Err
         path,
         OFlag::O_WRONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )
-    .ctx(&format!("opening /proc/{path}"))?;
+    );
+    let fd = fd.ctx(&format!("opening /proc/{path}"))?;
     File::from(fd)
         .write_all(content.as_bytes())
         .ctx(&format!("writing /proc/{path}"))
@@ -418,12 +378,11 @@ fn write_proc(proc: BorrowedFd<'_>, path: &str, content: &str) -> Result<(), Err
 /// Starts the map writer: a child, still root on the host, that waits for
 /// this process's new user namespace, then writes `maps` (checked by the
 /// caller of [`start`]) to its `uid_map` and `gid_map` with `CAP_SYS_ADMIN`,
-/// `CAP_SETUID` and `CAP_SETGID`, and answers `+` or `-` and why not.
+/// `CAP_SETUID` and `CAP_SETGID`.
 fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Error> {
     let me = std::process::id();
     start_helper("the map writer", |theirs| {
-        let mut go = [0u8; 1];
-        if !matches!(theirs.recv(&mut go, 0), Ok(Some(got)) if got.len == 1) {
+        if !matches!(theirs.recv(&mut [0u8; 1], 0), Ok(Some(got)) if got.len == 1) {
             return 1;
         }
         let need = [
@@ -431,32 +390,21 @@ fn start_map_writer(proc: BorrowedFd<'_>, maps: &IdMaps) -> Result<Channel, Erro
             Capability::CAP_SETUID,
             Capability::CAP_SETGID,
         ];
-        let written = caps::set(None, CapSet::Effective, &caps_set(&need))
+        let written = caps::set(None, CapSet::Effective, &need.into_iter().collect())
             .map_err(|_| Error::msg("raising CAP_SETUID and CAP_SETGID to write the id maps"))
             .and_then(|()| write_proc(proc, &format!("{me}/uid_map"), &IdMaps::text(&maps.uid)))
             .and_then(|()| write_proc(proc, &format!("{me}/gid_map"), &IdMaps::text(&maps.gid)));
-        let reply = match written {
-            Ok(()) => "+".to_owned(),
-            Err(e) => format!("-{e}"),
-        };
-        i32::from(theirs.send(reply.as_bytes(), &[]).is_err())
+        answer(theirs, written.as_ref().map(|_| None))
     })
 }
 
 /// Tells the map writer the new user namespace exists and waits for it.
 fn finish_map_writer(writer: Channel) -> Result<(), Error> {
-    let lost = || Error::msg("the map writer ended");
-    writer.send(b"g", &[]).map_err(|_| lost())?;
-    // Never empty: an empty datagram from a peer that has just exited reads
-    // as end of stream.
-    let mut buf = [0u8; 256];
-    match writer.recv(&mut buf, 0) {
-        Ok(Some(got)) if got.len == 1 && buf[0] == b'+' => Ok(()),
-        Ok(Some(got)) if got.len > 1 && buf[0] == b'-' => Err(Error::msg(
-            String::from_utf8_lossy(&buf[1..got.len]).into_owned(),
-        )),
-        _ => Err(lost()),
-    }
+    let what = "the map writer";
+    writer
+        .send(b"g", &[])
+        .map_err(|_| Error::msg(format!("{what} ended")))?;
+    answered(&writer, what, 0).map(drop)
 }
 
 /// Forks a helper that runs `body` on its end of a new channel and exits
@@ -475,4 +423,27 @@ fn start_helper(what: &str, body: impl FnOnce(&Channel) -> i32) -> Result<Channe
         body(&theirs)
     })?;
     Ok(mine)
+}
+
+/// A helper's answer: `+` with at most one fd, or `-` and why not (never
+/// empty: an empty datagram from a peer that has just exited reads as end
+/// of stream). Returns the helper's exit code.
+fn answer(theirs: &Channel, result: Result<Option<BorrowedFd<'_>>, &Error>) -> i32 {
+    let sent = match result {
+        Ok(fd) => theirs.send(b"+", fd.as_slice()),
+        Err(e) => theirs.send(format!("-{e}").as_bytes(), &[]),
+    };
+    i32::from(sent.is_err())
+}
+
+/// Reads a helper's [`answer`], with up to `max_fds` fds.
+fn answered(mine: &Channel, what: &str, max_fds: usize) -> Result<Vec<OwnedFd>, Error> {
+    let mut buf = [0u8; 256];
+    match mine.recv(&mut buf, max_fds) {
+        Ok(Some(got)) if got.len == 1 && buf[0] == b'+' => Ok(got.fds),
+        Ok(Some(got)) if got.len > 1 && buf[0] == b'-' && got.fds.is_empty() => Err(Error::msg(
+            String::from_utf8_lossy(&buf[1..got.len]).into_owned(),
+        )),
+        _ => Err(Error::msg(format!("{what} ended"))),
+    }
 }

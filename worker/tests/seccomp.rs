@@ -1,14 +1,14 @@
 //! The worker's seccomp filters against forbidden calls, in child
 //! processes of this test (it re-runs itself with `SECCOMP_CALL` set): each
 //! call must kill the child with `SIGSYS` under every role's filters, and
-//! `--seccomp log` (SeccompMode::Log) must let it through. Needs no
+//! `--seccomp log` (seccomp::Mode::Log) must let it through. Needs no
 //! privilege. A plain `main` (no test harness): the child must be
 //! single-threaded when it installs the filter.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
-use spacer_worker::seccomp::{self, SeccompMode};
+use spacer_worker::seccomp::{self, Mode};
 use spacer_worker::Role;
 
 /// Calls no role may make, with arguments that do nothing harmful if one
@@ -77,11 +77,7 @@ fn child(call: &str, role: usize, log: bool) -> ! {
         .iter()
         .find(|(name, ..)| *name == call)
         .expect("a known call");
-    let mode = if log {
-        SeccompMode::Log
-    } else {
-        SeccompMode::Kill
-    };
+    let mode = if log { Mode::Log } else { Mode::Kill };
     seccomp::install(mode, ROLES[role]).expect("installing the filters");
     // SAFETY: every argument set above is inert: null pointers (which the
     // kernel rejects with EFAULT before touching memory), fd -1 (EBADF), or
