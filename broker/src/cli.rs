@@ -35,8 +35,8 @@ Signals:
   SIGHUP   re-read the policy file; an invalid one keeps the old policy
            (logged as policy_reload_failed)
   SIGTERM, SIGINT
-           stop accepting, give requests in flight a second, stop the
-           workers, remove a socket file the broker created, exit 0
+           stop accepting, give requests in flight a second, remove a
+           socket file the broker created, stop the workers, exit 0
 
 Files:
   /etc/spacer/policy.toml        the policy (spacer-policy(5)); without it,

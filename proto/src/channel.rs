@@ -240,9 +240,13 @@ impl Channel {
     ///
     /// `Ok(None)` is end of stream (the peer closed). A datagram larger than
     /// `buf` is an error, and so is any fd beyond `max_fds`; in every error
-    /// case each fd that arrived has been closed. With `max_fds == 0` no fd
-    /// is ever installed in this process: the kernel discards them and the
-    /// call reports [`RecvError::UnexpectedFds`].
+    /// case each fd that arrived has been closed. With `max_fds == 0` on a
+    /// channel that does not [`tell_senders`](Self::tell_senders) no fd is
+    /// ever installed in this process: the kernel discards them and the call
+    /// reports [`RecvError::UnexpectedFds`]. On one that does, the control
+    /// buffer has room for the sender's credentials and pidfd, and the
+    /// kernel writes `SCM_RIGHTS` before `SCM_PIDFD`: up to two attached
+    /// fds are installed (and closed here at once) and the pidfd left out.
     pub fn recv(&self, buf: &mut [u8], max_fds: usize) -> Result<Option<Received>, RecvError> {
         let mut space = if max_fds > 0 {
             cmsg_space_for(max_fds)
