@@ -314,6 +314,34 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
 }
 
 #[test]
+fn fds_attached_on_a_subspace_conn_are_refused_and_closed_at_once() {
+    // There the broker takes each sender's credentials and pidfd, so the
+    // kernel installs attached fds in it: they must close at once.
+    let b = Broker::start(TEST_POLICY);
+    let base = baseline(&b);
+    let (sub, _ns) = b.client().subspace(Spaces::USER).unwrap();
+    let chan = Channel::from_fd(sub.as_fd().try_clone_to_owned().unwrap()).unwrap();
+    let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let req = Request::rooms(Spaces::UTS.bits()).encode();
+    for n in [1, 2, 3, 253] {
+        let many: Vec<BorrowedFd<'_>> = (0..n).map(|_| null.as_fd()).collect();
+        for _ in 0..20 {
+            chan.send(&req, &many).unwrap();
+            assert_eq!(
+                invalid_reason(reply(&chan)),
+                "fds attached to a request",
+                "{n} fds"
+            );
+        }
+    }
+    // Still usable, and served by the subspace's worker.
+    chan.send(&req, &[]).unwrap();
+    assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));
+    drop((chan, sub));
+    still_serving_without_leaks(&b, &base);
+}
+
+#[test]
 fn empty_datagram_and_wrong_versions_are_answered() {
     let b = Broker::start(TEST_POLICY);
     let chan = Channel::connect(&b.socket).unwrap();
