@@ -13,7 +13,7 @@ use crate::conn::{Backend, Conn};
 use crate::ctx::Ctx;
 use crate::pool::CallError;
 use crate::request::Valid;
-use crate::subspace::worker_text;
+use crate::subspace::{worker_text, Unserved};
 
 /// What a worker made, its fds in their places.
 pub enum Made {
@@ -40,6 +40,8 @@ pub enum Made {
         pidfd: OwnedFd,
         /// Its new namespaces, user first.
         ns: Vec<(NsType, OwnedFd)>,
+        /// Ends the worker unless it comes into service.
+        started: Unserved,
     },
 }
 
@@ -127,7 +129,7 @@ pub async fn dispatch(
             maps: maps.cloned(),
         },
     };
-    let (reply, fds) = match (req.op, conn.backend) {
+    let (reply, fds, started) = match (req.op, conn.backend) {
         (Op::Subspace, _) => {
             let fds: Vec<BorrowedFd<'_>> = parent.into_iter().chain(caller).collect();
             ctx.spawner.call(peer.uid, request, &fds).await?
@@ -136,31 +138,44 @@ pub async fn dispatch(
             let fds: Vec<BorrowedFd<'_>> = caller.into_iter().collect();
             ctx.pool.call(peer.uid, request, &fds).await?
         }
-        (Op::Rooms, Backend::Subspace(link)) => link.call(request, ctx.pool.timeout()).await?,
+        (Op::Rooms, Backend::Subspace(link)) => {
+            let (reply, fds) = link.call(request, ctx.pool.timeout()).await?;
+            (reply, fds, None)
+        }
     };
-    made(reply, fds, req, conn.backend)
+    let started = started.map(|mut s| {
+        s.uid = peer.uid;
+        s
+    });
+    made(reply, fds, started, req, conn.backend)
 }
 
-/// Reads a worker's reply to `req` as what it made.
+/// Reads a worker's reply to `req` as what it made: a reply of the kind
+/// the request asks for, a subspace only from the spawner.
 fn made(
     reply: WorkerReply,
     fds: Vec<OwnedFd>,
+    started: Option<Unserved>,
     req: &Valid,
     backend: &Backend,
 ) -> Result<Made, NotMade> {
-    match reply {
-        WorkerReply::Rooms { types, inodes, .. } => {
+    match (req.op, reply, started) {
+        (Op::Rooms, WorkerReply::Rooms { types, inodes, .. }, _) => {
             if Spaces::of(types.iter().copied()) != req.spaces {
                 return Err(NotMade::OtherNamespaces);
             }
             Ok(Made::Rooms { types, inodes, fds })
         }
-        WorkerReply::Subspace {
-            user,
-            pid,
-            worker_pid,
-            ..
-        } => {
+        (
+            Op::Subspace,
+            WorkerReply::Subspace {
+                user,
+                pid,
+                worker_pid,
+                ..
+            },
+            Some(started),
+        ) => {
             let mut fds = fds.into_iter();
             let (Some(worker_chan), Some(pidfd)) = (fds.next(), fds.next()) else {
                 return Err(NotMade::MalformedSubspace);
@@ -178,15 +193,26 @@ fn made(
                 worker_chan,
                 pidfd,
                 ns,
+                started,
             })
         }
-        WorkerReply::Invalid { reason, .. } => {
+        (_, WorkerReply::Invalid { reason, .. }, _) => {
             Err(NotMade::WorkerInvalid(reason_from(backend, req.op, reason)))
         }
-        WorkerReply::Failed { reason, .. } => {
+        (_, WorkerReply::Failed { reason, .. }, _) => {
             Err(NotMade::WorkerFailed(reason_from(backend, req.op, reason)))
         }
-        WorkerReply::Ended { .. } | WorkerReply::Alive { .. } => Err(NotMade::OtherReply),
+        // A subspace worker that answers with another kind of reply (a
+        // subspace of its own, say, with a user namespace of its choosing)
+        // breaks the protocol: its subspace is closed.
+        _ => match backend {
+            Backend::Subspace(link) => {
+                let what = "a reply of another kind";
+                tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = what, "subspace worker misbehaved; closing it");
+                Err(NotMade::Call(CallError::Protocol(what)))
+            }
+            Backend::Pool => Err(NotMade::OtherReply),
+        },
     }
 }
 

@@ -16,9 +16,11 @@ use spacer_proto::{Channel, MessageError};
 use tokio::sync::{oneshot, Notify};
 
 use crate::achan::AsyncChannel;
+use crate::subspace::Unserved;
 
-/// A reply with its fds, checked against what it says.
-pub type Reply = (WorkerReply, Vec<OwnedFd>);
+/// A reply with its fds, checked against what it says, and for a subspace
+/// worker the spawner started, the guard that ends it unless served.
+pub type Reply = (WorkerReply, Vec<OwnedFd>, Option<Unserved>);
 
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -547,19 +549,19 @@ impl Pool {
                 .await
             {
                 Ok(Some((reply, fds))) => {
-                    let waiter = link.pending.borrow_mut().remove(&reply.id());
-                    // No waiter (it timed out or its client left): the fds
-                    // close as the reply is dropped, and a subspace worker
-                    // started for nobody is ended (it runs as the
-                    // requester, who could stop it and keep it).
-                    match (waiter, &reply) {
-                        (Some(tx), _) => {
-                            let _ = tx.send((reply, fds));
+                    let started = match reply {
+                        WorkerReply::Subspace { worker_pid, .. }
+                            if self.kind == WorkerKind::Subspaces =>
+                        {
+                            Some(Unserved::new(self.clone(), worker_pid))
                         }
-                        (None, WorkerReply::Subspace { worker_pid, .. }) => {
-                            crate::subspace::end_unserved(&self, 0, *worker_pid);
-                        }
-                        (None, _) => {}
+                        _ => None,
+                    };
+                    // No waiter (it timed out or its client left), or one
+                    // that is gone before it reads: all of it is dropped,
+                    // the fds closed and a subspace worker ended.
+                    if let Some(tx) = link.pending.borrow_mut().remove(&reply.id()) {
+                        let _ = tx.send((reply, fds, started));
                     }
                 }
                 Ok(None) => break "exited",

@@ -13,7 +13,7 @@ use crate::conn::{Backend, Conn};
 use crate::ctx::Ctx;
 use crate::dispatch::Made;
 use crate::record::AuditRecord;
-use crate::subspace::{self, SubLinkParts};
+use crate::subspace::{self, SubLinkParts, Unserved};
 use crate::usage::RoomId;
 
 /// Why what was made was not handed out (it is closed, and the charge
@@ -55,9 +55,10 @@ pub async fn relay(
             worker_chan,
             pidfd,
             ns,
+            started,
         } => {
             let parts = (worker_chan, worker_pid, pidfd, ns);
-            new_subspace(ctx, conn, grant, (user, pid), parts, record).await
+            new_subspace(ctx, conn, grant, (user, pid), parts, started, record).await
         }
     }
 }
@@ -114,14 +115,9 @@ async fn new_subspace(
     grant: Grant<'_>,
     (user, pid): (bool, bool),
     (worker_chan, worker_pid, pidfd, ns): (OwnedFd, i32, OwnedFd, Vec<(NsType, OwnedFd)>),
+    started: Unserved,
     record: &mut AuditRecord,
 ) -> Result<bool, NotRelayed> {
-    // Until its subspace task owns it, a failure here ends the worker.
-    let mut unserved = Unserved {
-        ctx,
-        uid: conn.peer.uid,
-        pid: Some(worker_pid),
-    };
     for (t, f) in &ns {
         if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
             record.namespaces.insert(t.name(), ino);
@@ -146,8 +142,9 @@ async fn new_subspace(
         pidfd: kept_pidfd,
         user_ns,
     };
+    // Until here a failure ends the worker (`started` dropped).
     subspace::start(ctx, conn.peer, broker_end, parts).map_err(NotRelayed::Serve)?;
-    unserved.pid = None;
+    started.served();
     // From here the subspace task owns the live-subspace charge.
     grant.charge.into_subspace();
     let mut out: Vec<BorrowedFd<'_>> = vec![client_end.as_fd(), pidfd.as_fd()];
@@ -159,20 +156,4 @@ async fn new_subspace(
     drop(client_end);
     record.new_subspace = Some(id);
     Ok(delivered)
-}
-
-/// A subspace worker the spawner started and no subspace task serves yet:
-/// ended when dropped with a pid (see [`subspace::end_unserved`]).
-struct Unserved<'a> {
-    ctx: &'a Rc<Ctx>,
-    uid: u32,
-    pid: Option<i32>,
-}
-
-impl Drop for Unserved<'_> {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid {
-            subspace::end_unserved(&self.ctx.spawner, self.uid, pid);
-        }
-    }
 }

@@ -19,7 +19,7 @@ pub async fn forget_gone(ctx: &Ctx, uid: u32, t: NsType) {
             nstype: t,
             rooms: chunk.to_vec(),
         };
-        if let Ok((WorkerReply::Alive { alive, .. }, _)) = ctx.pool.call(uid, ask, &[]).await {
+        if let Ok((WorkerReply::Alive { alive, .. }, _, _)) = ctx.pool.call(uid, ask, &[]).await {
             if alive.len() == chunk.len() {
                 let gone: Vec<_> = chunk
                     .iter()

@@ -245,16 +245,46 @@ pub fn start(
     Ok(())
 }
 
-/// Has the spawner end a subspace worker it started that never came into
-/// service (its reply could not be relayed, or came after the request had
-/// given up): the worker is killed whatever state the requester put it in.
-pub fn end_unserved(spawner: &Rc<crate::pool::Pool>, uid: u32, pid: i32) {
-    let spawner = spawner.clone();
-    tokio::task::spawn_local(async move {
-        let _ = spawner
-            .call(uid, |id| WorkerRequest::End { id, pid }, &[])
-            .await;
-    });
+/// A subspace worker the spawner started that no subspace task serves yet.
+/// Made with the spawner's reply, it travels with it; wherever it is
+/// dropped before [`Unserved::served`] (the reply came after the request
+/// gave up, or could not be relayed), the spawner ends the worker, whatever
+/// state the requester put it in: it runs as the requester, who could stop
+/// it and keep an uncharged process.
+pub struct Unserved {
+    spawner: Rc<crate::pool::Pool>,
+    pid: Option<i32>,
+    /// Whose request it was (the spawner's queue it waits in).
+    pub uid: u32,
+}
+
+impl Unserved {
+    /// The worker `pid` the spawner just reported started.
+    pub fn new(spawner: Rc<crate::pool::Pool>, pid: i32) -> Unserved {
+        Unserved {
+            spawner,
+            pid: Some(pid),
+            uid: 0,
+        }
+    }
+
+    /// Its subspace task owns it now (and ends it with its `conn`).
+    pub fn served(mut self) {
+        self.pid = None;
+    }
+}
+
+impl Drop for Unserved {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let (spawner, uid) = (self.spawner.clone(), self.uid);
+            tokio::task::spawn_local(async move {
+                let _ = spawner
+                    .call(uid, |id| WorkerRequest::End { id, pid }, &[])
+                    .await;
+            });
+        }
+    }
 }
 
 /// Ends a subspace whose connection has closed: its channel closes, the

@@ -179,6 +179,61 @@ fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
 }
 
 #[test]
+fn a_subverted_subspace_worker_cannot_answer_rooms_with_a_subspace_of_its_own() {
+    // A reply of the wrong kind, with the fds it names (a socket and a
+    // pidfd, both of the tenant's): refused, never served as a subspace.
+    let b = Broker::start(TEST_POLICY);
+    let base = b.fd_counts();
+    let (conn, sub) = b.client().subspace(Spaces::USER).unwrap();
+    let stolen = subvert(&sub.pidfd);
+    let asked = std::thread::spawn(move || conn.rooms(Spaces::NET).map(|r| r.net.is_some()));
+    let mut buf = vec![0u8; internal::MAX_BYTES];
+    let got = stolen.recv(&mut buf, 0).unwrap().unwrap();
+    let request: WorkerRequest = internal::decode(&buf[..got.len]).unwrap();
+    let (fake, _fake_peer) = Channel::pair().unwrap();
+    let me = fd::pidfd_open(std::process::id() as i32).unwrap();
+    let user: OwnedFd = std::fs::File::open("/proc/self/ns/user").unwrap().into();
+    let reply = WorkerReply::Subspace {
+        id: request.id(),
+        user: true,
+        pid: false,
+        worker_pid: std::process::id() as i32,
+    };
+    stolen
+        .send(
+            &internal::encode(&reply),
+            &[fake.as_fd(), me.as_fd(), user.as_fd()],
+        )
+        .unwrap();
+    match asked.join().unwrap() {
+        Err(Error::Failed(reason)) => {
+            assert_eq!(reason, "the subspace worker sent a reply of another kind")
+        }
+        other => panic!("answered: {other:?}"),
+    }
+    let mut poll = [nix::poll::PollFd::new(
+        sub.pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
+        1,
+        "the subverted worker ended"
+    );
+    let opened = b
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "subspace_opened");
+    assert_eq!(
+        opened.count(),
+        1,
+        "only the subverted one: {:?}",
+        b.events()
+    );
+    no_leaks(&b, &base);
+}
+
+#[test]
 fn a_subverted_subspace_worker_breaking_the_protocol_is_reported_as_such() {
     let b = Broker::start(TEST_POLICY);
     let base = b.fd_counts();
