@@ -202,16 +202,17 @@ fn made(
         (_, WorkerReply::Failed { reason, .. }, _) => {
             Err(NotMade::WorkerFailed(reason_from(backend, req.op, reason)))
         }
-        // A subspace worker that answers with another kind of reply (a
-        // subspace of its own, say, with a user namespace of its choosing)
-        // breaks the protocol: its subspace is closed.
-        _ => match backend {
-            Backend::Subspace(link) => {
+        // A subspace worker that answers rooms with another kind of reply
+        // (a subspace of its own, say, with a user namespace of its
+        // choosing) breaks the protocol: its subspace is closed. (Subspace
+        // requests go to the spawner.)
+        _ => match (req.op, backend) {
+            (Op::Rooms, Backend::Subspace(link)) => {
                 let what = "a reply of another kind";
                 tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = what, "subspace worker misbehaved; closing it");
                 Err(NotMade::Call(CallError::Protocol(what)))
             }
-            Backend::Pool => Err(NotMade::OtherReply),
+            _ => Err(NotMade::OtherReply),
         },
     }
 }

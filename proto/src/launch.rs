@@ -46,15 +46,26 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// Reads the arguments after the program name. The error says what is
-    /// wrong, including a caller from another build.
+    /// wrong; a caller from another build is told so first (it writes the
+    /// version before any argument this build may not know).
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<WorkerArgs, String> {
-        let (mut fd, mut version) = (None, None);
+        let ours = crate::internal::VERSION;
+        let (mut fd, mut version) = (None, false);
         let (mut private, mut log_seccomp) = (false, false);
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
             match arg.as_str() {
                 "--channel-fd" => fd = Some(value()?.parse().map_err(|_| "bad --channel-fd")?),
-                "--internal-version" => version = Some(value()?),
+                "--internal-version" => match value()? {
+                    v if v == ours.to_string() => version = true,
+                    v => {
+                        return Err(format!(
+                            "its caller speaks internal protocol {v}, this worker {ours}: install \
+                             spacer-worker from the same build as spacer-broker and the spacer \
+                             client library"
+                        ))
+                    }
+                },
                 "--seccomp" => match value()?.as_str() {
                     "kill" => log_seccomp = false,
                     "log" => log_seccomp = true,
@@ -64,22 +75,11 @@ impl WorkerArgs {
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
-        let ours = crate::internal::VERSION;
-        match version {
-            None => {
-                return Err(format!(
-                    "no --internal-version: its caller comes from another build (this worker \
-                     speaks internal protocol {ours})"
-                ))
-            }
-            Some(v) if v != ours.to_string() => {
-                return Err(format!(
-                    "its caller speaks internal protocol {v}, this worker {ours}: install \
-                     spacer-worker from the same build as spacer-broker and the spacer client \
-                     library"
-                ))
-            }
-            Some(_) => {}
+        if !version {
+            return Err(format!(
+                "no --internal-version: its caller comes from another build (this worker \
+                 speaks internal protocol {ours})"
+            ));
         }
         match fd {
             Some(channel_fd) if channel_fd >= 3 => Ok(WorkerArgs {
@@ -123,6 +123,17 @@ mod tests {
             (vec!["--channel-fd", "3"], "no --internal-version"),
             (
                 vec!["--channel-fd", "3", "--internal-version", &other],
+                "speaks internal protocol",
+            ),
+            // A newer caller's arguments come after its version.
+            (
+                vec![
+                    "--channel-fd",
+                    "3",
+                    "--internal-version",
+                    &other,
+                    "--frobnicate",
+                ],
                 "speaks internal protocol",
             ),
             (vec!["--internal-version", &v], "no --channel-fd"),

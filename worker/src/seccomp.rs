@@ -138,7 +138,7 @@ fn common() -> Vec<Entry> {
 fn forking() -> Vec<Entry> {
     use libc::*;
     vec![
-        long_arg_in(SYS_clone, 0, &[CLONE_FLAGS]), // sys::clone_with_pidfd
+        long_arg_in(SYS_clone, 0, &[CLONE_FLAGS]), // sys::fork_with_channel
         unix_pair(),                               // Channel::pair
         always(SYS_close_range),                   // sys::close_fds_except
         prctl_ops(&[PR_SET_NAME, PR_SET_NO_NEW_PRIVS]), // the child's name; narrow
