@@ -177,7 +177,6 @@ fn setup(
 ) -> Result<Made, Error> {
     let own = matches!(requester, Requester::Own);
     let (want_user, want_pid) = (spaces.contains(Spaces::USER), spaces.contains(Spaces::PID));
-    let me = fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")?;
     // Opened before it may join the requester's mount namespace (where the
     // requester decides what paths mean): every later /proc file is opened
     // through it.
@@ -188,6 +187,7 @@ fn setup(
         Some(m) if m.has_subordinate_ids() => Some(start_map_writer(proc.as_fd(), m)?),
         _ => None,
     };
+    let me = fd::pidfd_open(std::process::id() as i32).ctx("opening own pidfd")?;
     if let Requester::Host {
         uid,
         gid,
