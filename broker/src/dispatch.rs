@@ -162,7 +162,8 @@ fn made(
     match (req.op, reply, started) {
         (Op::Rooms, WorkerReply::Rooms { types, inodes, .. }, _) => {
             if Spaces::of(types.iter().copied()) != req.spaces {
-                return Err(NotMade::OtherNamespaces);
+                let what = "rooms of other types than asked";
+                return Err(misbehaved(backend, what, NotMade::OtherNamespaces));
             }
             Ok(Made::Rooms { types, inodes, fds })
         }
@@ -206,14 +207,25 @@ fn made(
         // (a subspace of its own, say, with a user namespace of its
         // choosing) breaks the protocol: its subspace is closed. (Subspace
         // requests go to the spawner.)
-        _ => match (req.op, backend) {
-            (Op::Rooms, Backend::Subspace(link)) => {
-                let what = "a reply of another kind";
-                tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = what, "subspace worker misbehaved; closing it");
-                Err(NotMade::Call(CallError::Protocol(what)))
-            }
-            _ => Err(NotMade::OtherReply),
-        },
+        (Op::Rooms, ..) => Err(misbehaved(
+            backend,
+            "a reply of another kind",
+            NotMade::OtherReply,
+        )),
+        _ => Err(NotMade::OtherReply),
+    }
+}
+
+/// A reply to a rooms request that breaks the protocol (`what`): through a
+/// subspace, its worker's doing, and the subspace is closed; from a room
+/// worker, `from_pool`.
+fn misbehaved(backend: &Backend, what: &'static str, from_pool: NotMade) -> NotMade {
+    match backend {
+        Backend::Subspace(link) => {
+            tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = what, "subspace worker misbehaved; closing it");
+            NotMade::Call(CallError::Protocol(what))
+        }
+        Backend::Pool => from_pool,
     }
 }
 

@@ -245,12 +245,24 @@ fn a_subverted_subspace_worker_breaking_the_protocol_is_reported_as_such() {
             reason: "x".into(),
         })
     };
+    // No room at all for a request for net.
+    let other_types = |id: u64| {
+        internal::encode(&WorkerReply::Rooms {
+            id,
+            types: Vec::new(),
+            inodes: Vec::new(),
+        })
+    };
     type Answer<'a> = &'a dyn Fn(u64) -> Vec<u8>;
-    let cases: [(Answer, &str); 2] = [
+    let cases: [(Answer, &str); 3] = [
         (&garbage, "the subspace worker sent a malformed reply"),
         (
             &other_id,
             "the subspace worker sent a reply to another request",
+        ),
+        (
+            &other_types,
+            "the subspace worker sent rooms of other types than asked",
         ),
     ];
     for (answer, want) in cases {
@@ -283,7 +295,7 @@ fn a_subverted_subspace_worker_breaking_the_protocol_is_reported_as_such() {
             .into_iter()
             .filter(|d| d["decision"] == "error")
             .collect();
-        errors.len() == 2
+        errors.len() == 3
     }));
     assert_eq!(
         errors[0]["reason"],
