@@ -125,8 +125,8 @@ impl Limits {
         }
     }
 
-    /// `(key, value)` of the limits that are set, in file order.
-    pub fn set(&self) -> Vec<(&'static str, u32)> {
+    /// `(key, value)` of every limit, set or not, in file order.
+    pub fn each(&self) -> [(&'static str, Option<u32>); 5] {
         [
             ("requests_per_minute", self.requests_per_minute),
             ("max_subspaces", self.max_subspaces),
@@ -134,9 +134,12 @@ impl Limits {
             ("max_connections", self.max_connections),
             ("max_rooms", self.max_rooms),
         ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
+    }
+
+    /// `(key, value)` of the limits that are set, in file order.
+    pub fn set(&self) -> Vec<(&'static str, u32)> {
+        let set = |(k, v): (_, Option<u32>)| v.map(|v| (k, v));
+        self.each().into_iter().filter_map(set).collect()
     }
 }
 

@@ -582,22 +582,10 @@ fn options_text(grant: &spacer_policy::Grant) -> String {
     text
 }
 
-/// `; max_depth 2, max_rooms 64 (broker default)`: the limits that apply,
-/// marked where the file sets none; or nothing.
+/// `; max_depth 2, max_rooms 64 (broker default)`: the limits that apply
+/// ([`limit_texts`]); or nothing.
 fn limits_text(written: &spacer_policy::Limits, applied: &spacer_policy::Limits) -> String {
-    let set = written.set();
-    let text: Vec<String> = applied
-        .set()
-        .iter()
-        .map(|&(k, v)| {
-            let default = if set.iter().any(|&(w, _)| w == k) {
-                ""
-            } else {
-                " (broker default)"
-            };
-            format!("{k} {v}{default}")
-        })
-        .collect();
+    let text = limit_texts(written, applied, false);
     if text.is_empty() {
         String::new()
     } else {
@@ -633,26 +621,21 @@ fn policy_check(file: &Path) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The limits that apply under a grant, each with where it comes from:
-/// the policy (`max_depth 2`), the broker's default cap (`max_rooms 64
-/// (broker default)`) or none (`requests_per_minute unlimited`).
-fn applied_limits_text(written: &spacer_policy::Limits, applied: &spacer_policy::Limits) -> String {
+/// The limits under a grant, each with where it comes from: the policy
+/// (`max_depth 2`), the broker's default cap (`max_rooms 64 (broker
+/// default)`) or, if `unlimited`, none (`requests_per_minute unlimited`).
+fn limit_texts(
+    written: &spacer_policy::Limits,
+    applied: &spacer_policy::Limits,
+    unlimited: bool,
+) -> Vec<String> {
     let set = written.set();
-    [
-        ("requests_per_minute", applied.requests_per_minute),
-        ("max_subspaces", applied.max_subspaces),
-        ("max_depth", applied.max_depth),
-        ("max_connections", applied.max_connections),
-        ("max_rooms", applied.max_rooms),
-    ]
-    .into_iter()
-    .map(|(key, value)| match value {
-        None => format!("{key} unlimited"),
-        Some(v) if set.iter().any(|&(k, _)| k == key) => format!("{key} {v}"),
-        Some(v) => format!("{key} {v} (broker default)"),
-    })
-    .collect::<Vec<_>>()
-    .join(", ")
+    let text = |(key, value): (&str, Option<u32>)| match value {
+        None => unlimited.then(|| format!("{key} unlimited")),
+        Some(v) if set.iter().any(|&(k, _)| k == key) => Some(format!("{key} {v}")),
+        Some(v) => Some(format!("{key} {v} (broker default)")),
+    };
+    applied.each().into_iter().filter_map(text).collect()
 }
 
 /// The primary and supplementary groups of a login of `uid`, as the broker
@@ -762,7 +745,7 @@ fn policy_explain(file: &Path, uid: u32, gids: &[u32]) -> Result<ExitCode, Failu
     }
     println!(
         "  limits: {}",
-        applied_limits_text(&written_limits, &grant.limits)
+        limit_texts(&written_limits, &grant.limits, true).join(", ")
     );
     if grant.allow.contains(Spaces::USER) {
         println!(
