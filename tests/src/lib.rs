@@ -73,6 +73,14 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Whether the process behind `pidfd` exits within `timeout` (a pidfd
+/// polls readable once its process has exited).
+pub fn exits_within(pidfd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut [PollFd::new(pidfd, PollFlags::POLLIN)], ms), Ok(n) if n > 0)
+}
+
 /// Open fds of a process.
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))

@@ -103,11 +103,21 @@ fn subvert(pidfd: &OwnedFd) -> Channel {
     Channel::from_fd(stolen).unwrap()
 }
 
-/// Answers the next request on a stolen channel with one net "room": `room`.
-fn answer_with(chan: &Channel, room: &OwnedFd) {
+/// The next request on a stolen channel.
+fn next_request(chan: &Channel) -> WorkerRequest {
     let mut buf = vec![0u8; internal::MAX_BYTES];
     let got = chan.recv(&mut buf, 0).unwrap().unwrap();
-    let WorkerRequest::Rooms { id, .. } = internal::decode(&buf[..got.len]).unwrap() else {
+    internal::decode(&buf[..got.len]).unwrap()
+}
+
+/// Whether a subspace worker is gone within 5 s.
+fn ended(pidfd: &OwnedFd) -> bool {
+    exits_within(pidfd.as_fd(), Duration::from_secs(5))
+}
+
+/// Answers the next request on a stolen channel with one net "room": `room`.
+fn answer_with(chan: &Channel, room: &OwnedFd) {
+    let WorkerRequest::Rooms { id, .. } = next_request(chan) else {
         panic!("not a rooms request")
     };
     let reply = WorkerReply::Rooms {
@@ -152,15 +162,7 @@ fn a_subverted_subspace_worker_cannot_relay_a_namespace_that_is_not_its_own() {
             other => panic!("relayed: {other:?}"),
         }
         // The broker ends that subspace: the stopped worker is killed.
-        let mut poll = [nix::poll::PollFd::new(
-            sub.pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        assert_eq!(
-            nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
-            1,
-            "the subverted worker ended"
-        );
+        assert!(ended(&sub.pidfd), "the subverted worker ended");
     }
     let refused: Vec<_> = b
         .decisions()
@@ -187,9 +189,7 @@ fn a_subverted_subspace_worker_cannot_answer_rooms_with_a_subspace_of_its_own() 
     let (conn, sub) = b.client().subspace(Spaces::USER).unwrap();
     let stolen = subvert(&sub.pidfd);
     let asked = std::thread::spawn(move || conn.rooms(Spaces::NET).map(|r| r.net.is_some()));
-    let mut buf = vec![0u8; internal::MAX_BYTES];
-    let got = stolen.recv(&mut buf, 0).unwrap().unwrap();
-    let request: WorkerRequest = internal::decode(&buf[..got.len]).unwrap();
+    let request = next_request(&stolen);
     let (fake, _fake_peer) = Channel::pair().unwrap();
     let me = fd::pidfd_open(std::process::id() as i32).unwrap();
     let user: OwnedFd = std::fs::File::open("/proc/self/ns/user").unwrap().into();
@@ -211,15 +211,8 @@ fn a_subverted_subspace_worker_cannot_answer_rooms_with_a_subspace_of_its_own() 
         }
         other => panic!("answered: {other:?}"),
     }
-    let mut poll = [nix::poll::PollFd::new(
-        sub.pidfd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    assert_eq!(
-        nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
-        1,
-        "the subverted worker ended"
-    );
+    // The broker ends that subspace: the stopped worker is killed.
+    assert!(ended(&sub.pidfd), "the subverted worker ended");
     let opened = b
         .events()
         .into_iter()
@@ -269,24 +262,14 @@ fn a_subverted_subspace_worker_breaking_the_protocol_is_reported_as_such() {
         let (conn, sub) = b.client().subspace(Spaces::USER).unwrap();
         let stolen = subvert(&sub.pidfd);
         let asked = std::thread::spawn(move || conn.rooms(Spaces::NET).map(|r| r.net.is_some()));
-        let mut buf = vec![0u8; internal::MAX_BYTES];
-        let got = stolen.recv(&mut buf, 0).unwrap().unwrap();
-        let request: WorkerRequest = internal::decode(&buf[..got.len]).unwrap();
+        let request = next_request(&stolen);
         stolen.send(&answer(request.id()), &[]).unwrap();
         match asked.join().unwrap() {
             Err(Error::Failed(reason)) => assert_eq!(reason, want),
             other => panic!("answered: {other:?}"),
         }
         // The broker ends that subspace: the stopped worker is killed.
-        let mut poll = [nix::poll::PollFd::new(
-            sub.pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        assert_eq!(
-            nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(5000u16)).unwrap(),
-            1,
-            "the subverted worker ended"
-        );
+        assert!(ended(&sub.pidfd), "the subverted worker ended");
     }
     let mut errors = Vec::new();
     assert!(eventually(Duration::from_secs(5), || {
