@@ -27,22 +27,25 @@ pub enum Made {
         fds: Vec<OwnedFd>,
     },
     /// A subspace.
-    Subspace {
-        /// Whether it has a new user namespace.
-        user: bool,
-        /// Whether it has a new PID namespace.
-        pid: bool,
-        /// Its worker's pid (for logs).
-        worker_pid: i32,
-        /// The broker's end of the worker's channel.
-        worker_chan: OwnedFd,
-        /// The worker's pidfd.
-        pidfd: OwnedFd,
-        /// Its new namespaces, user first.
-        ns: Vec<(NsType, OwnedFd)>,
-        /// Ends the worker unless it comes into service.
-        started: Unserved,
-    },
+    Subspace(NewSubspace),
+}
+
+/// A subspace the spawner started, not yet served.
+pub struct NewSubspace {
+    /// Whether it has a new user namespace.
+    pub user: bool,
+    /// Whether it has a new PID namespace.
+    pub pid: bool,
+    /// Its worker's pid (for logs).
+    pub worker_pid: i32,
+    /// The broker's end of the worker's channel.
+    pub worker_chan: OwnedFd,
+    /// The worker's pidfd.
+    pub pidfd: OwnedFd,
+    /// Its new namespaces, user first.
+    pub ns: Vec<(NsType, OwnedFd)>,
+    /// Ends the worker unless it comes into service.
+    pub started: Unserved,
 }
 
 /// Why a dispatched request made nothing. The texts are the reasons
@@ -187,7 +190,7 @@ fn made(
                 .map(|(_, t)| t)
                 .zip(fds)
                 .collect();
-            Ok(Made::Subspace {
+            Ok(Made::Subspace(NewSubspace {
                 user,
                 pid,
                 worker_pid,
@@ -195,7 +198,7 @@ fn made(
                 pidfd,
                 ns,
                 started,
-            })
+            }))
         }
         (_, WorkerReply::Invalid { reason, .. }, _) => {
             Err(NotMade::WorkerInvalid(reason_from(backend, req.op, reason)))

@@ -11,9 +11,9 @@ use spacer_proto::{fd, Channel, NsType};
 use crate::authorize::Grant;
 use crate::conn::{Backend, Conn};
 use crate::ctx::Ctx;
-use crate::dispatch::Made;
+use crate::dispatch::{Made, NewSubspace};
 use crate::record::AuditRecord;
-use crate::subspace::{self, SubLinkParts, Unserved};
+use crate::subspace::{self, SubLinkParts};
 use crate::usage::RoomId;
 
 /// Why what was made was not handed out (it is closed, and the charge
@@ -48,18 +48,7 @@ pub async fn relay(
         Made::Rooms { types, inodes, fds } => {
             rooms(ctx, conn, grant, (types, inodes, fds), record).await
         }
-        Made::Subspace {
-            user,
-            pid,
-            worker_pid,
-            worker_chan,
-            pidfd,
-            ns,
-            started,
-        } => {
-            let parts = (worker_chan, worker_pid, pidfd, ns);
-            new_subspace(ctx, conn, grant, (user, pid), parts, started, record).await
-        }
+        Made::Subspace(new) => new_subspace(ctx, conn, grant, new, record).await,
     }
 }
 
@@ -113,11 +102,18 @@ async fn new_subspace(
     ctx: &Rc<Ctx>,
     conn: &Conn<'_>,
     grant: Grant<'_>,
-    (user, pid): (bool, bool),
-    (worker_chan, worker_pid, pidfd, ns): (OwnedFd, i32, OwnedFd, Vec<(NsType, OwnedFd)>),
-    started: Unserved,
+    new: NewSubspace,
     record: &mut AuditRecord,
 ) -> Result<bool, NotRelayed> {
+    let NewSubspace {
+        user,
+        pid,
+        worker_pid,
+        worker_chan,
+        pidfd,
+        ns,
+        started,
+    } = new;
     for (t, f) in &ns {
         if let Ok(ino) = fd::namespace_inode(f.as_fd()) {
             record.namespaces.insert(t.name(), ino);
