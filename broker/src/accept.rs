@@ -14,7 +14,8 @@ use crate::achan::AsyncChannel;
 use crate::conn::{self, Backend};
 use crate::ctx::Ctx;
 use crate::peer::PeerInfo;
-use crate::{peer, sys};
+use crate::usage::{RefusalRecord, REFUSAL_INTERVAL};
+use crate::{closer, peer, sys};
 
 /// Accepts every connection waiting on the listening socket, which the
 /// event loop found readable; `global_cap` is the broker's connection cap.
@@ -47,9 +48,12 @@ pub async fn accept_waiting(
 
 /// Identifies a new peer and starts serving it, or refuses it.
 fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
-    let Ok(chan) = Channel::from_fd(fd) else {
+    let Ok(mut chan) = Channel::from_fd(fd) else {
         return;
     };
+    if closer::refuse_fds(&mut chan).is_err() {
+        return;
+    }
     let Ok(cred) = chan.peer_credentials() else {
         return;
     };
@@ -89,7 +93,7 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
         return;
     };
     if let Err(reason) = ctx.counters.open_connection(peer.uid, cap, global_cap) {
-        tracing::info!(target: "spacer::audit", uid = peer.uid, gid = peer.gid, pid = peer.pid, decision = "deny", reason = %reason, "connection refused");
+        record_refusal(ctx, &peer, &reason);
         // Tell the client why (its first request reads this), then close.
         let msg = Response::error(ErrorKind::Denied, reason).encode();
         let _ = chan.get().send(&msg, &[]);
@@ -101,5 +105,32 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
         conn::serve(ctx.clone(), chan, peer, &Backend::Pool).await;
         ctx.counters.close_connection(uid);
         ctx.closed.notify_waiters();
+    });
+}
+
+/// Writes a refused connection's audit record, or counts it into one
+/// written when its uid's interval ends (see `usage::RefusalLog`).
+fn record_refusal(ctx: &Rc<Ctx>, peer: &PeerInfo, reason: &str) {
+    let flush_after = match ctx.counters.connection_refused(peer.uid) {
+        RefusalRecord::Write => {
+            tracing::info!(target: "spacer::audit", uid = peer.uid, gid = peer.gid, pid = peer.pid, decision = "deny", reason = %reason, "connection refused");
+            return;
+        }
+        RefusalRecord::Hold { flush_after: None } => return,
+        RefusalRecord::Hold {
+            flush_after: Some(wait),
+        } => wait,
+    };
+    let (ctx, uid, reason) = (ctx.clone(), peer.uid, reason.to_owned());
+    tokio::task::spawn_local(async move {
+        // Written at once on stop, so that no count is lost.
+        tokio::select! {
+            _ = tokio::time::sleep(flush_after) => {}
+            _ = ctx.stop.notified() => {}
+        }
+        let count = ctx.counters.take_held_refusals(uid);
+        if count > 0 {
+            tracing::info!(target: "spacer::audit", uid, decision = "deny", reason = %reason, count, interval_s = REFUSAL_INTERVAL.as_secs(), "connections refused");
+        }
     });
 }

@@ -16,6 +16,7 @@ mod accept;
 mod achan;
 mod audit;
 mod authorize;
+mod closer;
 mod conn;
 mod ctx;
 mod dispatch;

@@ -9,6 +9,7 @@ use spacer_proto::wire::Response;
 use spacer_proto::{fd, Channel, NsType};
 
 use crate::authorize::Grant;
+use crate::closer;
 use crate::conn::{Backend, Conn};
 use crate::ctx::Ctx;
 use crate::dispatch::{Made, NewSubspace};
@@ -67,6 +68,7 @@ async fn rooms(
     if let Backend::Subspace(link) = conn.backend {
         if let Err(reason) = link.check_rooms(ctx, &fds, &handles) {
             tracing::warn!(target: "spacer::event", event = "subspace_protocol_error", subspace = link.id, reason = %reason, "subspace worker misbehaved; closing it");
+            closer::discard(fds);
             return Err(NotRelayed::Misbehaved(reason));
         }
     }
@@ -86,12 +88,21 @@ async fn rooms(
             record.namespaces.insert(t.name(), ino);
         }
     }
+    let has_mnt = types.contains(&NsType::Mnt);
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
     let delivered = conn
         .respond(ctx, &Response::Rooms { types }, &borrowed)
         .await;
     drop(borrowed);
-    drop(fds);
+    // A mount namespace is torn down in its last close, which is this one
+    // if the client did not take it (or closed it at once): the larger the
+    // caller's mount table, the longer. Closed off the event loop; the
+    // other types are torn down by the kernel in the background.
+    if has_mnt {
+        closer::discard(fds);
+    } else {
+        drop(fds);
+    }
     grant
         .charge
         .rooms_handed_out(if delivered { made } else { Vec::new() });

@@ -21,7 +21,7 @@ use crate::listen::{Listener, Notifier};
 use crate::peer::Names;
 use crate::pool::{self, Pool};
 use crate::startup::handled_signals;
-use crate::{accept, audit, reload, rooms, subids, supervisor, sys, usage, worker_stderr};
+use crate::{accept, audit, closer, reload, rooms, subids, supervisor, sys, usage, worker_stderr};
 
 /// What the event loop serves with, made while the broker was root.
 pub struct Service {
@@ -73,6 +73,9 @@ pub async fn serve(service: Service) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(&e, "cannot read the broker's own user namespace"),
     };
+    if let Err(e) = closer::start() {
+        return fatal(&e, "cannot start the closer thread");
+    }
     announce(&ctx, &listener, started).await;
     notifier.notify("READY=1");
     tokio::task::spawn_local(rooms::sweep(ctx.clone()));
@@ -194,6 +197,7 @@ async fn announce(ctx: &Ctx, listener: &Listener, started: Instant) {
         policy_sha256 = p.digest(),
         workers = %audit::Json(ctx.pool.pids()),
         spawner = %audit::Json(ctx.spawner.pids()),
+        attached_fds = if closer::kernel_refuses() { "refused by the kernel" } else { "closed off the event loop" },
         startup_us = started.elapsed().as_micros() as u64,
         "broker started"
     );

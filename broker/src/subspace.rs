@@ -12,6 +12,7 @@ use spacer_proto::internal::{InternalError, Trust, WorkerReply, WorkerRequest};
 use spacer_proto::{fd, Channel, MessageError};
 
 use crate::achan::AsyncChannel;
+use crate::closer;
 use crate::conn::{self, Backend};
 use crate::ctx::Ctx;
 use crate::peer::PeerInfo;
@@ -217,9 +218,14 @@ pub fn start(
 ) -> std::io::Result<()> {
     let mut broker_end = broker_end;
     broker_end.tell_senders()?;
+    closer::refuse_fds(&mut broker_end)?;
     let conn = AsyncChannel::new(broker_end)?;
+    // The worker runs as the tenant: what it sends that the broker does
+    // not keep is closed off the event loop.
+    let mut worker_chan = Channel::from_fd(parts.worker_chan)?;
+    worker_chan.discard_fds(closer::discard);
     let link = SubLink {
-        chan: AsyncChannel::new(Channel::from_fd(parts.worker_chan)?)?,
+        chan: AsyncChannel::new(worker_chan)?,
         id: parts.id,
         depth: parts.depth,
         pid: parts.pid,

@@ -56,6 +56,7 @@ impl Window {
 struct PerUid {
     rate: Window,
     refusals: Refusals,
+    refused_connections: RefusalLog,
     live_subspaces: u32,
     connections: u32,
     /// Rooms handed out, per room type, by `(id, inode)` (see
@@ -120,6 +121,37 @@ impl Refusals {
                 >= REFUSAL_BURST
         })
     }
+}
+
+/// The audit records of one uid's refused connections: the first
+/// [`REFUSAL_RECORDS`] of each [`REFUSAL_INTERVAL`] are written one by one,
+/// the rest counted and written as one record when the interval ends. A
+/// refused connection costs its peer nothing, so without this one uid
+/// could fill the journal as fast as it can connect.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    since: Option<Instant>,
+    written: u32,
+    held: u32,
+}
+
+/// Refused connections of one uid recorded one by one per interval.
+pub const REFUSAL_RECORDS: u32 = 10;
+/// The interval of [`REFUSAL_RECORDS`].
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to do with a refused connection's audit record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefusalRecord {
+    /// Write it.
+    Write,
+    /// Count it; the first one held in an interval also asks the caller
+    /// to write the count when the interval ends
+    /// ([`Counters::take_held_refusals`], after the returned wait).
+    Hold {
+        /// `Some(wait)` for the first held record of the interval.
+        flush_after: Option<std::time::Duration>,
+    },
 }
 
 /// All counters.
@@ -267,6 +299,50 @@ impl Counters {
             .take(Instant::now())
     }
 
+    /// Whether a refused connection of `uid` gets an audit record of its
+    /// own now (see [`RefusalLog`]).
+    pub fn connection_refused(&self, uid: u32) -> RefusalRecord {
+        let now = Instant::now();
+        let mut map = self.per_uid.borrow_mut();
+        let log = &mut map.entry(uid).or_default().refused_connections;
+        let since = match log.since {
+            Some(t) if now.saturating_duration_since(t) < REFUSAL_INTERVAL => t,
+            _ if log.held > 0 => {
+                // The interval's flush has not run yet: keep holding.
+                log.held += 1;
+                return RefusalRecord::Hold { flush_after: None };
+            }
+            _ => {
+                *log = RefusalLog {
+                    since: Some(now),
+                    written: 0,
+                    held: 0,
+                };
+                now
+            }
+        };
+        if log.written < REFUSAL_RECORDS {
+            log.written += 1;
+            return RefusalRecord::Write;
+        }
+        log.held += 1;
+        RefusalRecord::Hold {
+            flush_after: (log.held == 1)
+                .then(|| (since + REFUSAL_INTERVAL).saturating_duration_since(now)),
+        }
+    }
+
+    /// The refused connections of `uid` held since its last record (to be
+    /// written as one), and a fresh interval.
+    pub fn take_held_refusals(&self, uid: u32) -> u32 {
+        let held = match self.per_uid.borrow_mut().get_mut(&uid) {
+            Some(u) => std::mem::take(&mut u.refused_connections).held,
+            None => 0,
+        };
+        self.tidy(uid);
+        held
+    }
+
     /// Live subspaces in all.
     pub fn total_subspaces(&self) -> u32 {
         *self.total_subspaces.borrow()
@@ -385,6 +461,10 @@ impl Counters {
                 && u.rooms_pending.iter().all(|&p| p == 0)
                 && u.rate.is_empty(now)
                 && u.refusals.is_full(Instant::now())
+                && u.refused_connections.held == 0
+                && u.refused_connections
+                    .since
+                    .is_none_or(|t| t.elapsed() >= REFUSAL_INTERVAL)
         }) {
             map.remove(&uid);
         }
@@ -394,6 +474,33 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_connections_past_the_first_ten_are_held_and_counted() {
+        let c = Counters::new();
+        for _ in 0..REFUSAL_RECORDS {
+            assert_eq!(c.connection_refused(7), RefusalRecord::Write);
+        }
+        let RefusalRecord::Hold {
+            flush_after: Some(wait),
+        } = c.connection_refused(7)
+        else {
+            panic!("the eleventh is held, with a flush")
+        };
+        assert!(wait <= REFUSAL_INTERVAL);
+        for _ in 0..99 {
+            assert_eq!(
+                c.connection_refused(7),
+                RefusalRecord::Hold { flush_after: None }
+            );
+        }
+        // Another uid has its own budget.
+        assert_eq!(c.connection_refused(8), RefusalRecord::Write);
+        assert_eq!(c.take_held_refusals(7), 100);
+        // After the flush: a fresh interval.
+        assert_eq!(c.connection_refused(7), RefusalRecord::Write);
+        assert_eq!(c.take_held_refusals(7), 0);
+    }
 
     #[test]
     fn window_counts_the_last_minute_only() {

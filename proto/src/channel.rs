@@ -117,11 +117,65 @@ pub struct Channel {
     fd: OwnedFd,
     /// Whether every datagram carries its sender ([`Channel::tell_senders`]).
     senders: bool,
+    /// Where fds this channel receives but does not hand out go
+    /// ([`Channel::discard_fds`]); dropped here if `None`.
+    discard: Option<Discard>,
 }
+
+/// Takes fds a receiver does not want and closes them where a blocking
+/// `close(2)` stalls nobody (e.g. on a thread of their own): the last close
+/// of a socket with `SO_LINGER` and unsent data, of a file on a stopped FUSE
+/// server or of a large mount namespace can take seconds.
+pub type Discard = fn(Vec<OwnedFd>);
+
+/// The most fds one `SCM_RIGHTS` message can carry (`SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// `SO_PASSRIGHTS` (Linux 6.16; not in glibc 2.36).
+const SO_PASSRIGHTS: libc::c_int = 83;
 
 impl Channel {
     fn new(fd: OwnedFd) -> Channel {
-        Channel { fd, senders: false }
+        Channel {
+            fd,
+            senders: false,
+            discard: None,
+        }
+    }
+
+    /// Asks the kernel to refuse fds sent to this socket (`SO_PASSRIGHTS`
+    /// off: a sender that attaches any gets `EPERM`, and nothing reaches
+    /// this process). Set on a listening socket, it holds for every socket
+    /// accepted from it. On a kernel without the option (before 6.16) it
+    /// returns `Ok(false)` and the caller falls back to
+    /// [`discard_fds`](Self::discard_fds).
+    pub fn refuse_fds(&self) -> io::Result<bool> {
+        match sys::set_int_sockopt(self.fd.as_fd(), libc::SOL_SOCKET, SO_PASSRIGHTS, 0) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EINVAL)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every fd this channel receives but does not hand out — attached
+    /// where none is wanted, beyond the count, or failing a message's
+    /// check — goes to `discard` instead of being closed by the receiving
+    /// thread. Where no fd is wanted (`max_fds == 0`), the channel then
+    /// also receives with room for a full `SCM_RIGHTS` message: fds the
+    /// kernel discards itself are closed by the receiving thread, fds it
+    /// installs can go elsewhere.
+    pub fn discard_fds(&mut self, discard: Discard) {
+        self.discard = Some(discard);
+    }
+
+    /// Gets rid of received fds this channel does not hand out.
+    fn dispose(&self, fds: Vec<OwnedFd>) {
+        match self.discard {
+            Some(d) if !fds.is_empty() => d(fds),
+            _ => drop(fds),
+        }
     }
 
     /// From now on every received datagram says which process sent it
@@ -250,6 +304,8 @@ impl Channel {
     pub fn recv(&self, buf: &mut [u8], max_fds: usize) -> Result<Option<Received>, RecvError> {
         let mut space = if max_fds > 0 {
             cmsg_space_for(max_fds)
+        } else if self.discard.is_some() {
+            cmsg_space_for(SCM_MAX_FD)
         } else {
             0
         };
@@ -282,7 +338,7 @@ impl Channel {
             // More fds than fit (or than the fd limit allows): the kernel
             // installed what fit, and nix does not parse a truncated control
             // buffer, so read the headers here and close those fds.
-            drop(sys::adopt_received(&fds_in(&cmsg_buf)));
+            self.dispose(sys::adopt_received(&fds_in(&cmsg_buf)));
             return Err(if max_fds == 0 {
                 RecvError::UnexpectedFds
             } else {
@@ -313,11 +369,15 @@ impl Channel {
             pidfd,
         });
         if fds.len() > max_fds {
-            drop(fds);
-            return Err(RecvError::TooManyFds { max: max_fds });
+            self.dispose(fds);
+            return Err(if max_fds == 0 {
+                RecvError::UnexpectedFds
+            } else {
+                RecvError::TooManyFds { max: max_fds }
+            });
         }
         if flags.contains(MsgFlags::MSG_TRUNC) {
-            drop(fds);
+            self.dispose(fds);
             return Err(RecvError::Truncated { max: buf.len() });
         }
         if len == 0 && fds.is_empty() && self.peer_closed() {
@@ -343,9 +403,15 @@ impl Channel {
     ) -> Result<Option<(T, Vec<OwnedFd>)>, MessageError> {
         match self.recv(buf, T::MAX_FDS) {
             Ok(Some(got)) => {
-                let out = T::take(&buf[..got.len], got.fds, trust);
+                let out = T::check(&buf[..got.len], &got.fds, trust);
                 buf[..got.len].fill(0);
-                out.map(Some).map_err(MessageError::from)
+                match out {
+                    Ok(msg) => Ok(Some((msg, got.fds))),
+                    Err(e) => {
+                        self.dispose(got.fds);
+                        Err(e.into())
+                    }
+                }
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e.into()),

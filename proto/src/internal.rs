@@ -275,11 +275,18 @@ pub trait Message: Serialize + DeserializeOwned {
         fds: Vec<OwnedFd>,
         trust: Trust,
     ) -> Result<(Self, Vec<OwnedFd>), InternalError> {
+        Self::check(bytes, &fds, trust).map(|msg| (msg, fds))
+    }
+
+    /// [`Message::take`] without taking the fds: on an error the caller
+    /// disposes of them (e.g. off its event loop, see
+    /// [`crate::Channel::discard_fds`]).
+    fn check(bytes: &[u8], fds: &[OwnedFd], trust: Trust) -> Result<Self, InternalError> {
         let msg: Self = decode(bytes)?;
-        if !msg.fds_match(&fds, trust) {
+        if !msg.fds_match(fds, trust) {
             return Err(InternalError::FdMismatch);
         }
-        Ok((msg, fds))
+        Ok(msg)
     }
 }
 

@@ -203,15 +203,24 @@ const SO_PASSPIDFD: libc::c_int = 76;
 /// Turns `SO_PASSPIDFD` on: every datagram then carries a pidfd of its
 /// sender (`SCM_PIDFD`).
 pub(crate) fn set_pass_pidfd(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let on: libc::c_int = 1;
+    set_int_sockopt(fd, libc::SOL_SOCKET, SO_PASSPIDFD, 1)
+}
+
+/// `setsockopt(2)` of an `int` option, for the options nix does not name.
+pub(crate) fn set_int_sockopt(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the option value points to a live local int and its size is
     // passed with it; `fd` is a live borrowed socket.
     let ret = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSPIDFD,
-            (&on as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

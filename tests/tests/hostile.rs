@@ -278,17 +278,38 @@ fn oversized_datagram_is_refused_and_the_connection_closed() {
     still_serving_without_leaks(&b, &base);
 }
 
-#[test]
-fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
-    let b = Broker::start(TEST_POLICY);
+/// Sends `req` with `fds` attached: the kernel refuses them to the sender
+/// (`EPERM`: the broker's client sockets have `SO_PASSRIGHTS` off), or,
+/// where it cannot (a kernel before 6.16, or the fallback forced), the
+/// broker answers that fds came with the request.
+fn attached_fds_are_refused(chan: &Channel, req: &[u8], fds: &[BorrowedFd<'_>], fallback: bool) {
+    match chan.send(req, fds) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !fallback => {}
+        Err(e) => panic!("send: {e}"),
+        Ok(()) => assert_eq!(invalid_reason(reply(chan)), "fds attached to a request"),
+    }
+}
+
+/// A broker that refuses fds by the kernel where it can, or (`fallback`)
+/// always by taking them in and closing them off its event loop.
+fn broker_refusing_fds(fallback: bool) -> Broker {
+    let wrapper: &[&str] = if fallback {
+        &["env", "SPACER_TEST_FD_FALLBACK=1"]
+    } else {
+        &[]
+    };
+    Broker::start_wrapped(TEST_POLICY, &[], wrapper)
+}
+
+fn request_carrying_fds_is_refused(fallback: bool) {
+    let b = broker_refusing_fds(fallback);
     let base = baseline(&b);
     let chan = Channel::connect(&b.socket).unwrap();
     let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
     let req = Request::rooms(Spaces::UTS.bits()).encode();
     for n in [1, 250] {
         let many: Vec<BorrowedFd<'_>> = (0..n).map(|_| null.as_fd()).collect();
-        chan.send(&req, &many).unwrap();
-        assert_eq!(invalid_reason(reply(&chan)), "fds attached to a request");
+        attached_fds_are_refused(&chan, &req, &many, fallback);
     }
     // Many 253-fd messages, from several connections.
     let conns: Vec<Channel> = (0..4)
@@ -297,15 +318,13 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
     let many: Vec<BorrowedFd<'_>> = (0..253).map(|_| null.as_fd()).collect();
     for _ in 0..25 {
         for c in &conns {
-            c.send(&req, &many).unwrap();
-            assert_eq!(invalid_reason(reply(c)), "fds attached to a request");
+            attached_fds_are_refused(c, &req, &many, fallback);
         }
     }
     // Fds attached come first, even on a datagram too large: answered so,
     // and the connection kept.
     let big = vec![0x80; spacer_proto::wire::MAX_REQUEST_BYTES + 1];
-    chan.send(&big, &[null.as_fd()]).unwrap();
-    assert_eq!(invalid_reason(reply(&chan)), "fds attached to a request");
+    attached_fds_are_refused(&chan, &big, &[null.as_fd()], fallback);
     // The connection is still usable.
     chan.send(&req, &[]).unwrap();
     assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));
@@ -314,10 +333,20 @@ fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
 }
 
 #[test]
-fn fds_attached_on_a_subspace_conn_are_refused_and_closed_at_once() {
-    // There the broker takes each sender's credentials and pidfd, so the
-    // kernel installs attached fds in it: they must close at once.
-    let b = Broker::start(TEST_POLICY);
+fn request_carrying_fds_is_refused_and_they_never_reach_the_broker() {
+    request_carrying_fds_is_refused(false);
+}
+
+#[test]
+fn without_so_passrights_request_carrying_fds_is_refused_and_they_are_closed() {
+    request_carrying_fds_is_refused(true);
+}
+
+fn fds_attached_on_a_subspace_conn_are_refused(fallback: bool) {
+    // There the broker takes each sender's credentials and pidfd, so
+    // without SO_PASSRIGHTS the kernel installs attached fds in it: they
+    // must be closed (off the event loop).
+    let b = broker_refusing_fds(fallback);
     let base = baseline(&b);
     let (sub, _ns) = b.client().subspace(Spaces::USER).unwrap();
     let chan = Channel::from_fd(sub.as_fd().try_clone_to_owned().unwrap()).unwrap();
@@ -326,12 +355,7 @@ fn fds_attached_on_a_subspace_conn_are_refused_and_closed_at_once() {
     for n in [1, 2, 3, 253] {
         let many: Vec<BorrowedFd<'_>> = (0..n).map(|_| null.as_fd()).collect();
         for _ in 0..20 {
-            chan.send(&req, &many).unwrap();
-            assert_eq!(
-                invalid_reason(reply(&chan)),
-                "fds attached to a request",
-                "{n} fds"
-            );
+            attached_fds_are_refused(&chan, &req, &many, fallback);
         }
     }
     // Still usable, and served by the subspace's worker.
@@ -339,6 +363,16 @@ fn fds_attached_on_a_subspace_conn_are_refused_and_closed_at_once() {
     assert!(matches!(reply(&chan), Some(Reply::Rooms(_))));
     drop((chan, sub));
     still_serving_without_leaks(&b, &base);
+}
+
+#[test]
+fn fds_attached_on_a_subspace_conn_are_refused_and_closed_at_once() {
+    fds_attached_on_a_subspace_conn_are_refused(false);
+}
+
+#[test]
+fn without_so_passrights_fds_attached_on_a_subspace_conn_are_closed_at_once() {
+    fds_attached_on_a_subspace_conn_are_refused(true);
 }
 
 #[test]
