@@ -83,16 +83,16 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
         pidfd,
         comm,
         user: Some(ctx.names.of(cred.uid)),
+        tenant: ctx.tenants.tenant_of(cred.uid, cred.gid),
     });
-    let cap = ctx.policy.borrow().connection_limit(&spacer_policy::Peer {
-        uid: peer.uid,
-        gid: peer.gid,
-        groups: &peer.groups,
-    });
+    let cap = ctx.policy.borrow().connection_limit(&peer.policy_peer());
     let Ok(chan) = AsyncChannel::new(chan) else {
         return;
     };
-    if let Err(reason) = ctx.counters.open_connection(peer.uid, cap, global_cap) {
+    if let Err(reason) = ctx
+        .counters
+        .open_connection(peer.account(), cap, global_cap)
+    {
         record_refusal(ctx, &peer, &reason);
         // Tell the client why (its first request reads this), then close.
         let msg = Response::error(ErrorKind::Denied, reason).encode();
@@ -101,9 +101,9 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
     }
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let uid = peer.uid;
+        let account = peer.account();
         conn::serve(ctx.clone(), chan, peer, &Backend::Pool).await;
-        ctx.counters.close_connection(uid);
+        ctx.counters.close_connection(account);
         ctx.closed.notify_waiters();
     });
 }
@@ -111,9 +111,9 @@ fn accept(ctx: &Rc<Ctx>, fd: OwnedFd, global_cap: u32) {
 /// Writes a refused connection's audit record, or counts it into one
 /// written when its uid's interval ends (see `usage::RefusalLog`).
 fn record_refusal(ctx: &Rc<Ctx>, peer: &PeerInfo, reason: &str) {
-    let flush_after = match ctx.counters.connection_refused(peer.uid) {
+    let flush_after = match ctx.counters.connection_refused(peer.account()) {
         RefusalRecord::Write => {
-            tracing::info!(target: "spacer::audit", uid = peer.uid, gid = peer.gid, pid = peer.pid, decision = "deny", reason = %reason, "connection refused");
+            tracing::info!(target: "spacer::audit", uid = peer.uid, gid = peer.gid, pid = peer.pid, tenant = peer.tenant.as_ref().map(|t| t.uid), decision = "deny", reason = %reason, "connection refused");
             return;
         }
         RefusalRecord::Hold { flush_after: None } => return,
@@ -121,7 +121,8 @@ fn record_refusal(ctx: &Rc<Ctx>, peer: &PeerInfo, reason: &str) {
             flush_after: Some(wait),
         } => wait,
     };
-    let (ctx, uid, reason) = (ctx.clone(), peer.uid, reason.to_owned());
+    // Counted per account: a tenant's subordinate ids share one budget.
+    let (ctx, uid, reason) = (ctx.clone(), peer.account(), reason.to_owned());
     tokio::task::spawn_local(async move {
         // Written at once on stop, so that no count is lost.
         tokio::select! {

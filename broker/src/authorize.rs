@@ -3,7 +3,7 @@
 //! — with no `.await` between the decision and the charge, so two requests
 //! at limit − 1 cannot both pass, and a refused request is never charged.
 
-use spacer_policy::{Decision, Op, Peer, Policy, RuleRef};
+use spacer_policy::{Decision, Op, Policy, RuleRef};
 use spacer_proto::wire::ErrorKind;
 use spacer_proto::{IdMaps, MapChoice, Spaces};
 
@@ -41,8 +41,8 @@ pub enum Refused {
     #[error("looking up subordinate ids failed")]
     SubidLookup,
     /// The broker's own cap on live subspaces.
-    #[error("the broker's subspace limit {0} is reached")]
-    SubspaceCap(u32),
+    #[error("{0}")]
+    SubspaceCap(String),
     /// Nothing is granted that the audit log cannot record.
     #[error("service unavailable: the audit log cannot be written")]
     AuditUnavailable,
@@ -74,22 +74,18 @@ pub async fn authorize<'c>(
     }
     // One snapshot of the policy for the whole request.
     let policy = ctx.policy.borrow().clone();
-    let who = Peer {
-        uid: peer.uid,
-        gid: peer.gid,
-        groups: &peer.groups,
-    };
+    let who = peer.policy_peer();
     // At its live-room cap, a uid's rooms are checked first: those that are
     // gone no longer count.
     if req.op == Op::Rooms {
         if let Some(max) = policy.matching(&who).1.limits.max_rooms {
-            let usage = ctx.counters.usage(peer.uid, depth);
+            let usage = ctx.counters.usage(peer.account(), depth);
             for t in req
                 .spaces
                 .types()
                 .filter(|&t| usage.live_rooms_of(t) >= max)
             {
-                rooms::forget_gone(ctx, peer.uid, t).await;
+                rooms::forget_gone(ctx, peer.account(), t).await;
             }
         }
     }
@@ -99,7 +95,7 @@ pub async fn authorize<'c>(
         record.gid_map = Some(IdMaps::summary(&m.gid));
     }
     // The last await was above: from here to the charge, nothing else runs.
-    let usage = ctx.counters.usage(peer.uid, depth);
+    let usage = ctx.counters.usage(peer.account(), depth);
     let decision = policy.decide(&who, req.op, req.spaces, &req.options.used(), &usage);
     match decision {
         Decision::Allow { rule } => note_rule(record, &rule),
@@ -108,8 +104,10 @@ pub async fn authorize<'c>(
             return Err(Refused::Policy(reason));
         }
     }
-    if req.op == Op::Subspace && ctx.counters.total_subspaces() >= ctx.max_subspaces {
-        return Err(Refused::SubspaceCap(ctx.max_subspaces));
+    if req.op == Op::Subspace {
+        ctx.counters
+            .subspace_slot(peer.account(), ctx.max_subspaces)
+            .map_err(Refused::SubspaceCap)?;
     }
     if !ctx.audit.ok() {
         return Err(Refused::AuditUnavailable);
@@ -118,7 +116,9 @@ pub async fn authorize<'c>(
         Op::Rooms => req.spaces,
         Op::Subspace => Spaces::empty(),
     };
-    let charge = ctx.counters.charge(peer.uid, req.op == Op::Subspace, rooms);
+    let charge = ctx
+        .counters
+        .charge(peer.account(), req.op == Op::Subspace, rooms);
     Ok(Grant { charge, maps })
 }
 
@@ -140,11 +140,7 @@ async fn subordinate_maps(
     req: &Valid,
     record: &mut AuditRecord,
 ) -> Result<Option<IdMaps>, Refused> {
-    let who = Peer {
-        uid: peer.uid,
-        gid: peer.gid,
-        groups: &peer.groups,
-    };
+    let who = peer.policy_peer();
     match req.map {
         MapChoice::Root => return Ok(None),
         MapChoice::Current => {
@@ -152,7 +148,7 @@ async fn subordinate_maps(
         }
         MapChoice::Auto => {}
     }
-    let usage = ctx.counters.usage(peer.uid, depth);
+    let usage = ctx.counters.usage(peer.account(), depth);
     let early = match policy.decide(&who, req.op, req.spaces, &[], &usage) {
         Decision::Deny { rule, reason } => Some((rule, reason)),
         Decision::Allow { rule } => match policy.check_subids(&who) {

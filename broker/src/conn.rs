@@ -78,7 +78,7 @@ impl Conn<'_> {
         reason: String,
     ) -> bool {
         if matches!(kind, ErrorKind::Denied | ErrorKind::Invalid) {
-            refusal_pause(ctx, self.peer.uid).await;
+            refusal_pause(ctx, self.peer.account()).await;
         }
         let delivered = self
             .respond(ctx, &Response::error(kind, reason.clone()), &[])

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::peer::Names;
 use crate::pool::Pool;
+use crate::tenants::Tenants;
 use crate::usage::Counters;
 use crate::{audit, subids};
 
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub max_subspaces: u32,
     /// Where the subordinate id files are.
     pub subids: subids::Files,
+    /// Whose subordinate ids are whose, for charging peers.
+    pub tenants: Rc<Tenants>,
     /// Set on shutdown.
     pub stopping: Cell<bool>,
     /// Wakes connections on shutdown.

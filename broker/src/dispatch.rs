@@ -135,11 +135,11 @@ pub async fn dispatch(
     let (reply, fds, started) = match (req.op, conn.backend) {
         (Op::Subspace, _) => {
             let fds: Vec<BorrowedFd<'_>> = parent.into_iter().chain(caller).collect();
-            ctx.spawner.call(peer.uid, request, &fds).await?
+            ctx.spawner.call(peer.account(), request, &fds).await?
         }
         (Op::Rooms, Backend::Pool) => {
             let fds: Vec<BorrowedFd<'_>> = caller.into_iter().collect();
-            ctx.pool.call(peer.uid, request, &fds).await?
+            ctx.pool.call(peer.account(), request, &fds).await?
         }
         (Op::Rooms, Backend::Subspace(link)) => {
             let (reply, fds) = link.call(request, ctx.pool.timeout()).await?;
@@ -147,7 +147,7 @@ pub async fn dispatch(
         }
     };
     let started = started.map(|mut s| {
-        s.uid = peer.uid;
+        s.uid = peer.account();
         s
     });
     made(reply, fds, started, req, conn.backend)

@@ -39,6 +39,7 @@ mod subspace;
 mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
+mod tenants;
 mod usage;
 mod worker_stderr;
 

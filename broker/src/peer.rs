@@ -6,9 +6,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::tenants::Tenant;
 
 /// A peer, as the kernel identified it when it connected.
 #[derive(Debug)]
@@ -28,9 +31,37 @@ pub struct PeerInfo {
     pub comm: Option<String>,
     /// The uid's user name, being looked up (`None` in unit tests).
     pub user: Option<Rc<UserName>>,
+    /// The owner, if the peer's uid (or gid) is a subordinate id of
+    /// someone's ([`crate::tenants`]): fixed at accept for the life of the
+    /// connection and of the subspaces made through it.
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 impl PeerInfo {
+    /// The uid every count of this peer is charged to: its tenant's, if it
+    /// is a subordinate peer, else its own.
+    pub fn account(&self) -> u32 {
+        self.tenant.as_ref().map_or(self.uid, |t| t.uid)
+    }
+
+    /// Who the policy decides for: a subordinate peer is decided as its
+    /// tenant (its rule, its caps, shared with all its ids), every other
+    /// peer as itself.
+    pub fn policy_peer(&self) -> spacer_policy::Peer<'_> {
+        match &self.tenant {
+            Some(t) => spacer_policy::Peer {
+                uid: t.uid,
+                gid: t.gid,
+                groups: &t.groups,
+            },
+            None => spacer_policy::Peer {
+                uid: self.uid,
+                gid: self.gid,
+                groups: &self.groups,
+            },
+        }
+    }
+
     /// Whether the connecting process still runs. Without a pidfd (older
     /// kernels) this cannot be known and is assumed.
     pub fn alive(&self) -> bool {

@@ -86,6 +86,16 @@ pub struct SubspaceRef {
     pub depth: u32,
 }
 
+/// A subordinate peer's owner, as the audit log names it.
+#[derive(Debug, Serialize)]
+pub struct TenantRef {
+    /// The owner's uid.
+    pub uid: u32,
+    /// Its user name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
 /// The audit record of one request. Field names are a stable schema (see
 /// the README).
 #[derive(Debug, Serialize)]
@@ -109,6 +119,10 @@ pub struct Decision {
     /// pidfd; absent when it could not be shown to be that process's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// For a peer whose uid (or gid) is a subordinate id: the owner it is
+    /// decided as and charged to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantRef>,
     /// `rooms`, `subspace`, or `unknown` for an undecodable request.
     pub request: RequestKind,
     /// Requested namespace types, by name.
@@ -220,6 +234,10 @@ impl AuditRecord {
                 pidfd: peer.pidfd.is_some(),
                 user: peer.user.as_ref().and_then(|u| u.known()),
                 comm: peer.comm.clone(),
+                tenant: peer.tenant.as_ref().map(|t| TenantRef {
+                    uid: t.uid,
+                    user: t.name.clone(),
+                }),
                 request: RequestKind::Unknown,
                 spaces: Vec::new(),
                 decision: Verdict::Error,
@@ -312,6 +330,7 @@ mod tests {
             pidfd: None,
             comm: Some("tool \"x\"\n".into()),
             user: None,
+            tenant: None,
         }
     }
 

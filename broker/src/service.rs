@@ -21,6 +21,7 @@ use crate::listen::{Listener, Notifier};
 use crate::peer::Names;
 use crate::pool::{self, Pool};
 use crate::startup::handled_signals;
+use crate::tenants::Tenants;
 use crate::{accept, audit, closer, reload, rooms, subids, supervisor, sys, usage, worker_stderr};
 
 /// What the event loop serves with, made while the broker was root.
@@ -153,6 +154,10 @@ fn context(
     let spawner = new_pool(WorkerKind::Subspaces, 1);
     tokio::task::spawn_local(pool.clone().manage());
     tokio::task::spawn_local(spawner.clone().manage());
+    let subids = subids::Files {
+        subuid: args.subuid.clone(),
+        subgid: args.subgid.clone(),
+    };
     let host_user_ns =
         std::fs::File::open("/proc/self/ns/user").and_then(|f| fd::namespace_inode(f.as_fd()))?;
     Ok(Rc::new(Ctx {
@@ -169,10 +174,8 @@ fn context(
         },
         next_subspace: Cell::new(1),
         max_subspaces: args.max_subspaces,
-        subids: subids::Files {
-            subuid: args.subuid.clone(),
-            subgid: args.subgid.clone(),
-        },
+        subids: subids.clone(),
+        tenants: Rc::new(Tenants::new(subids)),
         stopping: Cell::new(false),
         stop: tokio::sync::Notify::new(),
         closed: tokio::sync::Notify::new(),

@@ -235,17 +235,17 @@ pub fn start(
         seen: RefCell::new(Seen::default()),
     };
     let (id, depth, pid) = (link.id, link.depth, link.pid);
-    tracing::info!(target: "spacer::event", event = "subspace_opened", subspace = id, depth, pid, uid = peer.uid, "subspace opened");
+    tracing::info!(target: "spacer::event", event = "subspace_opened", subspace = id, depth, pid, uid = peer.uid, tenant = peer.tenant.as_ref().map(|t| t.uid), "subspace opened");
     let ctx = ctx.clone();
     let peer = peer.clone();
     tokio::task::spawn_local(async move {
-        let uid = peer.uid;
+        let (uid, account) = (peer.uid, peer.account());
         let backend = Backend::Subspace(link);
         conn::serve(ctx.clone(), conn, peer, &backend).await;
         if let Backend::Subspace(link) = backend {
-            end(&ctx, uid, link).await;
+            end(&ctx, account, link).await;
         }
-        ctx.counters.subspace_closed(uid);
+        ctx.counters.subspace_closed(account);
         tracing::info!(target: "spacer::event", event = "subspace_closed", subspace = id, pid, uid, "subspace closed");
     });
     Ok(())

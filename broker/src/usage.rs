@@ -154,6 +154,18 @@ pub enum RefusalRecord {
     },
 }
 
+/// How many of a broker-wide cap's slots are kept for uids (accounts)
+/// holding none: a sixteenth, at least one (none for a cap below 2). So
+/// however many ids one tenant has, and whatever its own caps, it cannot
+/// take the slots a new tenant needs for its first connection or subspace.
+pub fn reserve_of(cap: u32) -> u32 {
+    if cap < 2 {
+        0
+    } else {
+        (cap / 16).max(1)
+    }
+}
+
 /// All counters.
 #[derive(Debug)]
 pub struct Counters {
@@ -344,8 +356,31 @@ impl Counters {
     }
 
     /// Live subspaces in all.
-    pub fn total_subspaces(&self) -> u32 {
+    #[cfg(test)]
+    fn total_subspaces(&self) -> u32 {
         *self.total_subspaces.borrow()
+    }
+
+    /// Whether `uid` may start one more subspace under the broker's cap
+    /// `max` on live subspaces in all; the reason otherwise. The last
+    /// [`reserve_of`] slots are kept for uids with none live.
+    pub fn subspace_slot(&self, uid: u32, max: u32) -> Result<(), String> {
+        let total = *self.total_subspaces.borrow();
+        if total >= max {
+            return Err(format!("the broker's subspace limit {max} is reached"));
+        }
+        let reserve = reserve_of(max);
+        let live = self
+            .per_uid
+            .borrow()
+            .get(&uid)
+            .map_or(0, |u| u.live_subspaces);
+        if live > 0 && total >= max - reserve {
+            return Err(format!(
+                "the broker's subspace limit {max} is nearly reached (the last {reserve} are kept for uids with none live)"
+            ));
+        }
+        Ok(())
     }
 
     /// Charges an allowed request (and, for a subspace, one live subspace;
@@ -422,6 +457,12 @@ impl Counters {
         }
         let mut map = self.per_uid.borrow_mut();
         let u = map.entry(uid).or_default();
+        let reserve = reserve_of(global_cap);
+        if u.connections > 0 && *total >= global_cap - reserve {
+            return Err(format!(
+                "the broker's connection limit {global_cap} is nearly reached (the last {reserve} are kept for uids with none open)"
+            ));
+        }
         if let Some(cap) = per_uid_cap {
             if u.connections >= cap {
                 return Err(format!("max_connections {cap} reached"));
@@ -603,5 +644,36 @@ mod tests {
         assert!(c.open_connection(3, None, 3).is_err());
         c.close_connection(1);
         assert!(c.open_connection(1, Some(2), 10).is_ok());
+    }
+
+    #[test]
+    fn the_last_slots_of_the_broker_are_kept_for_uids_with_none() {
+        // 32 in all, 2 kept: one uid with no cap of its own takes 30.
+        let c = Counters::new();
+        for _ in 0..30 {
+            assert!(c.open_connection(1, None, 32).is_ok());
+        }
+        let refused = c.open_connection(1, None, 32).unwrap_err();
+        assert!(refused.contains("nearly reached"), "{refused}");
+        // Two newcomers get their first connection, not a second.
+        assert!(c.open_connection(2, None, 32).is_ok());
+        assert!(c.open_connection(2, None, 32).is_err());
+        assert!(c.open_connection(3, None, 32).is_ok());
+        assert!(c
+            .open_connection(4, None, 32)
+            .unwrap_err()
+            .ends_with("is reached"));
+        // The same for subspaces.
+        for _ in 0..15 {
+            assert!(c.subspace_slot(1, 16).is_ok());
+            c.charge(1, true, Spaces::empty()).into_subspace();
+        }
+        assert!(c
+            .subspace_slot(1, 16)
+            .unwrap_err()
+            .contains("nearly reached"));
+        assert!(c.subspace_slot(2, 16).is_ok());
+        assert_eq!(reserve_of(1), 0);
+        assert_eq!(reserve_of(4096), 256);
     }
 }

@@ -30,6 +30,7 @@
 mod diag;
 mod model;
 mod parse;
+pub mod subids;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

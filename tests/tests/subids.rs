@@ -359,3 +359,162 @@ fn a_real_oci_runtime_runs_a_container_inside_where_the_tenant_may_not_make_user
         .is_empty()));
     b.assert_fds_back_to(&base);
 }
+
+/// Subordinate peers: uids 1..=6 inside a `--map-auto` subspace of the
+/// tenant's are host uids 200000..=200005, its subordinate ids.
+const OWN: &str = "4343:200000:65536\n";
+
+/// Runs `spacer-probe as-ids 6 N SECS` inside a `--map-auto` subspace of
+/// the tenant's: six of its subordinate uids, each holding N connections
+/// to the host broker's socket for SECS; returns every outcome.
+fn six_subordinate_uids(b: &Broker, n: usize, secs: f64) -> Vec<String> {
+    let probe = b.copy_bin("spacer-probe");
+    let out = restricted(
+        b,
+        &[
+            "run",
+            "--user",
+            "--map-auto",
+            "--",
+            probe.to_str().unwrap(),
+            "as-ids",
+            "6",
+            &n.to_string(),
+            &secs.to_string(),
+        ],
+    );
+    let (lines, err) = words_of_success(b, &out);
+    let text: String = lines
+        .iter()
+        .map(|l| l.join(" "))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{err}"));
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// How many outcomes are `ok` (`what` = "ok"), or a refusal containing
+/// `what`.
+fn count(outcomes: &[String], what: &str) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| {
+            if what == "ok" {
+                *o == "ok"
+            } else {
+                o.contains(what)
+            }
+        })
+        .count()
+}
+
+#[test]
+fn a_tenants_subordinate_uids_share_its_connection_cap_and_are_audited_as_the_tenant() {
+    let files = SubidFiles::new(OWN, OWN);
+    let args = files.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Broker::start_with(
+        &format!(
+            "[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"uts\"]\nsubids = true\nmax_connections = 20\n"
+        ),
+        &args,
+    );
+    let base = b.fd_counts();
+    // Held for 2 s, so that all six hold theirs at once.
+    let outcomes = six_subordinate_uids(&b, 10, 2.0);
+    let ok = count(&outcomes, "ok");
+    let capped = count(&outcomes, "max_connections 20 reached");
+    eprintln!("60 connections from 6 subordinate uids: {ok} served, {capped} refused");
+    // Exactly the tenant's cap across its ids (`spacer run` keeps no
+    // connection of its own open: it talks through the subspace's conn).
+    assert_eq!(ok, 20, "{outcomes:?}");
+    assert_eq!(ok + capped, 60, "{outcomes:?}");
+    // Each served request is audited with the uid the kernel reported and
+    // the tenant it was decided as and charged to.
+    let sub: Vec<_> = b
+        .decisions()
+        .into_iter()
+        .filter(|d| (200_000..=200_005).contains(&d["uid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(sub.len(), ok, "{sub:?}");
+    assert!(
+        sub.iter()
+            .all(|d| d["tenant"]["uid"] == TENANT && d["decision"] == "allow" && d["rule"] == 1),
+        "{sub:?}"
+    );
+    let refusals: Vec<_> = b
+        .events()
+        .into_iter()
+        .filter(|e| e["message"] == "connection refused")
+        .collect();
+    assert!(
+        refusals.iter().all(|e| e["tenant"] == TENANT),
+        "{refusals:?}"
+    );
+    b.assert_fds_back_to(&base);
+}
+
+#[test]
+fn a_flood_from_one_tenants_subordinate_uids_leaves_another_tenant_served() {
+    // The broker's own cap is the only one in reach (the rule allows 1,000
+    // per uid); its last slot is kept for uids with none open.
+    let files = SubidFiles::new(OWN, OWN);
+    let mut args: Vec<String> = files.args().into();
+    args.extend(["--max-connections".into(), "24".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Broker::start_with(
+        &format!(
+            "[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"uts\"]\nsubids = true\nmax_connections = 1000\n[[rule]]\nuid = {STRANGER}\nallow = [\"uts\"]\n"
+        ),
+        &args,
+    );
+    let base = b.fd_counts();
+    let held = {
+        let b = &b;
+        std::thread::scope(|s| {
+            let flood = s.spawn(|| six_subordinate_uids(b, 10, 3.0));
+            // While the six hold what they got, another tenant connects.
+            std::thread::sleep(Duration::from_millis(1500));
+            let other = b.probe_as(STRANGER, STRANGER, &["conns", "1"]);
+            assert_eq!(
+                other["outcomes"][0], "ok",
+                "another tenant refused: {other}"
+            );
+            flood.join().unwrap()
+        })
+    };
+    let ok = count(&held, "ok");
+    eprintln!("60 connections from 6 subordinate uids with 24 in all: {ok} served");
+    assert!(ok <= 23, "{held:?}");
+    assert_eq!(count(&held, "nearly reached") + ok, 60, "{held:?}");
+    b.assert_fds_back_to(&base);
+}
+
+#[test]
+fn a_tenants_request_rate_holds_across_its_subordinate_uids() {
+    let files = SubidFiles::new(OWN, OWN);
+    let args = files.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Broker::start_with(
+        &format!(
+            "[[rule]]\nuid = {TENANT}\nallow = [\"user\", \"uts\"]\nsubids = true\nrequests_per_minute = 8\n"
+        ),
+        &args,
+    );
+    let base = b.fd_counts();
+    let outcomes = six_subordinate_uids(&b, 2, 0.0);
+    // The subspace of `spacer run` was the tenant's first request.
+    assert_eq!(count(&outcomes, "ok"), 7, "{outcomes:?}");
+    assert_eq!(
+        count(&outcomes, "requests_per_minute 8 reached"),
+        5,
+        "{outcomes:?}"
+    );
+    b.assert_fds_back_to(&base);
+}

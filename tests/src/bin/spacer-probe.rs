@@ -8,6 +8,12 @@
 //! `spacer-probe close`: a subspace, then its connection closed; waits for
 //! its worker to end.
 //! `spacer-probe many N`: N subspaces made and closed one after another.
+//! `spacer-probe conns-hold N SECS`: N connections to `$SPACER_SOCKET`
+//! (never a subspace's `SPACER_FD`) held at once for SECS seconds, one uts
+//! request on each; prints each outcome.
+//! `spacer-probe as-ids K N SECS` (as root of a user namespace that maps
+//! ids 1..=K): `conns-hold N SECS` as each uid and gid 1..=K at once;
+//! prints every outcome together.
 //! `spacer-probe conns N`: N connections held open at once, one uts request
 //! on each; prints each outcome.
 //! `spacer-probe subspaces N`: N subspaces held open at once; then one
@@ -434,6 +440,53 @@ fn main() {
                 assert!(exited(sub.pidfd.as_fd(), Duration::from_secs(5)));
             }
             json!({"made": n})
+        }
+        Some("conns-hold") => {
+            // To the socket itself (never a subspace's SPACER_FD): N
+            // connections held at once for SECS, one uts request on each.
+            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+            let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            let t0 = std::time::Instant::now();
+            let path = std::env::var_os("SPACER_SOCKET").expect("SPACER_SOCKET");
+            let conns: Vec<_> = (0..n)
+                .map(|_| Client::connect(std::path::Path::new(&path)).expect("connect"))
+                .collect();
+            let outcomes: Vec<String> = conns
+                .iter()
+                .map(|c| outcome(c.rooms(Spaces::UTS).map(drop)))
+                .collect();
+            std::thread::sleep(Duration::from_secs_f64(secs).saturating_sub(t0.elapsed()));
+            drop(conns);
+            json!({"uid": nix::unistd::getuid().as_raw(), "outcomes": outcomes})
+        }
+        Some("as-ids") => {
+            // Run as root of a user namespace with more ids mapped: one
+            // `conns-hold N SECS` as each of the uids (and gids) 1..=K at
+            // once; every outcome together.
+            let k: u32 = args.get(1).and_then(|s| s.parse().ok()).expect("K");
+            let exe = std::env::current_exe().expect("own path");
+            let children: Vec<_> = (1..=k)
+                .map(|id| {
+                    use std::os::unix::process::CommandExt;
+                    std::process::Command::new(&exe)
+                        .arg("conns-hold")
+                        .args(&args[2..])
+                        .uid(id)
+                        .gid(id)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("spawn as another id")
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for c in children {
+                let out = c.wait_with_output().expect("wait");
+                assert!(out.status.success(), "conns-hold failed");
+                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                outcomes.extend(v["outcomes"].as_array().expect("outcomes").iter().cloned());
+            }
+            json!({ "outcomes": outcomes })
         }
         Some("conns") => {
             let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
