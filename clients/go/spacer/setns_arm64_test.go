@@ -1,0 +1,4 @@
+package spacer
+
+// setns(2).
+const sysSetns = 268
