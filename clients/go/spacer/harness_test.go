@@ -503,40 +503,15 @@ func ownerOf(f *os.File) uint64 {
 	return inode(u)
 }
 
-func setns(f *os.File, t Spaces) error {
-	_, _, errno := syscall.Syscall(sysSetns, f.Fd(), uintptr(t), 0)
-	if errno != 0 {
-		return errno
-	}
-	return nil
-}
-
-// inNamespaces runs f on a new OS thread that first joins the namespaces
-// (unsharing its fs attributes first for a mount namespace, which a
-// thread of a multi-threaded process must). The thread is never unlocked,
-// so it ends with the goroutine: nothing else ever runs in those
-// namespaces.
+// inNamespaces is Execute with the namespaces by type.
 func inNamespaces(join map[Spaces]*os.File, f func() error) error {
-	done := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		if join[Mnt] != nil {
-			if err := syscall.Unshare(syscall.CLONE_FS); err != nil {
-				done <- fmt.Errorf("unshare(CLONE_FS): %w", err)
-				return
-			}
+	var files []*os.File
+	for _, t := range []Spaces{Cgroup, IPC, Mnt, Net, UTS, PID} {
+		if ns := join[t]; ns != nil {
+			files = append(files, ns)
 		}
-		for _, t := range []Spaces{User, Cgroup, IPC, Mnt, Net, UTS, PID} {
-			if ns := join[t]; ns != nil {
-				if err := setns(ns, t); err != nil {
-					done <- fmt.Errorf("setns %v: %w", t, err)
-					return
-				}
-			}
-		}
-		done <- f()
-	}()
-	return <-done
+	}
+	return Execute(f, files...)
 }
 
 // threadNs is the inode of this thread's namespace of a type.

@@ -1,4 +1,0 @@
-package spacer
-
-// setns(2).
-const sysSetns = 268
