@@ -58,6 +58,17 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(helperMain(mode))
 	}
+	// With a broker to test against, every test of the binary uses it,
+	// the README's example (example_test.go) too.
+	if bin := os.Getenv("SPACER_BIN_DIR"); bin != "" && os.Geteuid() == 0 {
+		brokerOnce.Do(func() { theBroker, brokerErr = startBroker(bin) })
+		if brokerErr != nil {
+			fmt.Fprintln(os.Stderr, "starting the broker:", brokerErr)
+			os.Exit(1)
+		}
+		os.Setenv(SocketEnv, theBroker.socket)
+		os.Unsetenv(FdEnv)
+	}
 	code := m.Run()
 	if theBroker != nil {
 		if err := theBroker.stop(); err != nil {
