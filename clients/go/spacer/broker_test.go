@@ -481,3 +481,29 @@ func helperInherited(h *helper) {
 	// The inherited fd itself stays open: it is the process's.
 	h.check(isOpen(3), "SPACER_FD stays open")
 }
+
+func TestARefusedConnectionReadsItsReason(t *testing.T) {
+	b := needBroker(t)
+	leakCheck(t, b)
+	// Root's rule sets no max_connections: the broker's default per uid
+	// (64) holds. The connection past it is answered unsolicited and
+	// closed; the client reads that answer as its first request's, past
+	// the EPIPE/ECONNRESET of a peer that has gone.
+	var conns []*Client
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 70; i++ {
+		conns = append(conns, connect(t, b))
+	}
+	_, err := conns[len(conns)-1].Rooms(UTS)
+	var se *ServiceError
+	if !errors.As(err, &se) || se.Kind != KindDenied || !strings.HasPrefix(se.Reason, "max_connections 64 reached") {
+		t.Fatalf("the 70th connection: %v", err)
+	}
+	if _, err := conns[len(conns)-1].Rooms(UTS); !errors.Is(err, ErrClosed) && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Errorf("after the refusal: %v", err)
+	}
+}
