@@ -1,0 +1,3 @@
+module example.invalid/spacer/clients/go
+
+go 1.19
