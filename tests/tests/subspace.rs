@@ -131,10 +131,14 @@ fn subspace_worker_runs_as_the_requester_and_is_confined() {
     let want = format!("{TENANT}\t{TENANT}\t{TENANT}\t{TENANT}");
     // It finishes setting up (becomes the requester in all ids) right after
     // its parent's Go; the command may already be running.
+    // Its ids change a moment before its effective set is lowered: wait
+    // for both (on a loaded machine the moment can be seen).
     assert!(
-        eventually(Duration::from_secs(2), || status(pid, "Uid") == want),
-        "{}",
-        status(pid, "Uid")
+        eventually(Duration::from_secs(2), || status(pid, "Uid") == want
+            && status(pid, "CapEff") == "0000000080240000"),
+        "{} {}",
+        status(pid, "Uid"),
+        status(pid, "CapEff")
     );
     assert_eq!(status(pid, "Gid"), want);
     assert_eq!(status(pid, "NoNewPrivs"), "1");
