@@ -140,6 +140,10 @@ pub fn completions(dir: &Path) -> io::Result<Vec<PathBuf>> {
 pub const LAYOUT: &[(&str, &str)] = &[
     ("spacer-broker", "usr/sbin/spacer-broker"),
     ("spacer-worker", "usr/libexec/spacer/spacer-worker"),
+    (
+        "spacer-private-worker",
+        "usr/libexec/spacer/spacer-private-worker",
+    ),
     ("spacer", "usr/bin/spacer"),
 ];
 
@@ -147,6 +151,7 @@ pub const LAYOUT: &[(&str, &str)] = &[
 pub const PACKAGE_PATHS: &[&str] = &[
     "usr/sbin/spacer-broker",
     "usr/libexec/spacer/spacer-worker",
+    "usr/libexec/spacer/spacer-private-worker",
     "usr/bin/spacer",
     "usr/lib/systemd/system/spacer.socket",
     "usr/lib/systemd/system/spacer-broker.service",

@@ -74,6 +74,8 @@ fn deb(dist: &Path) -> std::io::Result<()> {
             "-p",
             "spacer-worker",
             "-p",
+            "spacer-private-worker",
+            "-p",
             "spacer-client",
         ])
         .current_dir(root())
