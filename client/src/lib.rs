@@ -38,7 +38,7 @@ use std::sync::Mutex;
 
 pub use join::{run_in, CommandExt, Join};
 use private::PrivateWorker;
-pub use private::{find_worker, INSTALLED_WORKER, WORKER_ENV};
+pub use private::{find_worker, INSTALLED_WORKER, WORKER_ENV, WORKER_NAME};
 use spacer_proto::internal::{InternalError, Trust, WorkerReply, WorkerRequest};
 pub use spacer_proto::wire::Rooms;
 use spacer_proto::wire::{
@@ -86,8 +86,8 @@ pub enum Error {
     /// A response could not be believed; every fd that came with it is closed.
     #[error("bad response from the service")]
     Protocol(#[source] ProtocolError),
-    /// Private mode: no `spacer-worker` binary was found.
-    #[error("cannot find spacer-worker (looked at {}); set SPACER_WORKER to its path", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    /// Private mode: no `spacer-private-worker` binary was found.
+    #[error("cannot find spacer-private-worker (looked at {}); set SPACER_PRIVATE_WORKER to its path", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NoWorker {
         /// Where it looked.
         tried: Vec<PathBuf>,
@@ -241,7 +241,7 @@ impl Client {
         }
     }
 
-    /// Private mode: starts a `spacer-worker` of your own (see
+    /// Private mode: starts a `spacer-private-worker` of your own (see
     /// [`find_worker`]) — no broker, no policy, no audit. The worker acts
     /// with your process's privileges and nothing more: as root it makes
     /// everything; unprivileged, where the kernel allows unprivileged user

@@ -1,4 +1,4 @@
-//! Private mode: a `spacer-worker` child of the caller, no broker.
+//! Private mode: a `spacer-private-worker` child of the caller, no broker.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -11,15 +11,20 @@ use spacer_proto::{launch, Channel};
 use crate::Error;
 
 /// The environment variable that names the worker binary for private mode.
-pub const WORKER_ENV: &str = "SPACER_WORKER";
+pub const WORKER_ENV: &str = "SPACER_PRIVATE_WORKER";
 
-/// Where an installed worker lives (the Debian package puts it there).
-pub const INSTALLED_WORKER: &str = "/usr/libexec/spacer/spacer-worker";
+/// The private worker's file name. (Not `spacer-worker`: the broker's
+/// root-run worker has no private role, and refuses to take one.)
+pub const WORKER_NAME: &str = "spacer-private-worker";
 
-/// Finds `spacer-worker`, in this order: `$SPACER_WORKER` (taken as given);
-/// next to the running executable or one directory up (a cargo test binary
-/// in `target/debug/deps` finds `target/debug/spacer-worker`);
-/// `/usr/libexec/spacer/spacer-worker`; `$PATH`; last, `debug` or
+/// Where an installed private worker lives (the Debian package puts it there).
+pub const INSTALLED_WORKER: &str = "/usr/libexec/spacer/spacer-private-worker";
+
+/// Finds `spacer-private-worker`, in this order: `$SPACER_PRIVATE_WORKER`
+/// (taken as given); next to the running executable or one directory up (a
+/// cargo test binary in `target/debug/deps` finds
+/// `target/debug/spacer-private-worker`);
+/// `/usr/libexec/spacer/spacer-private-worker`; `$PATH`; last, `debug` or
 /// `release` of `$CARGO_TARGET_DIR`, then `target/debug` or
 /// `target/release` of the current directory or any parent (doc tests, and
 /// tests of crates in a workspace that builds the worker).
@@ -27,7 +32,7 @@ pub const INSTALLED_WORKER: &str = "/usr/libexec/spacer/spacer-worker";
 /// A found binary is used only if it, and every directory above it, is
 /// owned by root or by this process's user and not writable by anyone else
 /// (a world-writable directory must be sticky): a worker someone else could
-/// have planted — `/tmp/target/debug/spacer-worker` — is skipped.
+/// have planted — `/tmp/target/debug/spacer-private-worker` — is skipped.
 pub fn find_worker() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os(WORKER_ENV) {
         let p = PathBuf::from(p);
@@ -64,7 +69,7 @@ fn candidates(
     path: Option<&std::ffi::OsStr>,
     target: Option<&Path>,
 ) -> Vec<PathBuf> {
-    let name = "spacer-worker";
+    let name = WORKER_NAME;
     let mut out = Vec::new();
     if let Some(dir) = exe.and_then(Path::parent) {
         out.push(dir.join(name));
@@ -125,21 +130,28 @@ mod tests {
         );
         let pos = |p: &str| c.iter().position(|x| x == Path::new(p)).unwrap();
         // $CARGO_TARGET_DIR after $PATH, before the working directory's.
-        assert!(pos("/usr/bin/spacer-worker") < pos("/t/debug/spacer-worker"));
-        assert!(pos("/t/release/spacer-worker") < pos("/home/a/p/target/debug/spacer-worker"));
-        assert_eq!(pos("/x/target/debug/deps/spacer-worker"), 0);
-        assert_eq!(pos("/x/target/debug/spacer-worker"), 1);
-        assert!(pos(INSTALLED_WORKER) < pos("/home/a/p/target/debug/spacer-worker"));
-        assert!(pos("/usr/bin/spacer-worker") < pos("/home/a/p/target/debug/spacer-worker"));
+        assert!(pos("/usr/bin/spacer-private-worker") < pos("/t/debug/spacer-private-worker"));
         assert!(
-            pos("/home/a/p/target/debug/spacer-worker") < pos("/home/a/target/debug/spacer-worker")
+            pos("/t/release/spacer-private-worker")
+                < pos("/home/a/p/target/debug/spacer-private-worker")
+        );
+        assert_eq!(pos("/x/target/debug/deps/spacer-private-worker"), 0);
+        assert_eq!(pos("/x/target/debug/spacer-private-worker"), 1);
+        assert!(pos(INSTALLED_WORKER) < pos("/home/a/p/target/debug/spacer-private-worker"));
+        assert!(
+            pos("/usr/bin/spacer-private-worker")
+                < pos("/home/a/p/target/debug/spacer-private-worker")
+        );
+        assert!(
+            pos("/home/a/p/target/debug/spacer-private-worker")
+                < pos("/home/a/target/debug/spacer-private-worker")
         );
     }
 
     #[test]
     fn a_binary_others_could_have_planted_is_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("spacer-worker");
+        let bin = dir.path().join("spacer-private-worker");
         std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(trusted(&bin));
@@ -167,7 +179,7 @@ pub(crate) struct PrivateWorker {
 }
 
 impl PrivateWorker {
-    /// Starts `exe` in private mode, in a process group of its own, with
+    /// Starts `exe` (a private worker), in a process group of its own, with
     /// its end of a fresh socketpair as fd 3. Returns our end.
     pub(crate) fn start(exe: &Path) -> Result<(Channel, PrivateWorker), Error> {
         let (mine, theirs) = Channel::pair().map_err(Error::Io)?;
@@ -175,7 +187,6 @@ impl PrivateWorker {
         // The command, with our copy of the worker's end, is dropped at the
         // end of this statement.
         let child = launch::worker_command(exe, theirs)
-            .arg("--private")
             .process_group(0)
             .spawn()
             .map_err(|source| Error::Connect {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fd;
 use crate::idmap::MapChoice;
+use crate::internal::from_slice_exact;
 use crate::ns::{NsType, Spaces};
 use crate::options::{Offset, RoomOptions};
 
@@ -168,22 +169,6 @@ pub enum RequestError {
     /// A `map` value other than `root`, `current`, `auto`.
     #[error("unknown map (root, current or auto)")]
     UnknownMap,
-}
-
-/// Decodes one MessagePack value that must fill `bytes` exactly: `Ok(None)`
-/// when bytes are left after it.
-pub(crate) fn from_slice_exact<'a, T: Deserialize<'a>>(
-    bytes: &'a [u8],
-) -> Result<Option<T>, rmp_serde::decode::Error> {
-    let value: T = rmp_serde::from_slice(bytes)?;
-    // Where the first value ends (no borrowing needed to skip it).
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
-    serde::de::IgnoredAny::deserialize(&mut de)?;
-    if de.position() == bytes.len() as u64 {
-        Ok(Some(value))
-    } else {
-        Ok(None)
-    }
 }
 
 #[derive(Deserialize)]
@@ -624,6 +609,13 @@ mod tests {
         std::fs::File::open(format!("/proc/self/ns/{name}"))
             .unwrap()
             .into()
+    }
+
+    #[test]
+    fn a_client_request_is_no_internal_message() {
+        let client = Request::rooms(1).encode();
+        let decoded = crate::internal::decode::<crate::internal::WorkerRequest>(&client);
+        assert!(decoded.is_err());
     }
 
     #[test]

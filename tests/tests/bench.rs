@@ -72,8 +72,8 @@ fn bench_raw_subspace_private_and_memory_modes_run() {
     let v = bench(&b, &["--idle-clients", "20", "--json"]);
     assert!(v["broker_idle_rss_kib"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["worker_rss_kib"].as_array().unwrap().len(), 1);
-    // Private mode needs the worker binary: next to `spacer` in the copy dir.
-    copy_bin_to(b.dir(), "spacer-worker");
+    // Private mode needs its worker binary: next to `spacer` in the copy dir.
+    copy_bin_to(b.dir(), "spacer-private-worker");
     let v = bench(
         &b,
         &[

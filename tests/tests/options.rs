@@ -453,7 +453,7 @@ fn every_option_through_a_subspace_for_an_unprivileged_uid() {
 #[test]
 fn private_mode_applies_options_too() {
     need_root();
-    let c = spacer_client::Client::private_with(&bin("spacer-worker")).unwrap();
+    let c = spacer_client::Client::private_with(&bin("spacer-private-worker")).unwrap();
     let rooms = c
         .rooms_with(
             Spaces::UTS | Spaces::NET,

@@ -97,13 +97,13 @@ fn command_in_a_private_subspace_is_pid_1_and_uid_0_as_root() {
 fn command_in_a_private_subspace_is_pid_1_and_uid_0_unprivileged() {
     need_root();
     let dir = open_dir();
-    let worker = copy_bin_to(dir.path(), "spacer-worker");
+    let worker = copy_bin_to(dir.path(), "spacer-private-worker");
     let v = probe_in(
         dir.path(),
         TENANT,
         TENANT,
         &["private-sh"],
-        &[("SPACER_WORKER", &worker)],
+        &[("SPACER_PRIVATE_WORKER", &worker)],
     )
     .unwrap();
     assert_eq!(v["stdout"], "1\n0\n", "{v}");
@@ -114,13 +114,13 @@ fn command_in_a_private_subspace_is_pid_1_and_uid_0_unprivileged() {
 fn unprivileged_private_worker_says_why_rooms_need_a_subspace() {
     need_root();
     let dir = open_dir();
-    let worker = copy_bin_to(dir.path(), "spacer-worker");
+    let worker = copy_bin_to(dir.path(), "spacer-private-worker");
     let v = probe_in(
         dir.path(),
         TENANT,
         TENANT,
         &["private-rooms"],
-        &[("SPACER_WORKER", &worker)],
+        &[("SPACER_PRIVATE_WORKER", &worker)],
     )
     .unwrap();
     let direct = v["direct"].as_str().unwrap();

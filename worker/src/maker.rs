@@ -14,8 +14,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::stat::Mode;
 use nix::time::{clock_gettime, ClockId};
-use spacer_proto::fd::{self, Which};
-use spacer_proto::{NsType, Offset, RoomOptions, Spaces};
+use spacer_core::fd::{self, Which};
+use spacer_core::{NsType, Offset, RoomOptions, Spaces};
 
 use crate::privilege::{taint, with_cap};
 use crate::sys::{self, Ctx, Error};

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::prctl;
 use nix::unistd::{getppid, setfsuid, setgroups, setresuid, Uid};
-use spacer_proto::Channel;
+use spacer_core::Channel;
 
 use crate::sys::{self, Ctx, Error};
-use crate::{seccomp, Role};
+use crate::{seccomp, Part};
 
 use Capability::*;
 
@@ -61,13 +61,14 @@ pub fn check_channel(channel: &Channel) -> Result<(), Error> {
     Ok(())
 }
 
-/// The ordered drop, for a worker started by the broker as root or by a
-/// client library with the caller's privileges (private mode: it keeps
-/// what it has of [`WORKER_CAPS`]). Each step: docs/ARCHITECTURE.md.
-pub fn confine(channel: &Channel, mode: seccomp::Mode, role: Role) -> Result<(), Error> {
-    let supervisor = role == Role::Supervisor;
+/// The ordered drop, for a worker started by the broker as root
+/// ([`Part::DAEMON`]) or by a client library with the caller's privileges
+/// (private mode: it keeps what it has of [`WORKER_CAPS`]), as the part
+/// `first` it takes. Each step: docs/ARCHITECTURE.md.
+pub fn confine<P: Part>(channel: &Channel, mode: seccomp::Mode, first: P) -> Result<(), Error> {
+    let daemon = P::DAEMON;
     // 1. Die with the parent (not a private worker: its parent is a thread).
-    if role != Role::Private {
+    if daemon {
         prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).ctx("setting pdeathsig")?;
     }
     check_channel(channel)?;
@@ -83,13 +84,13 @@ pub fn confine(channel: &Channel, mode: seccomp::Mode, role: Role) -> Result<(),
     }
     // 4. Capabilities kept across as_requester's uid changes (needs
     //    CAP_SETPCAP, which goes next).
-    if supervisor {
+    if daemon {
         sys::keep_caps_across_uid_changes().ctx("keeping capabilities across uid changes")?;
     }
     // 5. Bounding, ambient, inheritable, effective, permitted.
     keep_only(&WORKER_CAPS, &WORKER_EFFECTIVE)?;
     // 6. A network namespace of its own: CAP_NET_ADMIN cannot reach the host's.
-    if supervisor {
+    if daemon {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .ctx("moving to a network namespace of its own")?;
     }
@@ -100,7 +101,7 @@ pub fn confine(channel: &Channel, mode: seccomp::Mode, role: Role) -> Result<(),
     sys::autoreap_children().ctx("ignoring SIGCHLD")?;
     prctl::set_child_subreaper(true).ctx("becoming a child subreaper")?;
     // 9. Last: the syscall allow-list.
-    seccomp::install(mode, role).map_err(|e| Error::msg(format!("installing seccomp: {e}")))
+    seccomp::install(mode, first).map_err(|e| Error::msg(format!("installing seccomp: {e}")))
 }
 
 static TAINTED: AtomicBool = AtomicBool::new(false);
@@ -178,7 +179,7 @@ pub fn as_requester<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> Result<T, Err
 /// `SIGKILL` through a pidfd, with `CAP_KILL` if permitted. Errors (ESRCH:
 /// gone already) are ignored: the caller sees the end by other means.
 pub fn kill(pidfd: BorrowedFd<'_>) {
-    let send = || spacer_proto::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
+    let send = || spacer_core::fd::pidfd_send_signal(pidfd, libc::SIGKILL);
     if with_cap(CAP_KILL, send).is_err() {
         let _ = send();
     }

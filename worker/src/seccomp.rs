@@ -1,7 +1,8 @@
-//! The workers' syscall allow-lists, one per process [`Role`], as typed
-//! code: each entry names its caller; arguments are constrained where
-//! seccomp can see them. Why, and how the lists were checked:
-//! docs/ARCHITECTURE.md, "Seccomp".
+//! The workers' syscall allow-lists, one per process [`Role`] (private
+//! mode's parts list theirs in `spacer-private-worker`, from the groups
+//! here), as typed code: each entry names its caller; arguments are
+//! constrained where seccomp can see them. Why, and how the lists were
+//! checked: docs/ARCHITECTURE.md, "Seccomp".
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use seccompiler::{
 };
 
 use crate::sys::{CLONE_FLAGS, FD_NSFS_ROOT};
-use crate::Role;
+use crate::{Part, Role};
 
 /// What a syscall outside the list does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +41,10 @@ type Cond = (u8, Len, Op, u64);
 
 /// A syscall, allowed if any of its rules (each an AND of comparisons)
 /// holds; with no rule, always.
-struct Entry(c_long, Vec<Vec<Cond>>);
+pub struct Entry(c_long, Vec<Vec<Cond>>);
 
-fn always(nr: c_long) -> Entry {
+/// `nr`, whatever its arguments.
+pub fn always(nr: c_long) -> Entry {
     Entry(nr, Vec::new())
 }
 
@@ -57,7 +59,7 @@ fn all_of(nr: c_long, conds: &[Cond]) -> Entry {
 }
 
 /// `int` argument `arg` is one of `values`.
-fn arg_in(nr: c_long, arg: u8, values: &[c_int]) -> Entry {
+pub fn arg_in(nr: c_long, arg: u8, values: &[c_int]) -> Entry {
     Entry(nr, values.iter().map(|&v| vec![eq(arg, v)]).collect())
 }
 
@@ -73,7 +75,8 @@ fn arg_within(nr: c_long, arg: u8, allowed: c_int) -> Entry {
     all_of(nr, &[(arg, Len::Dword, Op::MaskedEq(outside), 0)])
 }
 
-fn prctl_ops(options: &[c_int]) -> Entry {
+/// `prctl` with one of `options`.
+pub fn prctl_ops(options: &[c_int]) -> Entry {
     arg_in(libc::SYS_prctl, 0, options)
 }
 
@@ -100,7 +103,7 @@ const ROOM_FLAGS: [c_int; 6] = [
 
 /// Every process: the channel, memory (never executable), stderr, std's
 /// runtime, leaving.
-fn common() -> Vec<Entry> {
+pub fn common() -> Vec<Entry> {
     use libc::*;
     let mut e: Vec<Entry> = [
         SYS_recvmsg, // Channel::recv
@@ -135,7 +138,7 @@ fn common() -> Vec<Entry> {
 }
 
 /// Starting and ending other workers.
-fn forking() -> Vec<Entry> {
+pub fn forking() -> Vec<Entry> {
     use libc::*;
     vec![
         long_arg_in(SYS_clone, 0, &[CLONE_FLAGS]), // sys::fork_with_channel
@@ -152,7 +155,7 @@ fn forking() -> Vec<Entry> {
 }
 
 /// Making rooms (maker).
-fn rooms() -> Vec<Entry> {
+pub fn rooms() -> Vec<Entry> {
     use libc::*;
     // NS_GET_USERNS, NS_GET_NSTYPE, the ten PIDFD_GET_*_NAMESPACE (proto's
     // fd module, maker::current); the lo flags (sys::loopback_up).
@@ -176,12 +179,11 @@ fn rooms() -> Vec<Entry> {
     ]
 }
 
-/// A new subspace worker's setup (subspace::setup), until it narrows.
-/// `host`: started by the spawner (joins the requester's namespaces, takes
-/// its ids, forks helpers).
-fn subspace_setup(host: bool) -> Vec<Entry> {
+/// A new subspace worker's setup (subspace::setup), until it narrows; a
+/// host one (started by the spawner) adds [`host_subspace_setup`].
+pub fn subspace_setup() -> Vec<Entry> {
     use libc::*;
-    let mut e = vec![
+    vec![
         arg_within(SYS_unshare, 0, CLONE_NEWUSER | CLONE_NEWPID),
         always(SYS_setresuid),           // take_effective_ids, become_inside
         always(SYS_setresgid),           // take_effective_ids, become_inside
@@ -197,27 +199,28 @@ fn subspace_setup(host: bool) -> Vec<Entry> {
             PR_CAPBSET_DROP,
             PR_CAP_AMBIENT,
         ]),
-    ];
-    if host {
-        e.extend([
-            // The requester's namespaces; a parent subspace's user namespace.
-            arg_in(
-                SYS_setns,
-                1,
-                &[CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWPID, CLONE_NEWUSER],
-            ),
-            always(SYS_setgroups),          // take_effective_ids
-            always(SYS_setfsuid),           // take_effective_ids: back to 0
-            prctl_ops(&[PR_SET_PDEATHSIG]), // start_helper
-        ]);
-    } else {
-        e.push(prctl_ops(&[PR_SET_DUMPABLE])); // write_own_maps
-    }
-    e
+    ]
+}
+
+/// What a subspace worker the spawner starts adds to its setup: it joins
+/// the requester's namespaces, takes its ids, forks helpers.
+fn host_subspace_setup() -> Vec<Entry> {
+    use libc::*;
+    vec![
+        // The requester's namespaces; a parent subspace's user namespace.
+        arg_in(
+            SYS_setns,
+            1,
+            &[CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWPID, CLONE_NEWUSER],
+        ),
+        always(SYS_setgroups),          // take_effective_ids
+        always(SYS_setfsuid),           // take_effective_ids: back to 0
+        prctl_ops(&[PR_SET_PDEATHSIG]), // start_helper
+    ]
 }
 
 /// What a process in `role` calls itself.
-fn calls(role: Role) -> Vec<Entry> {
+pub(crate) fn calls(role: Role) -> Vec<Entry> {
     use libc::*;
     // fd::is_pidfd on the requester's pidfd (the null signal).
     let probe = || arg_in(SYS_pidfd_send_signal, 1, &[0]);
@@ -241,43 +244,32 @@ fn calls(role: Role) -> Vec<Entry> {
         }
         Role::Spawner => {
             e.extend(forking());
-            e.extend(subspace_setup(true));
+            e.extend(subspace_setup());
+            e.extend(host_subspace_setup());
             e.push(probe());
         }
         Role::HostSubspace => e.extend(rooms()),
-        Role::Private | Role::Subspace => {
-            e.extend(rooms());
-            e.extend(forking());
-            e.extend(subspace_setup(false));
-            if role == Role::Private {
-                // sys::kill_descendants: /proc (std sizes reads by statx),
-                // a pause between rounds.
-                e.extend([SYS_read, SYS_statx, SYS_clock_nanosleep].map(always));
-            }
-        }
     }
     e
 }
 
 /// The roles a process in `role` may become or fork (filters stack: a
 /// child can only narrow its parent's).
-fn tree(role: Role) -> &'static [Role] {
+pub(crate) fn tree(role: Role) -> &'static [Role] {
     use Role::*;
     match role {
         Supervisor => &[Supervisor, Rooms, Spawner, HostSubspace],
         Spawner => &[Spawner, HostSubspace],
-        Private => &[Private, Subspace],
         Rooms => &[Rooms],
         HostSubspace => &[HostSubspace],
-        Subspace => &[Subspace],
     }
 }
 
 /// The allow-list of `role` and every role below it, by syscall: `None`
 /// is unconditional (which wins), else any of the rules.
-fn entries(role: Role) -> BTreeMap<c_long, Option<Vec<Vec<Cond>>>> {
+fn entries<P: Part>(role: P) -> BTreeMap<c_long, Option<Vec<Vec<Cond>>>> {
     let mut merged = BTreeMap::new();
-    for Entry(nr, any_of) in tree(role).iter().flat_map(|&r| calls(r)) {
+    for Entry(nr, any_of) in role.tree().iter().flat_map(|&r| r.calls()) {
         let slot = merged.entry(nr).or_insert_with(|| Some(Vec::new()));
         match slot {
             _ if any_of.is_empty() => *slot = None,
@@ -293,7 +285,7 @@ fn entries(role: Role) -> BTreeMap<c_long, Option<Vec<Vec<Cond>>>> {
 }
 
 /// The number of syscalls `role`'s own list allows.
-pub fn allowed(role: Role) -> usize {
+pub fn allowed<P: Part>(role: P) -> usize {
     entries(role).len()
 }
 
@@ -320,7 +312,7 @@ fn build(
 }
 
 /// The allow-list of `role`, in `mode`.
-fn allow_list(mode: Mode, role: Role) -> Result<BpfProgram, String> {
+fn allow_list<P: Part>(mode: Mode, role: P) -> Result<BpfProgram, String> {
     let mismatch = match mode {
         Mode::Kill => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
@@ -338,7 +330,7 @@ static LOG: AtomicBool = AtomicBool::new(false);
 /// Installs the filters of a process that takes `role` first (the worker
 /// has one thread): `clone3` → `ENOSYS`, which also allows the `prctl` and
 /// `seccomp` that install the next; then `role`'s allow-list.
-pub fn install(mode: Mode, role: Role) -> Result<(), String> {
+pub fn install<P: Part>(mode: Mode, role: P) -> Result<(), String> {
     LOG.store(mode == Mode::Log, Ordering::Relaxed);
     let clone3 = BTreeMap::from([(libc::SYS_clone3, None)]);
     let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
@@ -348,7 +340,7 @@ pub fn install(mode: Mode, role: Role) -> Result<(), String> {
 
 /// Adds the allow-list of a process forked into `role`, in the mode the
 /// first was installed with.
-pub fn narrow(role: Role) -> Result<(), String> {
+pub fn narrow<P: Part>(role: P) -> Result<(), String> {
     apply(&allow_list(
         Mode::logging(LOG.load(Ordering::Relaxed)),
         role,

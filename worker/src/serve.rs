@@ -1,24 +1,23 @@
-//! A serving worker's loop (room worker, spawner, private and subspace
-//! workers): rooms are answered at once, a subspace once its worker is
-//! ready (or failed, or missed its deadline) while the loop serves on.
-//! Replies carry their request's id.
+//! A serving worker's loop (room worker, spawner, subspace workers; and
+//! private mode's, whose [`Part`] is in `spacer-private-worker`): rooms
+//! are answered at once, a subspace once its worker is ready (or failed,
+//! or missed its deadline) while the loop serves on. Replies carry their
+//! request's id. Here too: what the daemon's [`Role`]s allow.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use caps::Capability;
-use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::unistd::{getegid, geteuid};
-use spacer_proto::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
-use spacer_proto::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Spaces};
+use spacer_core::internal::{self, Message, Trust, WorkerReply, WorkerRequest};
+use spacer_core::{check_spaces, fd, Channel, IdMaps, RecvError, RoomOptions, Spaces};
 
 use crate::maker::{check_clocks, Maker, Offsets};
 use crate::privilege::{self, as_requester, with_cap};
 use crate::subspace::{self, NsFds, Requester, Starting};
 use crate::sys::{self, Error};
-use crate::Role;
+use crate::{Part, Role};
 
 /// A reply and its fds.
 type Answer = (WorkerReply, Vec<OwnedFd>);
@@ -44,8 +43,8 @@ fn failed(id: u64, reason: impl ToString) -> Answer {
 }
 
 /// A serving worker's state.
-struct Server {
-    role: Role,
+struct Server<P> {
+    role: P,
     maker: Maker,
     /// Subspaces being set up, by request id.
     pending: Vec<(u64, Starting)>,
@@ -55,11 +54,11 @@ struct Server {
 
 /// Serves requests on `channel` until the other end closes; returns the
 /// exit code. `offsets_file`: a subspace worker's, opened during its setup.
-pub fn serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
-    let offsets = match (offsets_file, role) {
-        (Some(file), _) => Offsets::Opened(file),
-        (None, Role::HostSubspace) => Offsets::Missing,
-        (None, _) => Offsets::OnRequest,
+pub fn serve<P: Part>(channel: Channel, role: P, offsets_file: Option<File>) -> i32 {
+    let offsets = match offsets_file {
+        Some(file) => Offsets::Opened(file),
+        None if role.offsets_on_request() => Offsets::OnRequest,
+        None => Offsets::Missing,
     };
     let mut server = match Maker::new(offsets) {
         Ok(maker) => Server {
@@ -79,7 +78,7 @@ pub fn serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
 }
 
 /// Adds `role`'s seccomp filter (a forked worker's), then serves.
-pub fn narrow_and_serve(channel: Channel, role: Role, offsets_file: Option<File>) -> i32 {
+pub fn narrow_and_serve<P: Part>(channel: Channel, role: P, offsets_file: Option<File>) -> i32 {
     if let Err(e) = crate::seccomp::narrow(role) {
         eprintln!("spacer-worker: installing the {role:?} filter: {e}");
         return 1;
@@ -87,16 +86,10 @@ pub fn narrow_and_serve(channel: Channel, role: Role, offsets_file: Option<File>
     serve(channel, role, offsets_file)
 }
 
-impl Server {
+impl<P: Part> Server<P> {
     fn run(&mut self, channel: &Channel) -> i32 {
         let mut buf = vec![0u8; internal::MAX_BYTES];
-        // The spawner takes a parent user namespace and the requester's
-        // pidfd, a room worker that pidfd.
-        let max_fds = match self.role {
-            Role::Spawner => 2,
-            Role::Rooms => 1,
-            _ => 0,
-        };
+        let max_fds = self.role.max_fds();
         while !privilege::tainted() {
             // With nothing pending, block in recv (no extra syscall).
             let request_ready = self.pending.is_empty() || self.wait(channel);
@@ -146,20 +139,17 @@ impl Server {
         1
     }
 
-    /// Leaving: a private worker takes its subspace workers, at any depth,
-    /// with it; the spawner ends every one it started.
+    /// Leaving: the spawner ends every subspace worker it started; the
+    /// part's own leaving after (a private worker takes its subspace
+    /// workers, at any depth, with it).
     fn end(&mut self) {
         self.pending
             .drain(..)
             .for_each(|(_, starting)| starting.abandon());
-        match self.role {
-            Role::Private => sys::kill_descendants(),
-            Role::Spawner => self
-                .started
-                .iter()
-                .for_each(|(_, p)| privilege::kill(p.as_fd())),
-            _ => {}
-        }
+        self.started
+            .iter()
+            .for_each(|(_, p)| privilege::kill(p.as_fd()));
+        self.role.leave();
     }
 
     /// Waits until a request or a pending setup needs attention, or the
@@ -194,7 +184,7 @@ impl Server {
                 return failed(id, e);
             }
         };
-        if self.role == Role::Spawner {
+        if self.role.ends_subspaces() {
             // The spawner keeps a pidfd to end it with.
             match starting.pidfd.try_clone() {
                 Ok(dup) => self.started.push((starting.pid, dup)),
@@ -219,11 +209,10 @@ impl Server {
     /// Answers one request (`None`: a subspace is being set up, answered
     /// later). `fds`: what came with it.
     fn handle(&mut self, req: WorkerRequest, fds: Vec<OwnedFd>) -> Option<Answer> {
-        let role = self.role;
+        if let Some(why) = self.role.refuses(&req) {
+            return Some(invalid(req.id(), why));
+        }
         Some(match req {
-            WorkerRequest::Rooms { id, .. } if role == Role::Spawner => {
-                invalid(id, "the spawner makes no rooms")
-            }
             WorkerRequest::Rooms {
                 id,
                 spaces,
@@ -231,9 +220,6 @@ impl Server {
                 uid,
                 ..
             } => self.rooms(id, spaces, &options, uid, fds.first().map(|f| f.as_fd())),
-            WorkerRequest::Alive { id, .. } if role != Role::Rooms => {
-                invalid(id, "only a room worker counts rooms")
-            }
             WorkerRequest::Alive { id, rooms, .. } if rooms.len() > internal::MAX_ALIVE => {
                 invalid(id, "too many rooms asked about")
             }
@@ -262,16 +248,14 @@ impl Server {
                         Ok(checked) => checked,
                         Err(reason) => return Some(invalid(id, reason)),
                     };
-                match subspace::start(spaces, requester, maps, narrow_and_serve) {
+                let part = self.role.subspace();
+                match subspace::start(spaces, requester, maps, part, narrow_and_serve) {
                     Ok(starting) => {
                         self.pending.push((id, starting));
                         return None;
                     }
                     Err(e) => failed(id, e),
                 }
-            }
-            WorkerRequest::End { id, .. } if role != Role::Spawner => {
-                invalid(id, "only the spawner ends subspaces")
             }
             WorkerRequest::End { id, pid } => {
                 if let Some(i) = self.started.iter().position(|(p, _)| *p == pid) {
@@ -302,7 +286,7 @@ impl Server {
         };
         // A room worker makes them as the requester's effective uid, so the
         // kernel charges them to the requester.
-        let charged_to = (self.role == Role::Rooms && uid != 0).then_some(uid);
+        let charged_to = (self.role.charges_requester() && uid != 0).then_some(uid);
         let maker = &mut self.maker;
         let made = as_requester(charged_to, || match requester {
             // Joining another process's namespaces by pidfd.
@@ -320,45 +304,101 @@ impl Server {
                 let inodes = fds.iter().map(inode).collect();
                 (WorkerReply::Rooms { id, types, inodes }, fds)
             }
-            Err(e) if self.role == Role::Private
-                && e.errno() == Some(Errno::EPERM)
-                && !geteuid().is_root() =>
-            {
-                failed(id, format!("{e}; a private worker has only its caller's privileges: ask for a user subspace first and make rooms inside it"))
-            }
-            Err(e) => failed(id, e),
+            Err(e) => failed(id, self.role.room_error(e)),
         }
     }
 
-    /// Checks a subspace request as this worker's role allows, and says
+    /// Checks a subspace request as this worker's part allows, and says
     /// who it is for. `fds`: the parent user namespace and the requester's
     /// pidfd, as announced (their kinds checked with the request).
     fn requester(
         &self,
         spaces: u64,
-        (uid, gid): (u32, u32),
+        ids: (u32, u32),
         parent: bool,
         caller: bool,
         maps: Option<&IdMaps>,
         fds: Vec<OwnedFd>,
     ) -> Result<(Spaces, Requester), String> {
         let spaces = check_spaces(spaces, Spaces::SUBSPACE).map_err(|e| e.to_string())?;
-        if let Some(maps) = maps {
-            // A private worker's requester is itself.
-            let own = (geteuid().as_raw(), getegid().as_raw());
-            let (uid, gid) = match self.role {
-                _ if !spaces.contains(Spaces::USER) => Err("id maps need a new user namespace"),
-                Role::Spawner if !parent => Ok((uid, gid)),
-                Role::Private if !maps.has_subordinate_ids() => Ok(own),
-                Role::Private => Err("subordinate ids are mapped by the broker's spawner only"),
-                _ => Err("id maps are for first-level subspaces only"),
-            }?;
-            maps.check(uid, gid)?;
+        if maps.is_some() && !spaces.contains(Spaces::USER) {
+            return Err("id maps need a new user namespace".into());
         }
-        match self.role {
-            Role::Spawner => {}
-            Role::Private | Role::Subspace => return Ok((spaces, Requester::Own)),
-            _ => return Err("subspaces are started by the service's spawner".into()),
+        let requester = self
+            .role
+            .requester(spaces, ids, (parent, caller), maps, fds)?;
+        Ok((spaces, requester))
+    }
+}
+
+impl Part for Role {
+    const DAEMON: bool = true;
+
+    fn calls(self) -> Vec<crate::seccomp::Entry> {
+        crate::seccomp::calls(self)
+    }
+
+    fn tree(self) -> &'static [Role] {
+        crate::seccomp::tree(self)
+    }
+
+    fn subspace(self) -> Role {
+        Role::HostSubspace
+    }
+
+    /// The spawner takes a parent user namespace and the requester's
+    /// pidfd, a room worker that pidfd.
+    fn max_fds(self) -> usize {
+        match self {
+            Role::Spawner => 2,
+            Role::Rooms => 1,
+            _ => 0,
+        }
+    }
+
+    fn refuses(self, req: &WorkerRequest) -> Option<&'static str> {
+        match req {
+            WorkerRequest::Rooms { .. } if self == Role::Spawner => {
+                Some("the spawner makes no rooms")
+            }
+            WorkerRequest::Alive { .. } if self != Role::Rooms => {
+                Some("only a room worker counts rooms")
+            }
+            WorkerRequest::End { .. } if self != Role::Spawner => {
+                Some("only the spawner ends subspaces")
+            }
+            _ => None,
+        }
+    }
+
+    fn charges_requester(self) -> bool {
+        self == Role::Rooms
+    }
+
+    fn ends_subspaces(self) -> bool {
+        self == Role::Spawner
+    }
+
+    fn offsets_on_request(self) -> bool {
+        self != Role::HostSubspace
+    }
+
+    fn requester(
+        self,
+        spaces: Spaces,
+        (uid, gid): (u32, u32),
+        (parent, caller): (bool, bool),
+        maps: Option<&IdMaps>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Requester, String> {
+        if self != Role::Spawner {
+            return Err("subspaces are started by the service's spawner".into());
+        }
+        if let Some(maps) = maps {
+            if parent {
+                return Err("id maps are for first-level subspaces only".into());
+            }
+            maps.check(uid, gid)?;
         }
         // (uid_t)-1 means "leave as it is" to setresuid.
         if uid == u32::MAX || gid == u32::MAX {
@@ -376,15 +416,12 @@ impl Server {
         let mut fds = fds.into_iter();
         let parent = parent.then(|| fds.next()).flatten();
         let caller = caller.then(|| fds.next()).flatten();
-        Ok((
-            spaces,
-            Requester::Host {
-                uid,
-                gid,
-                parent,
-                caller,
-            },
-        ))
+        Ok(Requester::Host {
+            uid,
+            gid,
+            parent,
+            caller,
+        })
     }
 }
 

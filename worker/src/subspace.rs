@@ -13,17 +13,17 @@ use nix::fcntl::{open, openat, OFlag};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::{prctl, signal::Signal, stat::Mode};
 use nix::unistd::{getegid, geteuid, setfsuid, setgroups, setresgid, setresuid, Gid, Uid};
-use spacer_proto::fd::{self, Which};
-use spacer_proto::internal::{SubspaceReady, Trust};
-use spacer_proto::{Channel, IdMaps, NsType, Spaces};
+use spacer_core::fd::{self, Which};
+use spacer_core::internal::{SubspaceReady, Trust};
+use spacer_core::{Channel, IdMaps, NsType, Spaces};
 
 use crate::maker::open_offsets_file_at;
 use crate::privilege::{self, with_cap, SUBSPACE_CAPS, SUBSPACE_EFFECTIVE};
 use crate::sys::{self, Ctx, Error};
-use crate::Role;
+use crate::Part;
 
-/// How a subspace worker serves once set up.
-pub type Serve = fn(Channel, Role, Option<File>) -> i32;
+/// How a subspace worker serves once set up, as its part.
+pub type Serve<P> = fn(Channel, P, Option<File>) -> i32;
 
 /// Why a setup failed when its worker ended or answered nonsense.
 pub const LOST: &str = "the subspace worker ended during setup";
@@ -36,12 +36,18 @@ pub enum Requester {
     /// For the spawner: the requester's host ids, the parent subspace's
     /// user namespace (nested), the requesting process's pidfd.
     Host {
+        /// The requester's host uid.
         uid: u32,
+        /// The requester's host gid.
         gid: u32,
+        /// The parent subspace's user namespace (nested).
         parent: Option<OwnedFd>,
+        /// The requesting process's pidfd.
         caller: Option<OwnedFd>,
     },
-    /// A private worker or a subspace worker below one: already the requester.
+    /// A private worker or a subspace worker below one: already the
+    /// requester (no daemon [`Role`](crate::Role) says so; its setup's
+    /// steps are refused by their filters).
     Own,
 }
 
@@ -58,19 +64,20 @@ pub struct Starting {
 /// The new user and PID namespaces.
 pub type NsFds = (Option<OwnedFd>, Option<OwnedFd>);
 
-/// Starts a subspace worker for `requester`.
-pub fn start(
+/// Starts a subspace worker for `requester`, to serve as `part`.
+pub fn start<P: Part>(
     spaces: Spaces,
     requester: Requester,
     maps: Option<IdMaps>,
-    serve: Serve,
+    part: P,
+    serve: Serve<P>,
 ) -> Result<Starting, Error> {
     let ctx = (
         "creating the subspace channel",
         "starting the subspace worker",
     );
     let (channel, pid, pidfd) = sys::fork_with_channel(ctx, |child_end| {
-        become_subspace(child_end, spaces, requester, maps, serve)
+        become_subspace(child_end, spaces, requester, maps, (part, serve))
     })?;
     Ok(Starting {
         channel,
@@ -84,7 +91,7 @@ impl Starting {
     /// Reads the `Ready` (or failure) that has arrived; the new worker runs
     /// as the requester, so its fds are checked by kind.
     pub fn ready(&self) -> Result<NsFds, Error> {
-        let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
+        let mut buf = vec![0u8; spacer_core::internal::MAX_BYTES];
         match self
             .channel
             .recv_msg::<SubspaceReady>(&mut buf, Trust::Kinds)
@@ -106,12 +113,12 @@ impl Starting {
 }
 
 /// The new process: set up, report, serve. Returns the exit code.
-fn become_subspace(
+fn become_subspace<P: Part>(
     channel: Channel,
     spaces: Spaces,
     requester: Requester,
     maps: Option<IdMaps>,
-    serve: Serve,
+    (role, serve): (P, Serve<P>),
 ) -> i32 {
     // Nothing of the parent's but the channel and the request's fds; stdio
     // not the service's (it will run as the requester).
@@ -127,12 +134,9 @@ fn become_subspace(
         return 1;
     }
     let _ = prctl::set_name(c"spacer-subspace");
-    let (role, inside) = match &requester {
-        Requester::Host { parent, .. } => (
-            Role::HostSubspace,
-            spaces.contains(Spaces::USER) || parent.is_some(),
-        ),
-        Requester::Own => (Role::Subspace, spaces.contains(Spaces::USER)),
+    let inside = match &requester {
+        Requester::Host { parent, .. } => spaces.contains(Spaces::USER) || parent.is_some(),
+        Requester::Own => spaces.contains(Spaces::USER),
     };
     // Its ids inside: the requester's, as the maps name them.
     let ids = maps

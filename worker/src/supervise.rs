@@ -3,8 +3,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use spacer_proto::internal::{SupervisorReply, SupervisorRequest, Trust, WorkerKind};
-use spacer_proto::{fd, Channel, MessageError, RecvError};
+use spacer_core::internal::{SupervisorReply, SupervisorRequest, Trust, WorkerKind};
+use spacer_core::{fd, Channel, MessageError, RecvError};
 
 use crate::sys::{self, Ctx, Error};
 use crate::Role;
@@ -12,7 +12,7 @@ use crate::Role;
 /// Serves the broker until it closes the channel. Returns the exit code.
 pub fn supervise(channel: Channel) -> i32 {
     let mut workers: Vec<(i32, OwnedFd)> = Vec::new();
-    let mut buf = vec![0u8; spacer_proto::internal::MAX_BYTES];
+    let mut buf = vec![0u8; spacer_core::internal::MAX_BYTES];
     loop {
         let req = match channel.recv_msg::<SupervisorRequest>(&mut buf, Trust::Counts) {
             Ok(Some((req, _))) => req,

@@ -1,11 +1,11 @@
 //! The worker's system calls without a safe wrapper (every `unsafe` block
 //! of the worker), and its one error type.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::{fmt, io};
 
 use nix::errno::Errno;
-use spacer_proto::Channel;
+use spacer_core::Channel;
 
 /// A failed operation: what the worker was doing, and the errno if the
 /// kernel gave one (shown as `EPERM (Operation not permitted)`).
@@ -32,6 +32,7 @@ impl Error {
         }
     }
 
+    /// The errno, if the kernel gave one.
     pub fn errno(&self) -> Option<Errno> {
         self.errno
     }
@@ -184,34 +185,6 @@ pub fn stdio_to_dev_null() -> io::Result<()> {
     Ok(())
 }
 
-/// Kills every descendant of this process (a child subreaper ignoring
-/// `SIGCHLD`: a killed child's children come here for the next round)
-/// until none is left. Each is pinned by a pidfd and checked to still be
-/// ours before it is signalled.
-pub fn kill_descendants() {
-    let me = std::process::id();
-    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
-    let ours = |l: &str| {
-        l.strip_prefix("PPid:")
-            .is_some_and(|v| v.trim() == me.to_string())
-    };
-    for _ in 0..200 {
-        let children = read(format!("/proc/{me}/task/{me}/children"));
-        if children.trim().is_empty() {
-            return;
-        }
-        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-            let Ok(pidfd) = spacer_proto::fd::pidfd_open(pid) else {
-                continue;
-            };
-            if read(format!("/proc/{pid}/status")).lines().any(ours) {
-                let _ = spacer_proto::fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 /// Brings up `lo` in the calling process's network namespace through one
 /// end of an `AF_UNIX` pair (docs/ARCHITECTURE.md, "Room options").
 pub fn loopback_up() -> io::Result<()> {
@@ -267,7 +240,7 @@ pub fn namespace_alive(handle: &[u8; 16]) -> io::Result<bool> {
     }
     let head = libc::file_handle {
         handle_bytes: 16,
-        handle_type: spacer_proto::fd::FILEID_NSFS,
+        handle_type: spacer_core::fd::FILEID_NSFS,
         f_handle: [],
     };
     let mut h = Handle {

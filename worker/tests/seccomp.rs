@@ -1,143 +1,18 @@
-//! The worker's seccomp filters against forbidden calls, in child
-//! processes of this test (it re-runs itself with `SECCOMP_CALL` set): each
-//! call must kill the child with `SIGSYS` under every role's filters, and
-//! `--seccomp log` (seccomp::Mode::Log) must let it through. Needs no
-//! privilege. A plain `main` (no test harness): the child must be
-//! single-threaded when it installs the filter.
+//! The daemon's worker roles' seccomp filters against forbidden calls
+//! (`seccomp_check/mod.rs`). A plain `main` (no test harness).
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
-
-use spacer_worker::seccomp::{self, Mode};
 use spacer_worker::Role;
 
-/// Calls no role may make, with arguments that do nothing harmful if one
-/// were let through: null pointers, invalid fds, a zero pid.
-const FORBIDDEN: &[(&str, libc::c_long, [libc::c_long; 5])] = &[
-    (
-        "ptrace",
-        libc::SYS_ptrace,
-        [libc::PTRACE_TRACEME as libc::c_long, 0, 0, 0, 0],
-    ),
-    ("bpf", libc::SYS_bpf, [-1, 0, 0, 0, 0]),
-    ("init_module", libc::SYS_init_module, [0; 5]),
-    ("kexec_load", libc::SYS_kexec_load, [0; 5]),
-    (
-        "open_by_handle_at",
-        libc::SYS_open_by_handle_at,
-        [-1, 0, 0, 0, 0],
-    ),
-    ("execve", libc::SYS_execve, [0; 5]),
-    (
-        "mount-bind",
-        libc::SYS_mount,
-        [0, 0, 0, libc::MS_BIND as libc::c_long, 0],
-    ),
-    (
-        "mount-move",
-        libc::SYS_mount,
-        [0, 0, 0, libc::MS_MOVE as libc::c_long, 0],
-    ),
-    ("setns-any-type", libc::SYS_setns, [-1, 0, 0, 0, 0]),
-    (
-        "unshare-files",
-        libc::SYS_unshare,
-        [libc::CLONE_FILES as libc::c_long, 0, 0, 0, 0],
-    ),
-    (
-        "clone-thread",
-        libc::SYS_clone,
-        [
-            (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as libc::c_long,
-            -1,
-            0,
-            0,
-            0,
-        ],
-    ),
-    (
-        "ioctl-tiocsti",
-        libc::SYS_ioctl,
-        [-1, libc::TIOCSTI as libc::c_long, 0, 0, 0],
-    ),
-];
-
-const ROLES: [Role; 6] = [
-    Role::Supervisor,
-    Role::Rooms,
-    Role::Spawner,
-    Role::Private,
-    Role::Subspace,
-    Role::HostSubspace,
-];
-
-/// In the child: installs the filters of `role` and makes the call.
-fn child(call: &str, role: usize, log: bool) -> ! {
-    let (_, nr, args) = FORBIDDEN
-        .iter()
-        .find(|(name, ..)| *name == call)
-        .expect("a known call");
-    let mode = if log { Mode::Log } else { Mode::Kill };
-    seccomp::install(mode, ROLES[role]).expect("installing the filters");
-    // SAFETY: every argument set above is inert: null pointers (which the
-    // kernel rejects with EFAULT before touching memory), fd -1 (EBADF), or
-    // flags without a pointer to follow. clone with CLONE_VM|CLONE_THREAD
-    // passes an invalid stack (-1): if the filter let it through, the
-    // kernel would refuse it (EINVAL) before using it.
-    unsafe {
-        libc::syscall(*nr, args[0], args[1], args[2], args[3], args[4]);
-    }
-    // Let through: exit_group is allowed.
-    std::process::exit(3)
-}
-
-fn run(call: &str, role: usize, log: bool) -> std::process::ExitStatus {
-    Command::new(std::env::current_exe().unwrap())
-        .env("SECCOMP_CALL", call)
-        .env("SECCOMP_ROLE", role.to_string())
-        .env("SECCOMP_LOG", if log { "1" } else { "" })
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-}
+mod seccomp_check;
 
 fn main() {
-    if let Ok(call) = std::env::var("SECCOMP_CALL") {
-        let role = std::env::var("SECCOMP_ROLE").unwrap().parse().unwrap();
-        child(&call, role, std::env::var("SECCOMP_LOG").unwrap() == "1");
-    }
-    let mut checked = 0;
-    for (role, name) in ROLES.iter().enumerate() {
-        for (call, ..) in FORBIDDEN {
-            let st = run(call, role, false);
-            assert_eq!(
-                st.signal(),
-                Some(libc::SIGSYS),
-                "{call} as {name:?}: {st:?}"
-            );
-            checked += 1;
-        }
-    }
-    // The development switch logs instead of killing.
-    let st = run("ptrace", 0, true);
-    assert_eq!(st.code(), Some(3), "log mode: {st:?}");
-    println!("seccomp: {checked} forbidden calls killed the process; log mode let one through");
-    // A forked worker's list narrows its parent's.
-    let n = |r: Role| seccomp::allowed(r);
-    for (child, parent) in [
-        (Role::Rooms, Role::Supervisor),
-        (Role::Spawner, Role::Supervisor),
-        (Role::HostSubspace, Role::Spawner),
-        (Role::Subspace, Role::Private),
-    ] {
-        assert!(
-            n(child) < n(parent),
-            "{child:?} {} < {parent:?} {}",
-            n(child),
-            n(parent)
-        );
-    }
-    for r in ROLES {
-        println!("seccomp: {r:?} allows {} syscalls", n(r));
-    }
+    use Role::*;
+    seccomp_check::check(
+        &[Supervisor, Rooms, Spawner, HostSubspace],
+        &[
+            (Rooms, Supervisor),
+            (Spawner, Supervisor),
+            (HostSubspace, Spawner),
+        ],
+    );
 }

@@ -5,10 +5,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command};
 
-use spacer_proto::internal::{
+use spacer_core::internal::{
     self, SupervisorReply, SupervisorRequest, Trust, WorkerKind, WorkerReply, WorkerRequest,
 };
-use spacer_proto::{fd, launch, Channel, Spaces};
+use spacer_core::{fd, launch, Channel, Spaces};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_spacer-worker");
 
@@ -221,7 +221,7 @@ fn serves_all_six_rooms_and_stays_home() {
 
 #[test]
 fn makes_rooms_as_the_requester_and_tells_which_are_still_alive() {
-    use spacer_proto::NsType;
+    use spacer_core::NsType;
     need_root();
     let sup = Supervisor::start(&[]);
     let (pid, chan, _pidfd) = sup.spawn_worker();
@@ -232,8 +232,8 @@ fn makes_rooms_as_the_requester_and_tells_which_are_still_alive() {
         &WorkerRequest::Rooms {
             id: 1,
             spaces: (Spaces::NET | Spaces::MNT | Spaces::TIME).bits(),
-            options: spacer_proto::RoomOptions::new()
-                .monotonic_offset(spacer_proto::Offset::from_secs(5)),
+            options: spacer_core::RoomOptions::new()
+                .monotonic_offset(spacer_core::Offset::from_secs(5)),
             uid: 4242,
             caller: false,
         },
@@ -351,7 +351,7 @@ fn rechecks_spaces_itself() {
     // The spawner maps no id it was not asked for in a way it accepts:
     // host uid 0 beside the requester's, lines that overlap, a first line
     // that is not the requester, maps without a user namespace.
-    let line = |inside, outside, count| spacer_proto::Extent {
+    let line = |inside, outside, count| spacer_core::Extent {
         inside,
         outside,
         count,
@@ -387,7 +387,7 @@ fn rechecks_spaces_itself() {
                 gid: 4343,
                 parent: false,
                 caller: false,
-                maps: Some(spacer_proto::IdMaps {
+                maps: Some(spacer_core::IdMaps {
                     uid: maps,
                     gid: vec![line(0, 4343, 1)],
                 }),
@@ -455,7 +455,7 @@ fn rechecks_spaces_itself() {
 
 #[test]
 fn rechecks_room_options_itself() {
-    use spacer_proto::{Offset, RoomOptions};
+    use spacer_core::{Offset, RoomOptions};
     need_root();
     let sup = Supervisor::start(&[]);
     let (pid, chan, _pidfd) = sup.spawn_worker();
@@ -639,4 +639,100 @@ fn subspace_is_owned_by_the_requester_and_ends_when_told() {
     assert_eq!(reply, WorkerReply::Ended { id: 9 });
     barrier(&chan);
     assert_eq!(fd_count(pid), fds_before);
+}
+
+/// Whether `chan` has something to read within `ms`.
+fn readable_within(chan: &Channel, ms: u16) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, ms).unwrap() > 0
+}
+
+#[test]
+fn takes_no_private_role_by_argument_environment_or_message() {
+    need_root();
+    // By argument: private mode is another binary; this one refuses to run.
+    let (_mine, theirs) = Channel::pair().unwrap();
+    let out = launch::worker_command(Path::new(WORKER), theirs.into())
+        .arg("--private")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown argument \"--private\""), "{err}");
+    // By environment: what private mode's client sets (or anything like
+    // it) changes nothing; it reads none. It is the supervisor: it answers
+    // supervisor requests only, from a network namespace of its own.
+    let (mine, theirs) = Channel::pair().unwrap();
+    let child = launch::worker_command(Path::new(WORKER), theirs.into())
+        .env("SPACER_PRIVATE_WORKER", WORKER)
+        .env("SPACER_WORKER", WORKER)
+        .env("SPACER_ROLE", "private")
+        .spawn()
+        .unwrap();
+    let sup = Supervisor { child, chan: mine };
+    // A private client's first request: not a supervisor request, ignored.
+    let rooms = WorkerRequest::Rooms {
+        id: 1,
+        spaces: Spaces::UTS.bits(),
+        options: Default::default(),
+        uid: 0,
+        caller: false,
+    };
+    sup.chan.send_msg(&rooms, &[]).unwrap();
+    assert!(
+        !readable_within(&sup.chan, 300),
+        "a supervisor answered rooms"
+    );
+    let pid = sup.child.id() as i32;
+    let net = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    assert_ne!(net(pid), net(std::process::id() as i32));
+    // By message: a worker kind the protocol does not have (a third one,
+    // as a private worker would be) starts nothing.
+    #[derive(serde::Serialize)]
+    enum Kind {
+        Rooms,
+        #[allow(dead_code)]
+        Subspaces,
+        Private,
+    }
+    #[derive(serde::Serialize)]
+    enum Request {
+        Spawn { kind: Kind },
+    }
+    let real = internal::encode(&SupervisorRequest::Spawn {
+        kind: WorkerKind::Rooms,
+    });
+    let ours = |kind| internal::encode(&Request::Spawn { kind });
+    assert_eq!(
+        ours(Kind::Rooms),
+        real,
+        "the mirror encodes as the protocol"
+    );
+    sup.chan.send(&ours(Kind::Private), &[]).unwrap();
+    assert!(!readable_within(&sup.chan, 300), "spawned a third kind");
+    // Still the supervisor; its room worker starts no subspace for its
+    // caller (only the spawner does, always as the broker's requester).
+    let (_, chan, _) = sup.spawn_worker();
+    let subspace = WorkerRequest::Subspace {
+        id: 7,
+        spaces: Spaces::USER.bits(),
+        uid: 0,
+        gid: 0,
+        parent: false,
+        caller: false,
+        maps: None,
+    };
+    let (reply, fds) = call(&chan, &subspace);
+    assert!(fds.is_empty());
+    match reply {
+        WorkerReply::Invalid { id: 7, reason } => {
+            assert!(
+                reason.contains("started by the service's spawner"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }

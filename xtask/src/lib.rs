@@ -2,7 +2,8 @@
 //!
 //! Build steps that cargo has no built-in for: manual pages and shell
 //! completions generated from the clap definitions of `spacer` and
-//! `spacer-broker`, and the Debian package.
+//! `spacer-broker`, the Debian package, and the line count of the worker
+//! binaries against their budgets ([`lines`]).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap_complete::Shell;
+
+pub mod lines;
 
 /// The handwritten page for the policy file format.
 const POLICY_PAGE: &str = include_str!("../../dist/man/spacer-policy.5");
@@ -140,6 +143,10 @@ pub fn completions(dir: &Path) -> io::Result<Vec<PathBuf>> {
 pub const LAYOUT: &[(&str, &str)] = &[
     ("spacer-broker", "usr/sbin/spacer-broker"),
     ("spacer-worker", "usr/libexec/spacer/spacer-worker"),
+    (
+        "spacer-private-worker",
+        "usr/libexec/spacer/spacer-private-worker",
+    ),
     ("spacer", "usr/bin/spacer"),
 ];
 
@@ -147,6 +154,7 @@ pub const LAYOUT: &[(&str, &str)] = &[
 pub const PACKAGE_PATHS: &[&str] = &[
     "usr/sbin/spacer-broker",
     "usr/libexec/spacer/spacer-worker",
+    "usr/libexec/spacer/spacer-private-worker",
     "usr/bin/spacer",
     "usr/lib/systemd/system/spacer.socket",
     "usr/lib/systemd/system/spacer-broker.service",

@@ -5,6 +5,8 @@
 //!   `target/dist/completions`)
 //! * `deb` — release build, then `target/dist/spacer_<version>_<arch>.deb`
 //! * `dist` — all of the above
+//! * `lines` — the lines of ours in each worker binary, against their
+//!   budgets (`xtask::lines`); fails past a budget
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Some("man") => xtask::man_pages(&out(1, "man")).map(|v| report(&v)),
         Some("completions") => xtask::completions(&out(1, "completions")).map(|v| report(&v)),
         Some("deb") => deb(&dist),
+        Some("lines") => lines(),
         Some("dist") => xtask::man_pages(&dist.join("man"))
             .and_then(|m| xtask::completions(&dist.join("completions")).map(|c| (m, c)))
             .and_then(|(m, c)| {
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
                 deb(&dist)
             }),
         _ => {
-            eprintln!("usage: cargo xtask man|completions [DIR] | deb | dist");
+            eprintln!("usage: cargo xtask man|completions [DIR] | deb | dist | lines");
             return ExitCode::from(2);
         }
     };
@@ -74,6 +77,8 @@ fn deb(dist: &Path) -> std::io::Result<()> {
             "-p",
             "spacer-worker",
             "-p",
+            "spacer-private-worker",
+            "-p",
             "spacer-client",
         ])
         .current_dir(root())
@@ -89,4 +94,50 @@ fn deb(dist: &Path) -> std::io::Result<()> {
     )?;
     println!("{}", deb.display());
     Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds each budgeted binary on its own and counts what went into it.
+fn lines() -> std::io::Result<()> {
+    let mut over = Vec::new();
+    for budget in xtask::lines::BUDGETS {
+        let st = cargo()
+            .args(["build", "--quiet", "--locked", "-p", budget.package])
+            .args(["--bin", budget.bin])
+            .current_dir(root())
+            .status()?;
+        if !st.success() {
+            return Err(std::io::Error::other(format!(
+                "building {} failed",
+                budget.bin
+            )));
+        }
+        let dep_info =
+            std::fs::read_to_string(target().join("debug").join(format!("{}.d", budget.bin)))?;
+        let root = root();
+        let files = xtask::lines::sources_in_dep_info(&dep_info, &root);
+        let own_dir = files
+            .iter()
+            .find(|f| f.ends_with("src/main.rs"))
+            .and_then(|f| f.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let count = xtask::lines::Count::of(&root, &files)?;
+        let (report, ok) = count.check(budget, &own_dir);
+        print!("{report}");
+        if !ok {
+            over.push(budget.bin);
+        }
+    }
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "past the line budget: {}",
+            over.join(", ")
+        )))
+    }
 }

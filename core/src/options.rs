@@ -213,12 +213,12 @@ impl fmt::Display for RoomOption {
 /// them.
 ///
 /// ```
-/// use spacer_proto::{Offset, RoomOptions};
+/// use spacer_core::{Offset, RoomOptions};
 /// let opts = RoomOptions::new()
 ///     .loopback_up()
 ///     .hostname("box")
 ///     .boottime_offset(Offset::from_secs(86_400));
-/// assert!(opts.check(spacer_proto::Spaces::all()).is_ok());
+/// assert!(opts.check(spacer_core::Spaces::all()).is_ok());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomOptions {

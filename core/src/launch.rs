@@ -16,8 +16,10 @@ pub const WORKER_CHANNEL_FD: i32 = 3;
 /// a pipe of its own). Only that one fd is passed: every other fd of the
 /// caller is close-on-exec. The command owns `channel` from here and
 /// closes it when dropped: drop it once spawned, so that the worker's end
-/// of the channel is open only in the worker. Add `--private` (private
-/// mode) or `--seccomp log` as [`WorkerArgs`] reads them.
+/// of the channel is open only in the worker. Add `--seccomp log` as
+/// [`WorkerArgs`] reads it. The same command line starts `spacer-worker`
+/// (the broker) and `spacer-private-worker` (private mode): which role a
+/// worker takes is which binary it is, never an argument.
 pub fn worker_command(exe: &Path, channel: OwnedFd) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("--channel-fd")
@@ -32,14 +34,12 @@ pub fn worker_command(exe: &Path, channel: OwnedFd) -> Command {
     cmd
 }
 
-/// A worker's command line, as [`worker_command`] (and `--private`,
-/// `--seccomp kill|log`) wrote it.
+/// A worker's command line, as [`worker_command`] (and `--seccomp
+/// kill|log`) wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerArgs {
     /// The channel's fd number (not yet checked to be open).
     pub channel_fd: RawFd,
-    /// Private mode: serve the caller directly.
-    pub private: bool,
     /// Log syscalls outside the allow-list instead of dying of them.
     pub log_seccomp: bool,
 }
@@ -51,7 +51,7 @@ impl WorkerArgs {
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<WorkerArgs, String> {
         let ours = crate::internal::VERSION;
         let (mut fd, mut version) = (None, false);
-        let (mut private, mut log_seccomp) = (false, false);
+        let mut log_seccomp = false;
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
             match arg.as_str() {
@@ -71,7 +71,6 @@ impl WorkerArgs {
                     "log" => log_seccomp = true,
                     _ => return Err("--seccomp takes kill or log".into()),
                 },
-                "--private" => private = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -84,7 +83,6 @@ impl WorkerArgs {
         match fd {
             Some(channel_fd) if channel_fd >= 3 => Ok(WorkerArgs {
                 channel_fd,
-                private,
                 log_seccomp,
             }),
             Some(_) => Err("bad --channel-fd".into()),
@@ -105,11 +103,10 @@ mod tests {
     fn what_worker_command_writes_parses_back() {
         let (_a, b) = crate::Channel::pair().unwrap();
         let mut cmd = worker_command(Path::new("/x"), b.into());
-        cmd.args(["--private", "--seccomp", "log"]);
+        cmd.args(["--seccomp", "log"]);
         let args = cmd.get_args().map(|a| a.to_str().unwrap().to_owned());
         let want = WorkerArgs {
             channel_fd: WORKER_CHANNEL_FD,
-            private: true,
             log_seccomp: true,
         };
         assert_eq!(WorkerArgs::parse(args), Ok(want));
@@ -144,6 +141,11 @@ mod tests {
             (vec!["--channel-fd"], "needs a value"),
             (vec!["--seccomp", "allow"], "kill or log"),
             (vec!["--frobnicate"], "unknown argument"),
+            // No argument makes a worker private: that is another binary.
+            (
+                vec!["--channel-fd", "3", "--internal-version", &v, "--private"],
+                "unknown argument",
+            ),
         ] {
             let e = parse(&args).unwrap_err();
             assert!(e.contains(why), "{args:?}: {e}");
