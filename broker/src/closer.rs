@@ -31,9 +31,7 @@ use spacer_proto::Channel;
 /// fallback can be forced for tests (`SPACER_TEST_FD_FALLBACK=1` in the
 /// broker's environment at start).
 pub fn refuse_fds(chan: &mut Channel) -> std::io::Result<()> {
-    if *FORCE_FALLBACK.get_or_init(|| std::env::var_os("SPACER_TEST_FD_FALLBACK").is_some())
-        || !chan.refuse_fds()?
-    {
+    if forced_fallback() || !chan.refuse_fds()? {
         chan.discard_fds(discard);
     }
     Ok(())
@@ -42,9 +40,12 @@ pub fn refuse_fds(chan: &mut Channel) -> std::io::Result<()> {
 /// Whether the kernel refuses fds sent to this broker's clients' sockets
 /// (for the start event).
 pub fn kernel_refuses() -> bool {
-    let forced =
-        *FORCE_FALLBACK.get_or_init(|| std::env::var_os("SPACER_TEST_FD_FALLBACK").is_some());
-    !forced && Channel::pair().is_ok_and(|(a, _b)| a.refuse_fds().unwrap_or(false))
+    !forced_fallback() && Channel::pair().is_ok_and(|(a, _b)| a.refuse_fds().unwrap_or(false))
+}
+
+/// Whether the fallback is forced (`SPACER_TEST_FD_FALLBACK`, read once).
+fn forced_fallback() -> bool {
+    *FORCE_FALLBACK.get_or_init(|| std::env::var_os("SPACER_TEST_FD_FALLBACK").is_some())
 }
 
 static FORCE_FALLBACK: OnceLock<bool> = OnceLock::new();
